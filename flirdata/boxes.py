@@ -1,0 +1,97 @@
+"""Pure numpy box maths: format conversion, clipping, validity, IoU.
+
+Box formats are named as albumentations names them: ``coco`` is ``[x, y, w, h]`` and
+``pascal_voc`` is ``[x_min, y_min, x_max, y_max]``, both in pixels. No function mutates its
+input; every function takes and returns ``float32``/``float64`` arrays of shape ``[N, 4]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "coco_to_xyxy",
+    "xyxy_to_coco",
+    "clip_xyxy",
+    "valid_mask",
+    "box_area",
+    "box_iou",
+    "clean_coco_boxes",
+]
+
+
+def _as_boxes(boxes: np.ndarray) -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must have shape [N, 4], got {arr.shape}")
+    return arr
+
+
+def coco_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """``[x, y, w, h]`` → ``[x1, y1, x2, y2]``."""
+    b = _as_boxes(boxes)
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+
+
+def xyxy_to_coco(boxes: np.ndarray) -> np.ndarray:
+    """``[x1, y1, x2, y2]`` → ``[x, y, w, h]``."""
+    b = _as_boxes(boxes)
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+
+
+def clip_xyxy(boxes: np.ndarray, width: ArrayLike, height: ArrayLike) -> np.ndarray:
+    """Clip corner boxes to ``[0, width] x [0, height]`` (scalars, or one size per box)."""
+    b = _as_boxes(boxes)
+    w, h = np.asarray(width, dtype=np.float64), np.asarray(height, dtype=np.float64)
+    limits = np.stack(np.broadcast_arrays(w, h, w, h), axis=-1)
+    return np.clip(b, 0.0, limits)
+
+
+def valid_mask(boxes: np.ndarray, min_size: float = 1e-3) -> np.ndarray:
+    """True where a corner box is finite and has positive width and height."""
+    b = _as_boxes(boxes)
+    finite = np.isfinite(b).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        positive = (b[:, 2] - b[:, 0] > min_size) & (b[:, 3] - b[:, 1] > min_size)
+    return finite & positive
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Area of corner boxes (zero for inverted boxes)."""
+    b = _as_boxes(boxes)
+    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU ``[len(a), len(b)]`` of corner boxes."""
+    a, b = _as_boxes(a), _as_boxes(b)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def clean_coco_boxes(
+    boxes: np.ndarray, width: ArrayLike, height: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip COCO boxes to the image and flag the degenerate ones.
+
+    Real FLIR annotations hold zero-width boxes and boxes that reach past the frame;
+    albumentations raises on both, so they are repaired once, when the index is built.
+
+    Returns:
+        ``(clipped_coco_boxes, keep, was_clipped)``: the boxes clipped to the frame, a mask of
+        the boxes that still have positive width and height, and a mask of the kept boxes
+        whose coordinates clipping changed.
+    """
+    xyxy = coco_to_xyxy(boxes)
+    clipped = clip_xyxy(xyxy, width, height)
+    keep = valid_mask(clipped)
+    with np.errstate(invalid="ignore"):
+        changed = ~np.all(np.isclose(clipped, xyxy), axis=1)
+    return xyxy_to_coco(clipped), keep, changed & keep

@@ -1,0 +1,57 @@
+"""The ``flirdata`` command line: one ``main(argv) -> int`` dispatching to subcommands.
+
+Each subcommand lives in the module that owns the concept and exposes two functions,
+``configure_parser(parser)`` and ``run_command(args) -> int``. Modules are imported only
+when their subcommand runs, so ``flirdata synth`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from flirdata.errors import FlirdataError
+
+__all__ = ["COMMANDS", "main"]
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("flirdata.synth", "write a synthetic dataset in the FLIR ADAS v2 layout"),
+    "check": ("flirdata.check", "scan a dataset: every image and annotation"),
+    "preview": ("flirdata.preview", "draw a grid of augmented samples with their boxes"),
+    "bench": ("flirdata.bench", "sweep backends x workers x dataset sizes"),
+    "export": ("flirdata.export", "write augmented copies with their annotations"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flirdata",
+        description="On-the-fly detection data pipeline for FLIR ADAS v2 thermal images.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.configure_parser(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; user errors become one line on stderr and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run_command(args) or 0)
+    except KeyboardInterrupt:
+        print("flirdata: interrupted", file=sys.stderr)
+        return 130
+    except (FlirdataError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"flirdata {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only file system, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"flirdata {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2

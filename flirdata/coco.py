@@ -1,0 +1,200 @@
+"""Parsing of a FLIR ``coco.json`` into a packed, read-only annotation index.
+
+The index holds only numpy arrays (no Python list of dicts per image): DataLoader workers
+read it by copy-on-write pages, and a dict per image would be copied into every worker as
+soon as reference counts are touched ("copy-on-read").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flirdata.boxes import clean_coco_boxes
+from flirdata.errors import AnnotationError
+
+__all__ = ["FLIR_CLASSES", "CocoIndex", "load_coco", "parse_coco"]
+
+# The classes FLIR ADAS v2 annotates, in the order of their (non-contiguous) FLIR ids. Labels
+# are assigned by *name* in this order, so train, val and test agree on them, whatever ids a
+# coco.json declares.
+FLIR_CLASSES: tuple[str, ...] = (
+    "person", "bike", "car", "motor", "bus", "train", "truck", "light", "hydrant",
+    "sign", "dog", "deer", "skateboard", "stroller", "scooter", "other vehicle",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CocoIndex:
+    """Annotations of one split, packed in flat arrays.
+
+    Boxes of image ``k`` are ``boxes[box_start[k]:box_start[k + 1]]`` (COCO ``[x, y, w, h]``,
+    already clipped to the frame, degenerate ones removed).
+    """
+
+    path: str
+    classes: tuple[str, ...]  # label - 1 -> name
+    category_ids: np.ndarray  # int64 [K + 1]: label -> the coco.json category id (0 = none)
+    image_ids: np.ndarray  # int64 [M]
+    file_names: np.ndarray  # bytes (dtype S) [M], relative to the split folder
+    widths: np.ndarray  # int32 [M]
+    heights: np.ndarray  # int32 [M]
+    box_start: np.ndarray  # int64 [M + 1]
+    boxes: np.ndarray  # float32 [A, 4]
+    labels: np.ndarray  # int64 [A]
+    ann_ids: np.ndarray  # int64 [A]
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def file_name(self, k: int) -> str:
+        return self.file_names[k].decode("utf-8")
+
+    def annotations(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(boxes [N, 4] coco, labels [N])`` of image ``k`` (views, do not modify)."""
+        lo, hi = self.box_start[k], self.box_start[k + 1]
+        return self.boxes[lo:hi], self.labels[lo:hi]
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.category_ids, self.image_ids, self.file_names, self.widths,
+                  self.heights, self.box_start, self.boxes, self.labels, self.ann_ids)  # fmt: skip
+        return sum(a.nbytes for a in arrays)
+
+
+def load_coco(path: str | Path, classes: Sequence[str] | None = None) -> CocoIndex:
+    """Read and validate a ``coco.json``; errors name the file and what is wrong.
+
+    Args:
+        path: the ``coco.json`` of one split.
+        classes: class names in label order (label 1 is ``classes[0]``). ``None`` takes
+            ``FLIR_CLASSES`` followed by any other used category name, sorted. Annotations of
+            a class not listed are dropped and counted in ``stats["unknown_category"]``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: annotation file not found") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: not valid JSON ({exc})") from None
+    return parse_coco(data, str(path), classes)
+
+
+def _require(cond: bool, path: str, what: str) -> None:
+    if not cond:
+        raise AnnotationError(f"{path}: not a COCO file: {what}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_coco(data: Any, path: str, classes: Sequence[str] | None = None) -> CocoIndex:
+    """Build a ``CocoIndex`` from already-decoded COCO JSON (``path`` is for messages)."""
+    _require(isinstance(data, dict), path, f"top level is {type(data).__name__}, expected an object")
+    for key in ("images", "annotations", "categories"):
+        _require(isinstance(data.get(key), list), path, f"missing list {key!r}")
+    cat_names = _parse_categories(data["categories"], path)
+    images = _parse_images(data["images"], path)
+    anns = _parse_annotations(data["annotations"], path, set(cat_names), images)
+    used = {cat_names[c] for c in np.unique(anns["category"]).tolist()}
+    if classes is None:
+        classes = FLIR_CLASSES + tuple(sorted(used - set(FLIR_CLASSES)))
+    classes = tuple(classes)
+    _require(len(set(classes)) == len(classes), path, f"duplicate class names in {classes}")
+    return _pack(path, classes, cat_names, images, anns)
+
+
+def _parse_categories(categories: list, path: str) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for k, cat in enumerate(categories):
+        ok = isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str)
+        _require(ok, path, f"categories[{k}] needs an integer 'id' and a string 'name', got {cat!r}")
+        names[cat["id"]] = cat["name"]
+    return names
+
+
+def _parse_images(images: list, path: str) -> dict[str, Any]:
+    ids, names, widths, heights = [], [], [], []
+    for k, img in enumerate(images):
+        ok = isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get("file_name"), str)
+        _require(ok, path, f"images[{k}] needs an integer 'id' and a string 'file_name', got {img!r}")
+        w, h = img.get("width"), img.get("height")
+        ok = isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0
+        _require(ok, path, f"image id {img['id']} ({img['file_name']}) needs positive integer width and height")
+        ids.append(img["id"])
+        names.append(img["file_name"].encode("utf-8"))
+        widths.append(w)
+        heights.append(h)
+    image_ids = np.asarray(ids, dtype=np.int64)
+    unique, counts = np.unique(image_ids, return_counts=True)
+    _require(bool(np.all(counts == 1)), path, f"duplicate image ids {unique[counts > 1][:5].tolist()}")
+    return {
+        "ids": image_ids,
+        "names": np.asarray(names, dtype=bytes) if names else np.zeros(0, dtype="S1"),
+        "widths": np.asarray(widths, dtype=np.int32),
+        "heights": np.asarray(heights, dtype=np.int32),
+        "row": {image_id: row for row, image_id in enumerate(ids)},
+    }
+
+
+def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -> dict[str, np.ndarray]:
+    n = len(anns)
+    rows = np.empty(n, dtype=np.int64)
+    cats = np.empty(n, dtype=np.int64)
+    ids = np.empty(n, dtype=np.int64)
+    boxes = np.empty((n, 4), dtype=np.float64)
+    for k, ann in enumerate(anns):
+        _require(isinstance(ann, dict), path, f"annotations[{k}] is not an object")
+        ann_id = ann.get("id", k)
+        bbox = ann.get("bbox")
+        ok = isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)
+        _require(ok, path, f"annotation id {ann_id}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
+        row = images["row"].get(ann.get("image_id"))
+        _require(row is not None, path, f"annotation id {ann_id}: unknown image_id {ann.get('image_id')!r}")
+        _require(ann.get("category_id") in cat_ids, path,
+                 f"annotation id {ann_id}: category_id {ann.get('category_id')!r} is not declared")  # fmt: skip
+        rows[k], cats[k], ids[k], boxes[k] = row, ann["category_id"], ann_id, bbox
+    return {"row": rows, "category": cats, "id": ids, "box": boxes}
+
+
+def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images: dict, anns: dict) -> CocoIndex:
+    label_of_name = {name: label for label, name in enumerate(classes, start=1)}
+    label_of_cat = {cid: label_of_name.get(name, 0) for cid, name in cat_names.items()}
+    category_ids = np.zeros(len(classes) + 1, dtype=np.int64)
+    for cid, label in sorted(label_of_cat.items(), reverse=True):
+        if label:
+            category_ids[label] = cid  # the lowest id wins where two ids share a name
+    labels = np.asarray([label_of_cat[c] for c in anns["category"].tolist()], dtype=np.int64)
+    known = labels > 0
+    w = images["widths"][anns["row"]].astype(np.float64)
+    h = images["heights"][anns["row"]].astype(np.float64)
+    clipped, valid, changed = clean_coco_boxes(anns["box"], w, h)
+    keep = valid & known
+    order = np.argsort(anns["row"][keep], kind="stable")
+    rows = anns["row"][keep][order]
+    box_start = np.zeros(len(images["ids"]) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(images["ids"])), out=box_start[1:])
+    stats = {
+        "images": len(images["ids"]),
+        "annotations": len(labels),
+        "boxes": int(keep.sum()),
+        "degenerate_dropped": int((known & ~valid).sum()),
+        "clipped": int((changed & known).sum()),
+        "unknown_category": int((~known).sum()),
+    }
+    return CocoIndex(
+        path=path, classes=classes, category_ids=category_ids, image_ids=images["ids"],
+        file_names=images["names"], widths=images["widths"], heights=images["heights"],
+        box_start=box_start, boxes=clipped[keep][order].astype(np.float32),
+        labels=labels[keep][order], ann_ids=anns["id"][keep][order], stats=stats,
+    )  # fmt: skip

@@ -1,0 +1,126 @@
+"""Augmentation pipelines: named presets, user files, and the bbox contract they must meet.
+
+Every pipeline the dataset runs is an ``albumentations.Compose`` that takes COCO boxes via
+``bboxes=`` and labels via ``labels=``, clips boxes to the image and drops invalid ones, so the
+dataset never has to special-case a user's pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+
+__all__ = ["PRESETS", "build_transform", "default_bbox_params", "ensure_detection_compose"]
+
+Size = tuple[int, int]
+BOX_FORMATS = ("coco", "pascal_voc")
+PIPELINE_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+
+
+def default_bbox_params(min_visibility: float = 0.1) -> A.BboxParams:
+    """COCO boxes in and out; boxes cut to the frame are clipped, ones that vanish dropped."""
+    return A.BboxParams(
+        format="coco",
+        label_fields=["labels"],
+        clip=True,
+        filter_invalid_bboxes=True,
+        min_visibility=min_visibility,
+        min_width=1.0,
+        min_height=1.0,
+    )
+
+
+def _letterbox(size: Size) -> list[A.BasicTransform]:
+    height, width = size
+    return [
+        A.LongestMaxSize(max_size_hw=(height, width), p=1.0),
+        A.PadIfNeeded(min_height=height, min_width=width, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0),
+    ]
+
+
+def _thermal(size: Size) -> list[A.BasicTransform]:
+    """Geometric and intensity transforms only: thermal images have one channel, no colour."""
+    geometric = [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.8, 1.25), translate_percent=(-0.08, 0.08), rotate=(-5, 5),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),  # fmt: skip
+    ]
+    intensity = [
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+        A.GaussNoise(std_range=(0.01, 0.04), p=0.3),
+    ]
+    return geometric + _letterbox(size) + intensity
+
+
+def _none(size: Size) -> list[A.BasicTransform]:
+    """Validation: only fit the image to ``size`` (no randomness)."""
+    return _letterbox(size)
+
+
+PRESETS: dict[str, Callable[[Size], list[A.BasicTransform]]] = {"thermal": _thermal, "none": _none}
+
+
+def _as_size(size: int | Size) -> Size:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    return pair  # type: ignore[return-value]
+
+
+def build_transform(
+    preset: str | Path = "thermal", size: int | Size = (512, 640), *, min_visibility: float = 0.1
+) -> A.Compose:
+    """Build the augmentation pipeline of a preset, or load a user's pipeline file.
+
+    Args:
+        preset: a key of ``PRESETS`` ("thermal" for training, "none" for validation), or the
+            path of an albumentations pipeline saved with ``A.save`` (``.json``/``.yaml``).
+        size: output ``(height, width)`` (or one int for a square); presets letterbox to it
+            so every image of a batch has the same shape. FLIR frames are 512x640.
+        min_visibility: boxes keeping less than this fraction of their area are dropped.
+    """
+    if isinstance(preset, Path) or Path(str(preset)).suffix.lower() in PIPELINE_SUFFIXES:
+        return load_pipeline(preset, min_visibility=min_visibility)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)} or a .json/.yaml file")
+    steps = PRESETS[preset](_as_size(size))
+    return A.Compose(steps, bbox_params=default_bbox_params(min_visibility))
+
+
+def load_pipeline(path: str | Path, *, min_visibility: float = 0.1) -> A.Compose:
+    """Load an albumentations pipeline file and give it the bbox contract if it lacks one."""
+    path = Path(path)
+    data_format = PIPELINE_SUFFIXES.get(path.suffix.lower())
+    if data_format is None:
+        raise ValueError(f"{path}: unknown pipeline file type; expected one of {sorted(PIPELINE_SUFFIXES)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pipeline file not found")
+    try:
+        loaded = A.load(str(path), data_format=data_format)
+    except Exception as exc:  # albumentations raises many types for a malformed file
+        raise ValueError(f"{path}: not an albumentations pipeline ({type(exc).__name__}: {exc})") from exc
+    return ensure_detection_compose(loaded, min_visibility=min_visibility)
+
+
+def ensure_detection_compose(transform: Any, *, min_visibility: float = 0.1) -> A.Compose:
+    """Return a Compose that transforms ``bboxes=`` with ``labels=`` aligned.
+
+    A user's pipeline without bbox params would move the pixels and silently leave the boxes
+    behind, so it is wrapped in a Compose that has them.
+    """
+    if isinstance(transform, A.Compose) and "bboxes" in transform.processors:
+        params = transform.processors["bboxes"].params
+        if params.format not in BOX_FORMATS:
+            raise ValueError(f"bbox format {params.format!r} is not supported; expected one of {BOX_FORMATS}")
+        if "labels" not in (params.label_fields or ()):
+            raise ValueError(f"bbox_params.label_fields must include 'labels', got {params.label_fields!r}")
+        return transform
+    if not isinstance(transform, (A.BasicTransform, A.BaseCompose)):
+        raise TypeError(f"transform must be an albumentations transform or Compose, got {type(transform).__name__}")
+    return A.Compose([transform], bbox_params=default_bbox_params(min_visibility))
