@@ -142,9 +142,18 @@ class FlirDetection(Dataset):
         return image, boxes, labels
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Target]:
+        return self.sample(i)
+
+    def sample(self, i: int, epoch: int | None = None) -> tuple[torch.Tensor, Target]:
+        """``ds[i]`` as augmented in ``epoch`` (default: the current one), without mutating ``ds``.
+
+        Safe to call from many threads at once with different epochs (export uses it to
+        draw copy ``k`` of an image as its augmentation in epoch ``k``).
+        """
         k = self._check_index(i)
+        epoch = self.epoch if epoch is None else epoch
         image, boxes, labels, source = self._load_or_skip(k)
-        image, xyxy, labels = self._augment(image, boxes, labels, k)
+        image, xyxy, labels = self._augment(image, boxes, labels, k, epoch)
         target = {
             "boxes": torch.from_numpy(xyxy.astype(np.float32, copy=False)),
             "labels": torch.from_numpy(labels.astype(np.int64, copy=False)),
@@ -185,12 +194,12 @@ class FlirDetection(Dataset):
         return pipeline
 
     def _augment(
-        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, k: int
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, k: int, epoch: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.transform is None:
             return image, coco_to_xyxy(boxes), labels
         pipeline = self._pipeline()
-        reseed_transform(pipeline, sample_seed_sequence(self.seed, self.epoch, k))
+        reseed_transform(pipeline, sample_seed_sequence(self.seed, epoch, k))
         voc = pipeline.processors["bboxes"].params.format == "pascal_voc"
         out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=labels)
         result = np.ascontiguousarray(out["image"])

@@ -1,4 +1,4 @@
-"""The one place randomness comes from: a pure function of (seed, epoch, index, copy).
+"""The one place randomness comes from: a pure function of (seed, epoch, index).
 
 albumentations 2.0.8 has two traps this module avoids:
 
@@ -9,7 +9,7 @@ albumentations 2.0.8 has two traps this module avoids:
   correlated (three ``p=0.5`` flips fire all together or not at all).
 
 ``reseed_transform`` instead spawns one independent stream per node of the pipeline tree
-from a ``numpy.random.SeedSequence`` keyed by (seed, epoch, index, copy).
+from a ``numpy.random.SeedSequence`` keyed by (seed, epoch, index).
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ def _check_non_negative(name: str, value: int) -> int:
     return int(value)
 
 
-def sample_seed_sequence(seed: int, epoch: int, index: int, copy: int = 0) -> np.random.SeedSequence:
-    """The seed of one sample's augmentation: same arguments, same stream, in any process."""
+def sample_seed_sequence(seed: int, epoch: int, index: int) -> np.random.SeedSequence:
+    """The seed of one sample's augmentation: same arguments, same stream, in any process.
+
+    Exported copy ``k`` of an image is its augmentation in epoch ``k``.
+    """
     key = [_DOMAIN, _check_non_negative("seed", seed), _check_non_negative("epoch", epoch),
-           _check_non_negative("index", index), _check_non_negative("copy", copy)]  # fmt: skip
+           _check_non_negative("index", index)]  # fmt: skip
     return np.random.SeedSequence(key)
 
 

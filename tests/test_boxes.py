@@ -1,0 +1,60 @@
+"""Property tests of the pure box maths."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from flirdata.boxes import (
+    box_iou,
+    clean_coco_boxes,
+    clip_xyxy,
+    coco_to_xyxy,
+    valid_mask,
+    xyxy_to_coco,
+)
+
+coords = st.floats(min_value=-2000, max_value=2000, allow_nan=False, width=32)
+box_arrays = st.integers(0, 12).flatmap(lambda n: arrays(np.float64, (n, 4), elements=coords))
+
+
+@given(box_arrays)
+def test_coco_xyxy_round_trip(boxes: np.ndarray) -> None:
+    np.testing.assert_allclose(xyxy_to_coco(coco_to_xyxy(boxes)), boxes, atol=1e-6)
+
+
+@given(box_arrays, st.integers(1, 1000), st.integers(1, 1000))
+def test_clean_keeps_only_positive_boxes_inside_the_frame(boxes: np.ndarray, w: int, h: int) -> None:
+    before = boxes.copy()
+    cleaned, keep, clipped = clean_coco_boxes(boxes, w, h)
+    np.testing.assert_array_equal(boxes, before)  # inputs are never mutated
+    kept = coco_to_xyxy(cleaned[keep])
+    assert np.all(kept >= 0) and np.all(kept[:, [0, 2]] <= w) and np.all(kept[:, [1, 3]] <= h)
+    assert np.all(cleaned[keep, 2:] > 0)
+    assert not np.any(clipped & ~keep)
+
+
+def test_clean_counts_degenerate_and_clipped() -> None:
+    boxes = np.array([[10, 10, 20, 20], [5, 5, 0, 10], [630, 500, 30, 30], [700, 10, 5, 5]], float)
+    cleaned, keep, clipped = clean_coco_boxes(boxes, 640, 512)
+    assert keep.tolist() == [True, False, True, False]
+    assert clipped.tolist() == [False, False, True, False]
+    np.testing.assert_allclose(cleaned[2], [630, 500, 10, 12])
+
+
+def test_clip_accepts_one_size_per_box() -> None:
+    boxes = np.array([[-5, -5, 50, 50], [-5, -5, 50, 50]], float)
+    out = clip_xyxy(boxes, np.array([40, 60]), np.array([30, 70]))
+    np.testing.assert_allclose(out, [[0, 0, 40, 30], [0, 0, 50, 50]])
+
+
+@given(box_arrays)
+def test_iou_is_symmetric_and_bounded(boxes: np.ndarray) -> None:
+    xyxy = clip_xyxy(coco_to_xyxy(np.abs(boxes)), 4000, 4000)
+    iou = box_iou(xyxy, xyxy)
+    np.testing.assert_allclose(iou, iou.T, atol=1e-9)
+    assert np.all((iou >= 0) & (iou <= 1 + 1e-9))
+    valid = valid_mask(xyxy)
+    np.testing.assert_allclose(np.diag(iou)[valid], 1.0)

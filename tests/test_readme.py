@@ -1,0 +1,34 @@
+"""The README's set-up commands are the ones CI runs, and its CLI reference matches the CLI."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from flirdata.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## Set-up on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    return [line.strip() for line in section.splitlines() if line.startswith("    ")]
+
+
+def test_readme_gives_exactly_two_setup_commands() -> None:
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert all(c.startswith("pip install torch==2.13.0 && pip install -e ") for c in commands)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    test_command = _readme_commands()[1]
+    assert "pytest" in test_command
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def test_readme_documents_every_subcommand() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in COMMANDS:
+        assert re.search(rf"`flirdata {name}\b", readme), name
