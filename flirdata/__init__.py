@@ -1,36 +1,92 @@
 """flirdata: an on-the-fly PyTorch data pipeline for object detection on FLIR thermal images.
 
 The public API is flat: ``FlirDetection``, ``build_transform``, ``collate_detection``, and the
-parallel loader ``make_loader`` with its registry ``BACKENDS``.
+parallel loader ``make_loader`` with its registry ``BACKENDS``. Names are imported on first
+use, so ``flirdata synth`` and worker processes that only need numpy do not pay for torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 # albumentations looks up its newest release on PyPI at import; we run where that is blocked.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from flirdata.coco import FLIR_CLASSES, CocoIndex, load_coco  # noqa: E402
-from flirdata.collate import collate_detection  # noqa: E402
-from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection  # noqa: E402
-from flirdata.errors import AnnotationError, DataError, FlirdataError, ImageError  # noqa: E402
-from flirdata.transforms import PRESETS, build_transform  # noqa: E402
-
 __version__ = "0.1.0"
 
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "FLIR_CLASSES": "flirdata.coco",
+    "CocoIndex": "flirdata.coco",
+    "load_coco": "flirdata.coco",
+    "collate_detection": "flirdata.collate",
+    "SPLITS": "flirdata.dataset",
+    "BadImageWarning": "flirdata.dataset",
+    "FlirDetection": "flirdata.dataset",
+    "AnnotationError": "flirdata.errors",
+    "DataError": "flirdata.errors",
+    "FlirdataError": "flirdata.errors",
+    "ImageError": "flirdata.errors",
+    "PRESETS": "flirdata.transforms",
+    "build_transform": "flirdata.transforms",
+    "BACKENDS": "flirdata.backends",
+    "WorkerCrashError": "flirdata.backends",
+    "BatchSampler": "flirdata.sampler",
+    "Loader": "flirdata.loader",
+    "LoaderOptions": "flirdata.loader",
+    "make_loader": "flirdata.loader",
+    "synthesize": "flirdata.synth",
+    "export_augmented": "flirdata.export",
+}
+
 __all__ = [
-    "FLIR_CLASSES",
-    "PRESETS",
-    "SPLITS",
     "AnnotationError",
+    "BACKENDS",
     "BadImageWarning",
+    "BatchSampler",
     "CocoIndex",
     "DataError",
+    "FLIR_CLASSES",
     "FlirDetection",
     "FlirdataError",
     "ImageError",
+    "Loader",
+    "LoaderOptions",
+    "PRESETS",
+    "SPLITS",
+    "WorkerCrashError",
     "build_transform",
     "collate_detection",
+    "export_augmented",
     "load_coco",
+    "make_loader",
+    "synthesize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flirdata' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
+    from flirdata.backends import BACKENDS, WorkerCrashError
+    from flirdata.coco import FLIR_CLASSES, CocoIndex, load_coco
+    from flirdata.collate import collate_detection
+    from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection
+    from flirdata.errors import AnnotationError, DataError, FlirdataError, ImageError
+    from flirdata.export import export_augmented
+    from flirdata.loader import Loader, LoaderOptions, make_loader
+    from flirdata.sampler import BatchSampler
+    from flirdata.synth import synthesize
+    from flirdata.transforms import PRESETS, build_transform

@@ -156,6 +156,10 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
     for k, ann in enumerate(anns):
         _require(isinstance(ann, dict), path, f"annotations[{k}] is not an object")
         ann_id = ann.get("id", k)
+        for key in ("id", "image_id", "category_id"):
+            value = ann.get(key, k)
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            _require(ok, path, f"annotations[{k}] (id {ann_id!r}): {key!r} must be an integer, got {value!r}")
         bbox = ann.get("bbox")
         ok = isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)
         _require(ok, path, f"annotation id {ann_id}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")

@@ -76,7 +76,9 @@ class FlirDetection(Dataset):
         seed: base seed of the augmentation.
         classes: class names in label order; default ``FLIR_CLASSES`` plus extra used names.
         on_error: "raise" on a bad image, or "skip" to replace it by the next good sample
-            (one ``BadImageWarning`` per file, counted in ``skipped``).
+            (one ``BadImageWarning`` per file, counted in ``skipped``). Worker processes
+            keep their own copy of the dataset, so their warnings and counts stay there;
+            ``flirdata check`` reports every bad file up front.
     """
 
     def __init__(
@@ -102,16 +104,18 @@ class FlirDetection(Dataset):
         self.skipped = 0
         self._warned: set[str] = set()
         self._local = threading.local()
+        self._lock = threading.Lock()
 
-    # -- pickling: a thread-local cache does not cross process boundaries ---------------
+    # -- pickling: thread-local caches and locks do not cross process boundaries --------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_local"]
+        del state["_local"], state["_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+        self._lock = threading.Lock()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -180,10 +184,12 @@ class FlirDetection(Dataset):
         raise DataError(f"{self.split_dir}: no readable image in the whole split")
 
     def _note_bad(self, source: int, exc: ImageError) -> None:
-        self.skipped += 1
         name = str(self.image_path(source))
-        if name not in self._warned:
+        with self._lock:
+            self.skipped += 1
+            first = name not in self._warned
             self._warned.add(name)
+        if first:
             warnings.warn(f"skipping bad image: {exc}", BadImageWarning, stacklevel=4)
 
     def _pipeline(self) -> Any:

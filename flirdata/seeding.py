@@ -59,6 +59,6 @@ def reseed_transform(transform: Any, seed_sequence: np.random.SeedSequence) -> N
     """
     nodes = list(iter_random_nodes(transform))
     blocks = seed_sequence.generate_state(4 * len(nodes), dtype=np.uint32).reshape(-1, 4)
-    for node, words in zip(nodes, blocks):
+    for node, words in zip(nodes, blocks, strict=True):
         node.random_generator = np.random.Generator(np.random.PCG64(words))
         node.py_random = random.Random(int.from_bytes(words.tobytes(), "little"))

@@ -34,11 +34,11 @@ def write_split(
     """
     (folder / "data").mkdir(parents=True, exist_ok=True)
     entries, anns = [], []
-    for k, (image, image_boxes, cats) in enumerate(zip(images, boxes, category_ids)):
+    for k, (image, image_boxes, cats) in enumerate(zip(images, boxes, category_ids, strict=True)):
         name = f"data/image-{k:04d}.png"
         cv2.imwrite(str(folder / name), image)
         entries.append({"id": 100 + k, "file_name": name, "width": image.shape[1], "height": image.shape[0]})
-        for box, cat in zip(image_boxes, cats):
+        for box, cat in zip(image_boxes, cats, strict=True):
             anns.append({"id": len(anns) + 1, "image_id": 100 + k, "category_id": cat, "bbox": list(box),
                          "area": float(box[2] * box[3]), "iscrowd": 0})  # fmt: skip
     coco = {"images": entries, "annotations": anns,

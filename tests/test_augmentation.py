@@ -13,10 +13,10 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from conftest import write_split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import write_split
 from flirdata import FlirDetection, build_transform
 from flirdata.boxes import box_iou
 from flirdata.transforms import default_bbox_params
@@ -88,7 +88,7 @@ def test_labels_follow_their_boxes_through_filtering(tmp_path: Path) -> None:
     write_split(tmp_path, [image], [[[20, 200, 60, 100], [500, 200, 120, 100]]], [[1, 3]])
     pipeline = A.Compose([A.HorizontalFlip(p=1.0)], bbox_params=default_bbox_params())
     _, target = FlirDetection(tmp_path, split=tmp_path, transform=pipeline)[0]
-    by_label = dict(zip(target["labels"].tolist(), target["boxes"].tolist()))
+    by_label = dict(zip(target["labels"].tolist(), target["boxes"].tolist(), strict=True))
     np.testing.assert_allclose(by_label[1], [560, 200, 620, 300])
     np.testing.assert_allclose(by_label[3], [20, 200, 140, 300])
 

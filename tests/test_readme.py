@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _readme_commands() -> list[str]:
-    section = (ROOT / "README.md").read_text().split("## Set-up on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Set-up on a fresh machine", 1)[1].split("\n## ", 1)[0]
     return [line.strip() for line in section.splitlines() if line.startswith("    ")]
 
 
@@ -32,3 +33,15 @@ def test_readme_documents_every_subcommand() -> None:
     readme = (ROOT / "README.md").read_text()
     for name in COMMANDS:
         assert re.search(rf"`flirdata {name}\b", readme), name
+
+
+def test_public_api_is_lazy_and_complete() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flirdata as fd; assert 'torch' not in sys.modules;"
+        "assert sorted(fd.__all__) == sorted(fd._EXPORTS);"
+        "missing = [n for n in fd.__all__ if getattr(fd, n, None) is None]; assert not missing, missing"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
