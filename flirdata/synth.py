@@ -1,0 +1,402 @@
+"""``flirdata synth``: a synthetic dataset in exactly the FLIR ADAS v2 on-disk layout.
+
+``ROOT/images_thermal_{train,val}/`` (and ``video_thermal_test/``), each holding ``data/*.jpg``
+and ``coco.json``. Pixels come from ``flirdata.thermal``; this module plans videos and file names,
+renders images (in worker processes when there are many) and writes the COCO file as FLIR's
+looks, flaws included: frames without boxes, zero-size boxes, boxes reaching past the frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from flirdata.errors import DataError
+from flirdata.thermal import HEIGHT, WIDTH, DrawnObject, make_scene, render_frame
+
+__all__ = ["SIZES", "SPLIT_FOLDERS", "CATEGORIES", "GENERATOR", "FramePlan", "RenderJob", "parse_size",
+           "default_val", "render_job", "synthesize", "configure_parser", "run_command"]  # fmt: skip
+
+SIZES: dict[str, int] = {"small": 500, "medium": 2000, "big": 10000}
+# Split -> (folder in the FLIR download, code in the seeds of its images). Kept here rather
+# than imported from flirdata.dataset so that ``flirdata synth`` does not import torch.
+SPLIT_FOLDERS: dict[str, tuple[str, int]] = {
+    "train": ("images_thermal_train", 0), "val": ("images_thermal_val", 1), "test": ("video_thermal_test", 2)
+}  # fmt: skip
+GENERATOR = "flirdata-synth/1"  # bump when the pixels change, so cached datasets are rebuilt
+JPEG_QUALITY = 90
+_CHUNK = 8  # images per task sent to a worker
+_ALPHABET = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
+_VIDEO, _LAYOUT, _FLAWS = 1, 2, 3  # stream tags; image streams carry none
+
+# FLIR v2 declares the 80 COCO classes with contiguous ids, renaming the ones it uses.
+_COCO80 = """person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant
+stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack
+umbrella handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove
+skateboard surfboard tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich
+orange broccoli carrot hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv
+laptop mouse remote keyboard cell_phone microwave oven toaster sink refrigerator book clock vase
+scissors teddy_bear hair_drier toothbrush""".split()
+_FLIR_NAMES = {2: "bike", 4: "motor", 10: "light", 11: "hydrant", 12: "sign", 73: "stroller",
+               77: "scooter", 79: "other vehicle"}  # fmt: skip
+CATEGORIES: list[dict[str, Any]] = [
+    {"id": k, "name": _FLIR_NAMES.get(k, name.replace("_", " ")), "supercategory": "unknown"}
+    for k, name in enumerate(_COCO80, start=1)
+]
+
+
+def parse_size(text: str | int) -> int:
+    """Number of train images for ``--size``: small, medium, big, or a positive integer."""
+    key = str(text).strip().lower()
+    if key in SIZES:
+        return SIZES[key]
+    if key.isascii() and key.isdigit() and int(key) > 0:
+        return int(key)
+    raise DataError(f"size {text!r}: expected one of {sorted(SIZES)} or a positive integer")
+
+
+def default_val(train: int) -> int:
+    """Val images when not given: a tenth of train, but at least 50 (or all of train if fewer)."""
+    return max(train // 10, min(train, 50))
+
+
+def _rng(seed: int, split_code: int, index: int, tag: int = 0) -> np.random.Generator:
+    """Image ``index`` draws from ``[seed, split, index]``; videos and layout add a tag.
+
+    ``SeedSequence`` pads short keys with zeros, so a non-zero tag keeps the streams apart.
+    """
+    key = [seed, split_code, index] + ([tag] if tag else [])
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Where one image sits: its video, its place in it, its file name."""
+
+    index: int  # image id and position in coco.json
+    video: int
+    frame_pos: int  # frames since the video's first one in this split
+    video_id: str
+    frame_index: int
+    file_name: str
+    empty: bool  # drawn without objects: FLIR has a few frames without any box
+
+
+def _alnum(rng: np.random.Generator) -> str:
+    return "".join(_ALPHABET[rng.integers(0, len(_ALPHABET), 17)])
+
+
+def _n_flawed(n_items: int, rate: float, guarantee: bool) -> int:
+    """How many items get a flaw: ``rate`` of them, at least one if ``guarantee``."""
+    return min(n_items, max(int(guarantee), round(rate * n_items)))
+
+
+def _plan_split(seed: int, split: str, n: int) -> list[FramePlan]:
+    """Group ``n`` frames into videos with consecutive frame numbers, as FLIR's are."""
+    rng = _rng(seed, SPLIT_FOLDERS[split][1], 0, _LAYOUT)
+    lo, hi = (150, 400) if split == "test" else (8, 60)
+    empty = set(rng.choice(n, _n_flawed(n, 0.02, n >= 20), replace=False).tolist())
+    frames: list[FramePlan] = []
+    video = 0
+    while len(frames) < n:
+        video_id, start = _alnum(rng), int(rng.integers(0, 5000))
+        for pos in range(min(int(rng.integers(lo, hi)), n - len(frames))):
+            k, number = len(frames), start + pos
+            name = f"data/video-{video_id}-frame-{number:06d}-{_alnum(rng)}.jpg"
+            frames.append(FramePlan(k, video, pos, video_id, number, name, k in empty))
+        video += 1
+    return frames
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """Consecutive frames of one split for one worker; small and picklable."""
+
+    split_dir: str  # the folder that holds data/
+    seed: int
+    split_code: int
+    frames: tuple[FramePlan, ...]
+
+
+def render_job(job: RenderJob) -> list[tuple[int, list[DrawnObject]]]:
+    """Render and write the job's JPEGs; return each image's drawn objects by index."""
+    scenes, out = {}, []
+    for f in job.frames:
+        if f.video not in scenes:
+            scenes[f.video] = make_scene(_rng(job.seed, job.split_code, f.video, _VIDEO))
+        rng = _rng(job.seed, job.split_code, f.index)
+        img, objects = render_frame(rng, scenes[f.video], f.frame_pos, empty=f.empty)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:  # pragma: no cover - OpenCV built without JPEG
+            raise DataError(f"{f.file_name}: OpenCV could not encode a JPEG")
+        Path(job.split_dir, f.file_name).write_bytes(buf.tobytes())
+        out.append((f.index, objects))
+    return out
+
+
+def _iter_results(jobs: Iterable[RenderJob], workers: int) -> Iterator[list[tuple[int, list[DrawnObject]]]]:
+    """Run jobs in order, at most ``2 * workers`` in flight; ``workers <= 1`` runs inline."""
+    if workers <= 1:
+        yield from map(render_job, jobs)
+        return
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)  # not fork: the parent may hold threads
+    # One OpenCV thread per worker: the pool is the parallelism, more threads would oversubscribe.
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads, initargs=(1,))
+    try:
+        window: deque = deque()
+        for job in jobs:
+            window.append(pool.submit(render_job, job))
+            if len(window) >= 2 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_OCCLUSION = ((0.99, "no_(fully_visible)"), (0.3, "1%_-_70%_occluded_(partially_occluded)"),
+              (0.1, "70%_-_90%_occluded_(difficult_to_see)"))  # fmt: skip
+
+
+def _occlusion(visible: float) -> str | None:
+    """FLIR's occlusion label by visible share; None where annotators would not see it at all."""
+    return next((label for least, label in _OCCLUSION if visible >= least), None)
+
+
+def _annotation(image_id: int, obj: DrawnObject) -> dict[str, Any]:
+    x, y, w, h = obj.box
+    return {"id": 0, "image_id": image_id, "category_id": obj.category_id, "segmentation": [],
+            "area": w * h, "bbox": [x, y, w, h], "iscrowd": 0,
+            "extra_info": {"occluded": _occlusion(obj.visible)}}  # fmt: skip
+
+
+def _push_out(ann: dict[str, Any], rng: np.random.Generator) -> None:
+    """Drag a box past the frame edge it touches; clipping gives the tight box back."""
+    x, y, w, h = ann["bbox"]
+    k = int(rng.integers(1, 12))
+    if x == 0:
+        x, w = -k, w + k
+    elif x + w == WIDTH or y + h == HEIGHT:
+        w, h = (w + k, h) if x + w == WIDTH else (w, h + k)
+    elif y == 0:
+        y, h = -k, h + k
+    else:  # no edge to extend: past the right edge, no longer tight once clipped
+        w = WIDTH - x + k
+    ann.update(bbox=[x, y, w, h], area=w * h)
+
+
+def _add_flaws(per_image: list[list[dict[str, Any]]], rng: np.random.Generator) -> None:
+    """Mimic FLIR's annotation slips on ~1% of boxes (at least 1 of each from 20 images): boxes
+    dragged past the frame, and zero-width or zero-height duplicates (a click without a drag)."""
+    flat = [(i, j) for i, group in enumerate(per_image) for j in range(len(group))]
+    n = _n_flawed(len(flat), 0.005, len(per_image) >= 20)
+    edge = [(i, j) for i, j in flat if _at_edge(per_image[i][j]["bbox"])]
+    pool = edge if len(edge) >= n else flat
+    for k in rng.choice(len(pool), n, replace=False):
+        _push_out(per_image[pool[k][0]][pool[k][1]], rng)
+    for k in sorted(rng.choice(len(flat), n, replace=False).tolist(), reverse=True):
+        i, j = flat[k]
+        dup = {**per_image[i][j], "area": 0, "bbox": list(per_image[i][j]["bbox"])}
+        dup["bbox"][2 + int(rng.integers(2))] = 0
+        per_image[i].insert(j + 1, dup)
+
+
+def _at_edge(box: list[int]) -> bool:
+    x, y, w, h = box
+    return x == 0 or y == 0 or x + w == WIDTH or y + h == HEIGHT
+
+
+def _video_meta(seed: int, split_code: int, video: int) -> tuple[datetime, str, str]:
+    """(start time, hours, weather) of a video, consistent with how it is rendered."""
+    rng = _rng(seed, split_code, video, _VIDEO)
+    scene = make_scene(rng)  # the same draws render_job makes, then the date
+    hour = int(rng.choice([20, 21, 22, 23, 0, 1, 2, 3, 4] if scene.night else list(range(8, 18))))
+    offset = timedelta(days=int(rng.integers(365)), seconds=int(rng.integers(3600)))
+    start = datetime(2021, 1, 1, hour) + offset
+    return start, "night" if scene.night else "day", scene.weather
+
+
+def _build_coco(seed: int, split: str, plans: list[FramePlan],
+                drawn: dict[int, list[DrawnObject]]) -> dict[str, Any]:  # fmt: skip
+    """The split's coco.json: FLIR's top-level keys, image ``extra_info``, flawed boxes."""
+    code = SPLIT_FOLDERS[split][1]
+    meta = {v: _video_meta(seed, code, v) for v in sorted({p.video for p in plans})}
+    images, per_image = [], []
+    for p in plans:
+        start, hours, weather = meta[p.video]
+        images.append({
+            "id": p.index, "width": WIDTH, "height": HEIGHT, "file_name": p.file_name, "license": 1,
+            "flickr_url": "", "coco_url": "",
+            "date_captured": (start + timedelta(seconds=p.frame_pos / 30)).isoformat(timespec="seconds"),
+            "extra_info": {"video_id": p.video_id, "frame_index": p.frame_index, "hours": hours,
+                           "weather": weather},
+        })  # fmt: skip
+        per_image.append([_annotation(p.index, o) for o in drawn[p.index] if _occlusion(o.visible)])
+    _add_flaws(per_image, _rng(seed, code, 0, _FLAWS))
+    annotations = [ann for group in per_image for ann in group]
+    for k, ann in enumerate(annotations, start=1):
+        ann["id"] = k
+    info = {"description": "Synthetic thermal frames in the Teledyne FLIR ADAS v2 layout", "url": "",
+            "version": "2.0", "year": 2022, "contributor": "flirdata synth", "date_created": "2022-01-19",
+            "flirdata_synth": _stamp(seed, split, len(plans))}  # fmt: skip
+    licenses = [{"id": 1, "name": "synthetic, no restrictions", "url": ""}]
+    return {"info": info, "licenses": licenses, "categories": CATEGORIES, "images": images,
+            "annotations": annotations}  # fmt: skip
+
+
+def _stamp(seed: int, split: str, n: int) -> dict[str, Any]:
+    return {"generator": GENERATOR, "seed": seed, "split": split, "images": n}
+
+
+def _cached_boxes(folder: Path, stamp: dict[str, Any], force: bool) -> int | None:
+    """Box count of a split already written with ``stamp``; None if it must be (re)written.
+    Raises DataError if the folder holds anything else, unless ``force``."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return None
+    try:
+        made = json.loads((folder / "coco.json").read_bytes())
+        found = made["info"]["flirdata_synth"]
+    except (OSError, ValueError, KeyError, TypeError):
+        made, found = None, None
+    if found == stamp:
+        return len(made["annotations"])
+    if force:
+        return None
+    what = f"was written by flirdata synth with {found}" if found else "holds other data"
+    raise DataError(f"{folder} {what}, not {stamp}; pass --force (force=True) to replace it")
+
+
+def _write_split(root: Path, split: str, n: int, seed: int, workers: int, progress: bool) -> int:
+    """Render into a hidden staging folder, write coco.json last, then rename it into place:
+    an interrupted run leaves only that folder (the next run deletes it), never a coco.json
+    naming missing images."""
+    folder, code = SPLIT_FOLDERS[split]
+    stage, final = root / f".{folder}.partial", root / folder
+    if stage.exists():
+        shutil.rmtree(stage)
+    (stage / "data").mkdir(parents=True)
+    plans = _plan_split(seed, split, n)
+    jobs = (RenderJob(str(stage), seed, code, tuple(plans[i : i + _CHUNK])) for i in range(0, n, _CHUNK))
+    drawn: dict[int, list[DrawnObject]] = {}
+    with tqdm(total=n, desc=folder, unit="img", disable=not progress) as bar:
+        for results in _iter_results(jobs, workers):
+            drawn.update(results)
+            bar.update(len(results))
+    coco = _build_coco(seed, split, plans, drawn)
+    tmp = stage / "coco.json.tmp"
+    tmp.write_text(json.dumps(coco), encoding="utf-8")
+    os.replace(tmp, stage / "coco.json")
+    if final.exists():
+        shutil.rmtree(final)  # empty, or replaced on purpose (force)
+    os.replace(stage, final)
+    return len(coco["annotations"])
+
+
+def _check_count(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+    if not ok or (maximum is not None and value > maximum):
+        bound = f" and <= {maximum}" if maximum is not None else ""
+        raise DataError(f"{name}={value!r}: expected an integer >= {minimum}{bound}")
+    return int(value)
+
+
+def _auto_workers(n: int) -> int:
+    """One per CPU, but 1 below 1000 images: each worker starts by importing flirdata (and so
+    torch), seconds that 2 workers only win back after ~1000 images (measured on 2 cores)."""
+    if n < 1000:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, test: int = 0, seed: int = 0,
+               progress: bool = True, workers: int | None = None, force: bool = False,
+               ) -> dict[str, Any]:  # fmt: skip
+    """Write a synthetic FLIR ADAS v2 dataset under ``root``; same seed, same bytes.
+
+    A split already written by this generator with the same seed and size is skipped, so callers
+    can use this as a cache; a split folder holding anything else raises DataError unless
+    ``force``, which deletes and rewrites it. Splits not asked for are left alone.
+
+    Args:
+        val: val images; ``None`` takes ``default_val(train)``.
+        test: frames in ``video_thermal_test/``; 0 writes no test split.
+        workers: rendering processes; ``None`` is one per CPU, or 1 below 1000 images.
+
+    Returns:
+        ``{"root", "seed", "splits": {split: {"folder", "images", "annotations", "skipped"}},
+        "images", "seconds", "images_per_s"}``, counting only images written by this call.
+    """
+    train = _check_count("train", train, 1)
+    val = default_val(train) if val is None else _check_count("val", val, 0)
+    counts = {"train": train, "val": val, "test": _check_count("test", test, 0)}
+    seed = _check_count("seed", seed, 0, 2**32 - 1)
+    workers = None if workers is None else _check_count("workers", workers, 1)
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    # Check every split before writing any, so a conflict fails fast and changes nothing.
+    cached = {s: _cached_boxes(root / SPLIT_FOLDERS[s][0], _stamp(seed, s, n), force)
+              for s, n in counts.items() if n}  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"root": str(root), "seed": seed, "splits": {}}
+    made, start = 0, time.perf_counter()
+    for split, boxes in cached.items():
+        n, skipped = counts[split], boxes is not None
+        if boxes is None:
+            boxes = _write_split(root, split, n, seed, workers or _auto_workers(n), progress)
+            made += n
+        summary["splits"][split] = {"folder": SPLIT_FOLDERS[split][0], "images": n,
+                                    "annotations": boxes, "skipped": skipped}  # fmt: skip
+    seconds = time.perf_counter() - start
+    rate = round(made / seconds, 1) if made else 0.0
+    summary.update(images=made, seconds=round(seconds, 3), images_per_s=rate)
+    return summary
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``flirdata synth``."""
+    add = parser.add_argument
+    add("root", metavar="ROOT", help="dataset folder (created if missing): gets images_thermal_train/ and "
+        "images_thermal_val/ (and video_thermal_test/), each with data/*.jpg and coco.json")
+    add("--size", default="small",
+        help="train images: small (500), medium (2000), big (10000) or a positive integer (default: small)")
+    add("--val", type=int, default=None, metavar="N",
+        help="val images (default: a tenth of the train images, at least 50, or all of them if fewer)")
+    add("--test", type=int, default=0, metavar="N", help="frames in video_thermal_test/ (default: 0, none)")
+    add("--seed", type=int, default=0, help="same seed, byte-identical files (default: 0)")
+    add("--workers", type=int, default=None, metavar="N",
+        help="rendering processes (default: one per CPU; 1 below 1000 images)")
+    add("--force", action="store_true",
+        help="a split already written with the same seed and size is skipped; one holding anything else "
+        "is an error, unless --force, which deletes and rewrites it")
+    add("--quiet", action="store_true", help="no progress bar")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``flirdata synth`` and print one line per split and the speed."""
+    summary = synthesize(args.root, train=parse_size(args.size), val=args.val, test=args.test, seed=args.seed,
+                         progress=not args.quiet, workers=args.workers, force=args.force)  # fmt: skip
+    for split in summary["splits"].values():
+        state = "up to date, skipped" if split["skipped"] else "written"
+        print(f"{Path(summary['root']) / split['folder']}: {split['images']} images, "
+              f"{split['annotations']} boxes ({state})")  # fmt: skip
+    if summary["images"]:
+        speed = f"{summary['images_per_s']:.1f} images/s"
+        print(f"{summary['images']} images in {summary['seconds']:.1f} s ({speed})")
+    return 0
