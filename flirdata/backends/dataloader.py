@@ -1,0 +1,165 @@
+"""The "dataloader" backend: torch's ``DataLoader`` workers running our fetcher.
+
+The DataLoader gets tasks, not indices: its sampler yields ``(epoch, indices)`` and its
+dataset turns one task into one batch, so the batching, shuffling and sharding stay the
+loader's and the batches are the same as on every other backend. Workers persist across
+epochs (``persistent_workers``); torch already moves batch tensors through shared memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from flirdata.backends.protocol import Fetcher, Task, WorkerCrashError
+from flirdata.backends.shm import dumps
+from flirdata.backends.worker import forkserver_context, portable_exception, setup_worker
+
+__all__ = ["DataLoaderBackend", "RemoteFailure", "RemoteTraceback", "Shipment"]
+
+
+class RemoteTraceback(Exception):
+    """The worker-side traceback, attached as ``__cause__`` of a re-raised exception."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+@dataclass(frozen=True)
+class RemoteFailure:
+    """An exception returned, not raised, by a DataLoader worker.
+
+    torch re-raises worker errors as ``type(exc)("Caught ... Original Traceback ...")``,
+    which loses the message and the notes; returning the exception keeps both.
+    """
+
+    exc: BaseException
+    tb: str
+
+    @classmethod
+    def capture(cls, exc: BaseException) -> RemoteFailure:
+        return cls(portable_exception(exc), "".join(traceback.format_exception(exc)))
+
+    def reraise(self) -> None:
+        self.exc.__cause__ = RemoteTraceback(self.tb)
+        raise self.exc
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """A batch leaving a DataLoader worker: the images tensor, everything else as pickle bytes.
+
+    torch sends every tensor of a worker's result through a shared-memory file and a
+    descriptor passed over a socket: right for the images (one 10 MB tensor), wasteful for
+    the two small target tensors of each image, so those travel inside ``payload``.
+    """
+
+    images: torch.Tensor | None
+    payload: bytes
+
+    @staticmethod
+    def pack(batch: Any) -> Any:
+        if type(batch) is tuple and batch and isinstance(batch[0], torch.Tensor):
+            payload = dumps(batch[1:])
+            return batch if payload is None else Shipment(batch[0], payload)
+        payload = dumps(batch)
+        return batch if payload is None else Shipment(None, payload)
+
+    def unpack(self) -> Any:
+        payload = pickle.loads(self.payload)
+        return payload if self.images is None else (self.images, *payload)
+
+
+class _TaskDataset(Dataset):
+    """``dataset[task]`` is the task's batch as a ``Shipment``, or a ``RemoteFailure``."""
+
+    def __init__(self, fetcher: Fetcher) -> None:
+        self.fetcher = fetcher
+
+    def __getitem__(self, task: Task) -> Any:  # type: ignore[override]
+        try:
+            batch = self.fetcher(task)
+        except Exception as exc:
+            return RemoteFailure.capture(exc)
+        return Shipment.pack(batch)
+
+
+class _TaskSource:
+    """The DataLoader's sampler: the current epoch's tasks (read in the main process)."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+@contextlib.contextmanager
+def _more_workers_than_cores_is_fine() -> Iterator[None]:
+    # The worker count was asked for explicitly; torch would warn at creation and every epoch.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        yield
+
+
+class DataLoaderBackend:
+    """``torch.utils.data.DataLoader`` with ``workers`` persistent fork-server workers."""
+
+    name = "dataloader"
+
+    def __init__(self, fetcher: Fetcher, workers: int, prefetch: int) -> None:
+        self._source = _TaskSource()
+        with _more_workers_than_cores_is_fine():
+            self._loader: DataLoader | None = DataLoader(
+                _TaskDataset(fetcher),
+                batch_size=None,
+                sampler=self._source,
+                collate_fn=_identity,
+                num_workers=workers,
+                prefetch_factor=prefetch,
+                persistent_workers=True,
+                multiprocessing_context=forkserver_context(),
+                worker_init_fn=setup_worker,
+            )
+
+    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
+        if self._loader is None:
+            raise RuntimeError("flirdata 'dataloader' backend is closed")
+        self._source.tasks = list(tasks)
+        with _more_workers_than_cores_is_fine():
+            batches = iter(self._loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                if "exited unexpectedly" in str(exc):
+                    raise WorkerCrashError(self.name) from exc
+                raise
+            if isinstance(batch, RemoteFailure):
+                batch.reraise()
+            yield batch.unpack() if isinstance(batch, Shipment) else batch
+
+    def close(self) -> None:
+        """Stop the persistent workers now rather than whenever the iterator is collected."""
+        loader, self._loader = self._loader, None
+        iterator = None if loader is None else getattr(loader, "_iterator", None)
+        if iterator is not None:
+            # Private, but the only deterministic way: torch shuts workers down in __del__.
+            iterator._shutdown_workers()

@@ -1,0 +1,37 @@
+"""The "loky" backend: a private joblib loky executor (spawn-based, robust to crashes).
+
+Not ``get_reusable_executor``: that executor is process-wide shared state, and asking it
+for another initializer (another dataset) shuts down the pool whoever else is using it.
+A private ``loky.ProcessPoolExecutor`` gives the same workers, its own lifetime, and
+``env`` to set the thread limits before the children import numpy.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
+
+from flirdata.backends.pool import PoolBackend
+from flirdata.backends.protocol import Fetcher
+from flirdata.backends.worker import THREAD_ENV, install_fetcher
+
+__all__ = ["make_loky_backend"]
+
+
+def _shutdown(executor: Executor) -> None:
+    # Not kill_workers=True: with it, loky 3.6 calls set_exception() on the futures the
+    # loader has just cancelled, its manager thread dies of InvalidStateError and the
+    # workers are left running. Running tasks (one batch per worker) finish instead.
+    executor.shutdown(wait=True)
+
+
+def make_loky_backend(fetcher: Fetcher, workers: int, prefetch: int) -> PoolBackend:
+    """Loky workers (no idle timeout: they live until ``close``), one thread per library."""
+    executor = LokyExecutor(
+        max_workers=workers,
+        initializer=install_fetcher,
+        initargs=(fetcher,),
+        env=THREAD_ENV,
+    )
+    return PoolBackend("loky", executor, _shutdown, workers, prefetch)

@@ -1,0 +1,148 @@
+"""``PoolBackend``: an ordered, bounded map over a process-pool executor with a shared ring.
+
+Shared by the "process" (``concurrent.futures``) and "loky" backends, which differ only
+in how their executor is built and shut down. At most ``workers * prefetch`` tasks are in
+flight; each holds one ring slot, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import Any
+
+import torch
+
+from flirdata.backends.protocol import Task, WorkerCrashError
+from flirdata.backends.shm import SharedRing, Slot, unpack_batch
+from flirdata.backends.worker import run_installed
+
+__all__ = ["PoolBackend"]
+
+InFlight = tuple[Future, "Slot | None", int]  # (future, ring slot, samples in the task)
+
+
+class _Resources:
+    """What must be released, reachable from a finalizer without the backend itself."""
+
+    def __init__(self, executor: Executor, shutdown: Callable[[Executor], None]) -> None:
+        self.executor: Executor | None = executor
+        self.shutdown = shutdown
+        self.ring: SharedRing | None = None
+
+    def close(self) -> None:
+        executor, self.executor = self.executor, None
+        try:
+            if executor is not None:
+                self.shutdown(executor)  # workers first: nobody may write into the ring after
+        finally:
+            ring, self.ring = self.ring, None
+            if ring is not None:
+                ring.close()
+
+
+def _release_when_done(ring: SharedRing, index: int, _: Future) -> None:
+    ring.release(index)
+
+
+class PoolBackend:
+    """Ordered map of ``run_installed`` over tasks, ``workers * prefetch`` of them in flight.
+
+    The ring is sized lazily from the first batch (its images travel pickled), so the
+    backend needs no knowledge of image sizes; it stays for the pool's lifetime.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        executor: Executor,
+        shutdown: Callable[[Executor], None],
+        workers: int,
+        prefetch: int,
+    ) -> None:
+        self.name = name
+        self.depth = workers * prefetch
+        self._res = _Resources(executor, shutdown)
+        self._ring_tried = False
+        self._largest_task = 1
+        self._finalizer = weakref.finalize(self, self._res.close)
+
+    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
+        todo = iter(tasks)
+        window: deque[InFlight] = deque()
+        self._largest_task = max((len(indices) for _, indices in tasks), default=1)
+        try:
+            for task in itertools.islice(todo, self.depth):
+                window.append(self._submit(task))
+            while window:
+                batch = self._receive(*window.popleft())
+                task = next(todo, None)
+                if task is not None:  # refill before yielding: workers run while the user does
+                    window.append(self._submit(task))
+                yield batch
+        finally:
+            self._abandon(window)
+
+    @property
+    def ring(self) -> SharedRing | None:
+        """The shared-memory ring, once the first batch has sized it (None: batches are pickled)."""
+        return self._res.ring
+
+    def close(self) -> None:
+        """Stop the workers, then unlink the ring (idempotent)."""
+        self._finalizer()
+
+    def _executor(self) -> Executor:
+        if self._res.executor is None:
+            raise RuntimeError(f"flirdata {self.name!r} backend is closed")
+        return self._res.executor
+
+    def _submit(self, task: Task) -> InFlight:
+        ring = self._res.ring
+        slot = ring.acquire() if ring is not None else None
+        try:
+            return self._executor().submit(run_installed, task, slot), slot, len(task[1])
+        except BaseException as exc:
+            if slot is not None and ring is not None:
+                ring.release(slot.index)
+            if isinstance(exc, BrokenProcessPool):
+                raise WorkerCrashError(self.name) from exc
+            raise
+
+    def _receive(self, future: Future, slot: Slot | None, samples: int) -> Any:
+        ring = self._res.ring
+        try:
+            batch = unpack_batch(future.result(), ring)
+        except BrokenProcessPool as exc:  # loky's TerminatedWorkerError is a subclass
+            raise WorkerCrashError(self.name) from exc
+        finally:
+            if slot is not None and ring is not None:
+                ring.release(slot.index)
+        if not self._ring_tried:
+            self._make_ring(batch, samples)
+        return batch
+
+    def _make_ring(self, batch: Any, samples: int) -> None:
+        """Size the slots from the first batch, scaled up if it was a short one."""
+        self._ring_tried = True
+        images = batch[0] if type(batch) is tuple and batch else None
+        if isinstance(images, torch.Tensor) and images.numel() and samples:
+            slot_bytes = -(-images.nbytes * self._largest_task // samples)
+            self._res.ring = SharedRing.create(slot_bytes, self.depth)
+
+    def _abandon(self, window: deque[InFlight]) -> None:
+        """Cancel what has not started; slots of running tasks are freed when they finish."""
+        ring = self._res.ring
+        for future, slot, _ in window:
+            cancelled = future.cancel()
+            if slot is None or ring is None:
+                continue
+            if cancelled:
+                ring.release(slot.index)
+            else:
+                future.add_done_callback(partial(_release_when_done, ring, slot.index))

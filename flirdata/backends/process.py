@@ -1,0 +1,30 @@
+"""The "process" backend: ``concurrent.futures.ProcessPoolExecutor`` on a fork server."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor, ProcessPoolExecutor
+
+from flirdata.backends.pool import PoolBackend
+from flirdata.backends.protocol import Fetcher
+from flirdata.backends.worker import forkserver_context, install_fetcher
+
+__all__ = ["make_process_backend"]
+
+
+def _shutdown(executor: Executor) -> None:
+    # Running tasks (at most one batch per worker) finish; queued ones are dropped.
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def make_process_backend(fetcher: Fetcher, workers: int, prefetch: int) -> PoolBackend:
+    """Worker processes forked from the fork server (never plain fork: see worker.py).
+
+    The fetcher reaches each worker once, through the pool initializer.
+    """
+    executor = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=forkserver_context(),
+        initializer=install_fetcher,
+        initargs=(fetcher,),
+    )
+    return PoolBackend("process", executor, _shutdown, workers, prefetch)

@@ -1,0 +1,33 @@
+"""The "sequential" backend: every batch fetched in the calling thread, nothing ahead.
+
+The baseline of every comparison, and the explicit path of ``workers <= 1`` whatever
+backend was asked for (as joblib does with ``n_jobs=1``): a pool of one worker would only
+add transport to the same amount of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from flirdata.backends.protocol import Fetcher, Task
+from flirdata.backends.worker import tune_malloc
+
+__all__ = ["SequentialBackend"]
+
+
+class SequentialBackend:
+    """``map(fetcher, tasks)``, lazily; ``workers`` and ``prefetch`` are accepted and unused."""
+
+    name = "sequential"
+
+    def __init__(self, fetcher: Fetcher, workers: int = 1, prefetch: int = 1) -> None:
+        self._fetcher = fetcher
+        tune_malloc()  # the augmentation runs in this process
+
+    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
+        for task in tasks:
+            yield self._fetcher(task)
+
+    def close(self) -> None:
+        """Nothing to release."""

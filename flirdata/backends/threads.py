@@ -1,0 +1,83 @@
+"""The "threads" backend: joblib's threading backend, driven by an ordered bounded window.
+
+OpenCV and numpy release the GIL while they work, so threads overlap the augmentation of
+different batches. ``Parallel(return_as="generator")`` is not used: it dispatches a new
+task whenever one *finishes*, not when the consumer takes a result, so a slow consumer
+(a training step) lets finished batches pile up for the whole epoch. The window here
+submits a task only when a batch is taken.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import cv2
+from joblib.parallel import ThreadingBackend  # joblib re-exports its backends here
+
+from flirdata.backends.protocol import Fetcher, Task
+from flirdata.backends.worker import tune_malloc
+
+__all__ = ["ThreadsBackend"]
+
+
+def _run_unless_cancelled(fetcher: Fetcher, task: Task, cancelled: threading.Event) -> Any:
+    # A pool thread cannot be interrupted, but a queued task can skip its work.
+    return None if cancelled.is_set() else fetcher(task)
+
+
+class ThreadsBackend:
+    """``workers`` threads share the dataset; ``workers * prefetch`` batches in flight.
+
+    While it is open, OpenCV runs single-threaded (``cv2.setNumThreads(1)``, process-wide):
+    its own pool would compete with ours for the same cores.
+    """
+
+    name = "threads"
+
+    def __init__(self, fetcher: Fetcher, workers: int, prefetch: int) -> None:
+        self._fetcher = fetcher
+        self.depth = workers * prefetch
+        self._pool: ThreadingBackend | None = ThreadingBackend()
+        self._pool.configure(n_jobs=workers)
+        self._cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        tune_malloc()
+
+    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("flirdata 'threads' backend is closed")
+        cancelled = threading.Event()
+        todo = iter(tasks)
+        window: deque[Any] = deque()
+
+        def submit(task: Task) -> None:
+            window.append(pool.submit(partial(_run_unless_cancelled, self._fetcher, task, cancelled)))
+
+        try:
+            for task in itertools.islice(todo, self.depth):
+                submit(task)
+            while window:
+                batch = pool.retrieve_result_callback(window.popleft().get())
+                task = next(todo, None)
+                if task is not None:
+                    submit(task)
+                yield batch
+        finally:
+            # Wait for the abandoned tasks (queued ones return at once): the threads share
+            # one dataset, whose epoch the next iteration may change.
+            cancelled.set()
+            for pending in window:
+                pending.wait()
+
+    def close(self) -> None:
+        """Join the threads and give OpenCV its thread count back (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+            cv2.setNumThreads(self._cv2_threads)

@@ -1,0 +1,346 @@
+"""``flirdata bench``: sweep backends x workers x dataset sizes and report what each one buys.
+
+A size is a prefix of the train split of ``--data`` (``small`` = its first 500 images, and so
+on); a size larger than the split is an error that says how to make a big enough dataset
+with ``flirdata synth``, rather than a silent repeat of the same images.
+
+One point (backend, workers, size) is measured ``--repeats`` times, the repeats interleaved
+round robin over all points, so a slow drift of the machine (heat, a neighbour) spreads over
+every point instead of biasing the ones measured last. One repeat:
+
+1. builds a loader on the size's images (shuffled, fixed seed) and waits for the first batch:
+   ``first_batch_s``; ``startup_s`` is what is left of it after one steady batch latency
+   (``workers * batch_size / images_per_s``), i.e. starting the pool and shipping the dataset;
+2. skips one more batch per extra worker (the first wave arrives all at once and would
+   inflate the rate), then times ``--batches`` batches (fewer if the epoch ends first):
+   ``images_per_s``. A point times a bounded number of batches, not a whole epoch, so that
+   big sizes stay feasible; ``epoch_s`` estimates a whole epoch as startup + images / rate.
+
+The sequential backend is always measured (once per size, it has no workers): it is the
+baseline of ``speedup`` (rate / sequential rate) and ``efficiency`` (speedup / workers).
+``fraction_of_ideal`` compares with ``min(workers, cores)`` times the single-thread rate of a
+tight loop of decode + augment + collate in this process (OpenCV and torch at one thread).
+``peak_pss_mb`` is the peak proportional set size of this process and all its children (PSS
+splits shared pages between the processes sharing them, so workers are not counted twice for
+the libraries they share), read after the first batch and right after the timed window;
+``peak_rss_mb`` is the peak sum of RSS, read by a thread every 0.1 s throughout. PSS is not
+read inside the timed window because reading it costs ~20 ms of CPU per process (see
+``flirdata.memory``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pickle
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flirdata import report
+from flirdata.errors import FlirdataError
+from flirdata.memory import MemorySampler
+
+__all__ = ["BenchConfig", "configure_parser", "run_command", "run_bench", "take_prefix"]
+
+BASELINE = report.BASELINE
+
+
+class BenchError(FlirdataError, ValueError):
+    """A bench argument cannot be measured (bad list, size larger than the dataset...)."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One sweep: the grid, and how long each point is measured."""
+
+    data: str
+    backends: tuple[str, ...]
+    workers: tuple[int, ...]
+    sizes: tuple[str, ...]  # labels as given: "small", "2000", ...
+    batch_size: int = 32
+    batches: int = 20  # timed batches per repeat; 0 = the rest of the epoch
+    repeats: int = 3
+    seed: int = 0
+
+
+# -- arguments ---------------------------------------------------------------------------------
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options are parsed as text and checked in ``run_command``, so a bad one is one line."""
+    parser.add_argument("--data", metavar="ROOT", help="dataset folder (required; see `flirdata synth`)")
+    parser.add_argument("--backends", metavar="LIST", help="comma-separated backends (default: all)")
+    parser.add_argument("--workers", metavar="LIST", default="1,2,4", help="worker counts (default: 1,2,4)")
+    parser.add_argument("--sizes", metavar="LIST", default="small,medium,big",
+                        help="dataset sizes: small=500, medium=2000, big=10000 or a number of images; "
+                             "each is a prefix of ROOT's train split (default: small,medium,big)")  # fmt: skip
+    parser.add_argument("--batch-size", metavar="N", default="32", help="images per batch (default: 32)")
+    parser.add_argument("--batches", metavar="N", default="20",
+                        help="batches timed per repeat after warm-up, 0 = rest of the epoch (default: 20)")
+    parser.add_argument("--repeats", metavar="N", default="3", help="repeats per point (default: 3)")
+    parser.add_argument("--seed", metavar="N", default="0", help="augmentation and shuffle seed (default: 0)")
+    parser.add_argument("--json", metavar="FILE", help="write one record per point")
+    parser.add_argument("--markdown", metavar="FILE", help="write the tables as markdown")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot speedup against workers")
+
+
+def _int(text: str, what: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise BenchError(f"{what}: expected an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise BenchError(f"{what}: expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _items(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise BenchError(f"{what}: expected a comma-separated list, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+def parse_config(args: argparse.Namespace) -> BenchConfig:
+    """Turn the command line into a ``BenchConfig``; every bad value is one ``BenchError``."""
+    from flirdata.backends import BACKENDS
+    from flirdata.synth import parse_size
+
+    if not args.data:
+        raise BenchError("--data ROOT is required: the dataset to measure (make one with `flirdata synth`)")
+    backends = _items(args.backends, "--backends") if args.backends else list(BACKENDS)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise BenchError(f"--backends: unknown backend {unknown[0]!r}; expected one of {sorted(BACKENDS)}")
+    sizes = _items(args.sizes, "--sizes")
+    for size in sizes:
+        try:
+            parse_size(size)
+        except (ValueError, FlirdataError) as exc:
+            raise BenchError(f"--sizes: {exc}") from None
+    return BenchConfig(
+        data=args.data,
+        backends=tuple([BASELINE] + [b for b in backends if b != BASELINE]),
+        workers=tuple(sorted(_int(w, "--workers", 1) for w in _items(args.workers, "--workers"))),
+        sizes=tuple(sizes),
+        batch_size=_int(args.batch_size, "--batch-size", 1),
+        batches=_int(args.batches, "--batches", 0),
+        repeats=_int(args.repeats, "--repeats", 1),
+        seed=_int(args.seed, "--seed", 0),
+    )
+
+
+# -- datasets ----------------------------------------------------------------------------------
+def take_prefix(dataset: Any, n: int) -> Any:
+    """A copy of a ``FlirDetection`` that holds only its first ``n`` images.
+
+    Slicing the packed index (not wrapping in ``Subset``) keeps the result a real
+    ``FlirDetection``: picklable, with ``set_epoch`` and ``sample``, and workers receive an
+    index as small as the prefix, as they would for a dataset of that size.
+    """
+    index = dataset.index
+    if not 0 < n <= len(index):
+        raise BenchError(f"cannot take {n} images from a split of {len(index)}")
+    lo, hi = int(index.box_start[0]), int(index.box_start[n])
+    sliced = replace(
+        index, image_ids=index.image_ids[:n], file_names=index.file_names[:n], widths=index.widths[:n],
+        heights=index.heights[:n], box_start=index.box_start[: n + 1] - lo, boxes=index.boxes[lo:hi],
+        labels=index.labels[lo:hi], ann_ids=index.ann_ids[lo:hi],
+    )  # fmt: skip
+    copy = pickle.loads(pickle.dumps(dataset))  # fresh thread-local pipeline cache
+    copy.index = sliced
+    return copy
+
+
+def _open_sizes(config: BenchConfig) -> dict[str, Any]:
+    from flirdata.dataset import FlirDetection
+    from flirdata.synth import parse_size
+    from flirdata.transforms import build_transform
+
+    full = FlirDetection(config.data, "train", transform=build_transform("thermal"), seed=config.seed)
+    out = {}
+    for label in config.sizes:
+        n = parse_size(label)
+        if n > len(full):
+            raise BenchError(
+                f"{config.data}: size {label} needs {n} train images but the split has {len(full)}; "
+                f"make a bigger dataset with `flirdata synth DIR --size {label}` or choose smaller --sizes"
+            )
+        # Timing needs one batch after the warm-up: the first batch and the first wave.
+        need = 1 + (max(config.workers) if len(config.backends) > 1 else 1)
+        if -(-n // config.batch_size) < need:
+            raise BenchError(f"size {label} ({n} images) gives fewer than {need} batches of {config.batch_size} "
+                             "(one to time after the first wave of workers): lower --batch-size")  # fmt: skip
+        out[label] = take_prefix(full, n)
+    return out
+
+
+# -- measuring ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """OpenCV and torch at one thread, restored after: the 'single-thread' of the ideal."""
+    import cv2
+    import torch
+
+    cv_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(cv_threads)
+        torch.set_num_threads(torch_threads)
+
+
+def calibrate(dataset: Any, batch_size: int, batches: int, seed: int) -> dict[str, float]:
+    """Tight-loop rate of decode + augment + collate on one thread, and a batch's pickle cost."""
+    from flirdata.collate import collate_detection
+
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)][: batches + 1]
+    with single_threaded():
+        batch = collate_detection([dataset[int(i)] for i in chunks[0]])  # warm-up
+        start, images = time.perf_counter(), 0
+        for chunk in chunks[1:]:
+            images += len(collate_detection([dataset[int(i)] for i in chunk])[1])
+        rate = images / (time.perf_counter() - start)
+    start = time.perf_counter()
+    data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.loads(data)
+    return {"tight_images_per_s": rate, "pickle_ms_per_batch": (time.perf_counter() - start) * 1e3,
+            "batch_mb": len(data) / 2**20}  # fmt: skip
+
+
+def measure_once(dataset: Any, backend: str, workers: int, config: BenchConfig,
+                 memory: MemorySampler) -> dict[str, Any]:  # fmt: skip
+    """One repeat of one point: time to first batch, then the steady rate (see module doc)."""
+    from flirdata.loader import make_loader
+
+    start = time.perf_counter()
+    loader = make_loader(dataset, backend=backend, workers=workers, batch_size=config.batch_size,
+                         shuffle=True, seed=config.seed)  # fmt: skip
+    with loader:
+        batches = iter(loader)
+        next(batches)
+        first = time.perf_counter() - start
+        memory.checkpoint()  # pool up, first wave in flight
+        for _ in range(workers - 1):  # the rest of the first wave
+            next(batches, None)
+        limit = config.batches or len(loader)
+        images = 0
+        with memory.quiet():
+            tick = time.perf_counter()
+            for timed, (_images, targets) in enumerate(batches, 1):
+                images += len(targets)
+                if timed >= limit:
+                    break
+            elapsed = time.perf_counter() - tick
+        memory.checkpoint()  # prefetch queue full: the steady state's memory
+        closing = time.perf_counter()
+    if images == 0:
+        raise BenchError(f"size {len(dataset)} leaves no batch to time after warm-up with {workers} workers; "
+                         "use a bigger size or a smaller --batch-size")  # fmt: skip
+    return {"first_batch_s": first, "images_timed": images, "seconds": elapsed,
+            "shutdown_s": time.perf_counter() - closing, "runs_as": loader.options.effective_backend,
+            "peak_pss_mb": memory.peak_pss_mb, "peak_rss_mb": memory.peak_rss_mb}  # fmt: skip
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+Point = tuple[str, str, int]  # (size, backend, workers)
+
+
+def sweep_points(config: BenchConfig) -> list[Point]:
+    """Every point of the grid; the sequential baseline once per size (it has no workers)."""
+    points = []
+    for size in config.sizes:
+        points.append((size, BASELINE, 1))
+        points.extend((size, backend, w) for backend in config.backends if backend != BASELINE
+                      for w in config.workers)  # fmt: skip
+    return points
+
+
+def _record(point: Point, runs: Sequence[dict[str, Any]], images: int,
+            calib: Sequence[dict[str, float]], config: BenchConfig) -> report.Record:  # fmt: skip
+    size, backend, workers = point
+    rates = [r["images_timed"] / r["seconds"] for r in runs]
+    rate = statistics.median(rates)
+    first = statistics.median(r["first_batch_s"] for r in runs)
+    startup = max(0.0, first - workers * config.batch_size / rate)
+    return {
+        "backend": backend, "workers": workers, "runs_as": runs[0]["runs_as"], "size": size, "images": images,
+        "batch_size": config.batch_size, "images_timed": int(statistics.median(r["images_timed"] for r in runs)),
+        "repeats": len(runs), "images_per_s": rate, "images_per_s_min": min(rates), "images_per_s_max": max(rates),
+        "first_batch_s": first, "startup_s": startup, "epoch_s": startup + images / rate,
+        "shutdown_s": statistics.median(r["shutdown_s"] for r in runs),
+        "peak_pss_mb": max(r["peak_pss_mb"] for r in runs), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        **{key: statistics.median(c[key] for c in calib) for key in calib[0]},
+    }  # fmt: skip
+
+
+def run_bench(config: BenchConfig, progress: bool = True) -> list[report.Record]:
+    """Measure every point ``config.repeats`` times, round robin; records with ratios."""
+    from tqdm import tqdm
+
+    datasets = _open_sizes(config)
+    load_before = os.getloadavg()[0]  # other work on the machine skews everything: record it
+    largest = max(datasets.values(), key=len)
+    points = sweep_points(config)
+    runs: dict[Point, list[dict[str, Any]]] = {p: [] for p in points}
+    calib: list[dict[str, float]] = []
+    calib_batches = max(5, config.batches or len(largest) // config.batch_size)
+    with tqdm(total=config.repeats * (len(points) + 1), desc="bench", unit="run", disable=not progress) as bar:
+        for _ in range(config.repeats):
+            bar.set_postfix_str("tight loop, 1 thread")
+            calib.append(calibrate(largest, config.batch_size, calib_batches, config.seed))
+            bar.update()
+            for point in points:
+                bar.set_postfix_str(f"{point[0]} {point[1]} x{point[2]}")
+                with MemorySampler() as memory:
+                    runs[point].append(measure_once(datasets[point[0]], point[1], point[2], config, memory))
+                bar.update()
+    meta = {**report.machine_info(), "load_before": load_before, "load_after": os.getloadavg()[0]}
+    records = [{**_record(p, runs[p], len(datasets[p[0]]), calib, config), **meta} for p in points]
+    return report.add_ratios(records, meta["cores"])
+
+
+def _command(config: BenchConfig) -> str:
+    return (f"flirdata bench --data {config.data} --backends {','.join(config.backends)} "
+            f"--workers {','.join(map(str, config.workers))} --sizes {','.join(config.sizes)} "
+            f"--batch-size {config.batch_size} --batches {config.batches} --repeats {config.repeats}")  # fmt: skip
+
+
+def _outputs(args: argparse.Namespace) -> dict[str, Path]:
+    """Output files, checked before a long sweep rather than after it."""
+    outputs = {k: Path(getattr(args, k)) for k in ("json", "markdown", "plot") if getattr(args, k)}
+    for key, path in outputs.items():
+        if not path.parent.is_dir():
+            raise BenchError(f"--{key} {path}: folder {path.parent} does not exist")
+    return outputs
+
+
+def _calibration_line(r: report.Record) -> str:
+    return (f"tight loop (decode + augment + collate, 1 thread): {r['tight_images_per_s']:.1f} images/s; "
+            f"a batch is {r['batch_mb']:.1f} MB, pickling it there and back {r['pickle_ms_per_batch']:.1f} ms")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config = parse_config(args)
+    outputs = _outputs(args)
+    records = run_bench(config)
+    print(_calibration_line(records[0]))
+    print(report.format_table(records, report.POINT_COLUMNS))
+    print()
+    print(report.format_table(report.best_per_size(records), report.BEST_COLUMNS))
+    if "json" in outputs:
+        report.write_json(outputs["json"], records)
+    if "markdown" in outputs:
+        report.write_markdown(outputs["markdown"], records, records[0], _command(config),
+                              notes=[_calibration_line(records[0])])  # fmt: skip
+    if "plot" in outputs:
+        report.plot_speedup(outputs["plot"], records, records[0]["cores"])
+    return 0

@@ -1,0 +1,186 @@
+"""``make_loader`` and ``Loader``: batches of a dataset through any backend, epoch by epoch.
+
+The loader owns the options, the batch sampler and (lazily) one backend whose pool lives
+until ``close()``; each ``iter(loader)`` maps the backend over the epoch's tasks.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from flirdata.backends import BACKENDS, Backend, Fetcher, Task, WorkerCrashError
+from flirdata.collate import collate_detection
+from flirdata.sampler import BatchSampler
+
+__all__ = ["LoaderOptions", "Loader", "make_loader"]
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """Everything that configures a loader, validated once (see ``make_loader``)."""
+
+    backend: str = "sequential"
+    workers: int = 1
+    batch_size: int = 32
+    shuffle: bool = False
+    seed: int = 0
+    drop_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+    collate_fn: Callable[[list[Any]], Any] = collate_detection
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
+        for name, minimum in (("workers", 0), ("prefetch", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if not callable(self.collate_fn):
+            raise ValueError(f"collate_fn must be callable, got {self.collate_fn!r}")
+
+    @property
+    def effective_backend(self) -> str:
+        """The backend that runs: ``workers <= 1`` is always the in-thread "sequential" path."""
+        return self.backend if self.workers > 1 else "sequential"
+
+    def sampler(self, size: int) -> BatchSampler:
+        return BatchSampler(size, self.batch_size, self.shuffle, self.seed, self.drop_last,
+                            self.rank, self.world_size)  # fmt: skip
+
+
+class Loader:
+    """Iterable over ``(images, targets)`` batches; the same batches on every backend.
+
+    Use it as a context manager (or call ``close()``) to stop its workers; breaking out of
+    the loop is safe (pending batches are cancelled), and so is garbage collection. Pickling
+    a loader pickles its dataset and options, never its pool.
+    """
+
+    def __init__(self, dataset: Any, options: LoaderOptions) -> None:
+        self.dataset = dataset
+        self.options = options
+        self.sampler = options.sampler(len(dataset))
+        self.epoch = 0
+        self._backend: Backend | None = None
+        self._active: weakref.ref[Iterator[Any]] | None = None
+
+    @property
+    def backend(self) -> Backend | None:
+        """The running backend (its pool), or None before the first epoch and after ``close``."""
+        return self._backend
+
+    def __len__(self) -> int:
+        """Batches per epoch (on this rank)."""
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch of the next ``iter(loader)``: its order and its augmentations."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        self.epoch = epoch
+
+    def tasks(self, epoch: int | None = None) -> list[Task]:
+        """The epoch's tasks ``(epoch, indices)``, as the backend receives them."""
+        epoch = self.epoch if epoch is None else epoch
+        return [(epoch, batch) for batch in self.sampler.batches(epoch)]
+
+    def __iter__(self) -> Iterator[Any]:
+        self._close_active()  # one epoch at a time: workers share the dataset's epoch
+        batches = self._iterate(self._ensure_backend(), self.tasks())
+        self._active = weakref.ref(batches)
+        return batches
+
+    def _iterate(self, backend: Backend, tasks: list[Task]) -> Iterator[Any]:
+        batches = backend.imap(tasks)
+        try:
+            yield from batches
+        except WorkerCrashError:
+            self._drop_backend()  # a broken pool cannot be reused; the next epoch starts anew
+            raise
+        finally:
+            batches.close()
+
+    def _ensure_backend(self) -> Backend:
+        if self._backend is None:
+            factory = BACKENDS[self.options.effective_backend]
+            fetcher = Fetcher(self.dataset, self.options.collate_fn)
+            self._backend = factory(fetcher, self.options.workers, self.options.prefetch)
+        return self._backend
+
+    def _close_active(self) -> None:
+        active = None if self._active is None else self._active()
+        self._active = None
+        if active is not None:
+            active.close()  # type: ignore[attr-defined]
+
+    def _drop_backend(self) -> None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    def close(self) -> None:
+        """Stop the current epoch and the workers, free the shared memory (idempotent)."""
+        try:
+            self._close_active()
+        finally:
+            self._drop_backend()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # never raise from a finalizer (interpreter shutdown, half-built object)
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "options": self.options, "epoch": self.epoch}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Loader.__init__(self, state["dataset"], state["options"])
+        self.epoch = state["epoch"]
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (f"Loader(backend={o.backend!r}, workers={o.workers}, batch_size={o.batch_size}, "
+                f"batches={len(self)}, epoch={self.epoch})")  # fmt: skip
+
+
+def make_loader(
+    dataset: Any,
+    backend: str = "sequential",
+    workers: int = 1,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    collate_fn: Callable[[list[Any]], Any] = collate_detection,
+    prefetch: int = 2,
+) -> Loader:
+    """A loader of ``collate_fn([dataset[i] for i in batch])`` batches over ``backend``.
+
+    Args:
+        dataset: map-style dataset; if it has ``set_epoch``, workers call it per task.
+        backend: a key of ``BACKENDS``.
+        workers: worker threads or processes; ``<= 1`` runs in the calling thread.
+        batch_size, shuffle, seed, drop_last, rank, world_size: see ``BatchSampler``.
+        collate_fn: turns a list of samples into a batch (picklable for process backends).
+        prefetch: batches in flight per worker.
+
+    Raises:
+        ValueError: an unknown backend or an invalid number.
+    """
+    options = LoaderOptions(backend, workers, batch_size, shuffle, seed, drop_last, rank, world_size,
+                            collate_fn, prefetch)  # fmt: skip
+    return Loader(dataset, options)

@@ -1,0 +1,243 @@
+"""Benchmark results as people read them: derived ratios, text and markdown tables, a plot.
+
+Pure functions over the bench's records (one dict per measured point), so the arithmetic of
+speedup, efficiency and fraction of ideal lives in one place and is tested apart from timing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Record",
+    "machine_info",
+    "usable_cores",
+    "add_ratios",
+    "best_per_size",
+    "format_table",
+    "markdown_table",
+    "write_json",
+    "write_markdown",
+    "plot_speedup",
+    "POINT_COLUMNS",
+    "BEST_COLUMNS",
+]
+
+Record = dict[str, Any]
+BASELINE = "sequential"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str:
+    try:
+        return str(__import__(module).__version__)
+    except ImportError:
+        return "not installed"
+
+
+def machine_info() -> dict[str, Any]:
+    """What a result depends on: date, CPU, cores, memory, OS and library versions."""
+    import psutil
+
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": usable_cores(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "albumentations": _version("albumentations"),
+        "opencv": _version("cv2"),
+        "numpy": _version("numpy"),
+        "joblib": _version("joblib"),
+    }
+
+
+def add_ratios(records: Sequence[Record], cores: int) -> list[Record]:
+    """Copies of ``records`` with ``speedup``, ``efficiency`` and ``fraction_of_ideal``.
+
+    The baseline of a size is the sequential record of that size from the same run, so the
+    ratios never mix machines or days. Ideal is ``min(workers, cores)`` times the
+    single-thread tight-loop rate (``tight_images_per_s``): more workers than cores only
+    time-share the same cores.
+    """
+    base = {r["size"]: r["images_per_s"] for r in records if r["backend"] == BASELINE}
+    out = []
+    for r in records:
+        seq = base.get(r["size"])
+        ideal = min(r["workers"], cores) * r["tight_images_per_s"]
+        speedup = r["images_per_s"] / seq if seq else float("nan")
+        out.append({**r, "speedup": speedup, "efficiency": speedup / r["workers"],
+                    "ideal_images_per_s": ideal, "fraction_of_ideal": r["images_per_s"] / ideal})  # fmt: skip
+    return out
+
+
+def best_per_size(records: Sequence[Record]) -> list[Record]:
+    """For every (size, backend) the record of highest speedup (fewer workers on a tie).
+
+    Points that ``make_loader`` ran in the calling thread (``workers <= 1``) do not count
+    for a parallel backend that has other points: they are the sequential path again.
+    """
+    best: dict[tuple[str, str], Record] = {}
+    parallel = {(r["size"], r["backend"]) for r in records if r.get("runs_as", r["backend"]) == r["backend"]}
+    for r in records:
+        key = (r["size"], r["backend"])
+        if key in parallel and r.get("runs_as", r["backend"]) != r["backend"]:
+            continue
+        old = best.get(key)
+        if old is None or (r["speedup"], -r["workers"]) > (old["speedup"], -old["workers"]):
+            best[key] = r
+    return list(best.values())
+
+
+def _backend_cell(r: Record) -> str:
+    runs_as = r.get("runs_as", r["backend"])
+    return r["backend"] if runs_as == r["backend"] else f"{r['backend']} (as {runs_as})"
+
+
+Column = tuple[str, Callable[[Record], str]]
+
+POINT_COLUMNS: list[Column] = [
+    ("size", lambda r: f"{r['size']} ({r['images']})"),
+    ("backend", _backend_cell),
+    ("workers", lambda r: str(r["workers"])),
+    ("images/s (min-max)", lambda r: f"{r['images_per_s']:.1f} "
+                                     f"({r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f})"),
+    ("speedup", lambda r: f"{r['speedup']:.2f}"),
+    ("efficiency", lambda r: f"{r['efficiency']:.2f}"),
+    ("of ideal", lambda r: f"{r['fraction_of_ideal']:.2f}"),
+    ("startup s", lambda r: f"{r['startup_s']:.2f}"),
+    ("epoch s (est.)", lambda r: f"{r['epoch_s']:.1f}"),
+    ("peak PSS MB", lambda r: f"{r['peak_pss_mb']:.0f}"),
+]
+
+# The seed report's table: best cores per technique and dataset size.
+BEST_COLUMNS: list[Column] = [
+    ("size", lambda r: f"{r['size']} ({r['images']})"),
+    ("technique", lambda r: r["backend"]),
+    ("cores", lambda r: str(r["workers"])),
+    ("speedup", lambda r: f"{r['speedup']:.2f}"),
+    ("efficiency", lambda r: f"{r['efficiency']:.2f}"),
+]
+
+
+def _cells(records: Iterable[Record], columns: Sequence[Column]) -> list[list[str]]:
+    return [[fmt(r) for _, fmt in columns] for r in records]
+
+
+def format_table(records: Sequence[Record], columns: Sequence[Column]) -> str:
+    """A fixed-width text table (numbers right-aligned) for the terminal."""
+    rows = [[name for name, _ in columns], *_cells(records, columns)]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(columns))]
+    lines = []
+    for row in rows:
+        cells = [c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(records: Sequence[Record], columns: Sequence[Column]) -> str:
+    """A GitHub markdown table with the same cells as ``format_table``."""
+    head = "| " + " | ".join(name for name, _ in columns) + " |"
+    rule = "| " + " | ".join("---" if k < 2 else "---:" for k in range(len(columns))) + " |"
+    body = ["| " + " | ".join(row) + " |" for row in _cells(records, columns)]
+    return "\n".join([head, rule, *body])
+
+
+def _machine_line(meta: dict[str, Any]) -> str:
+    return (f"{meta['date']}; {meta['cpu']}, {meta['cores']} cores, {meta['memory_gb']} GB, {meta['os']}; "
+            f"Python {meta['python']}, torch {meta['torch']}, albumentations {meta['albumentations']}, "
+            f"OpenCV {meta['opencv']}, numpy {meta['numpy']}, joblib {meta['joblib']}"
+            + (f"; load average {meta['load_before']:.2f} before, {meta['load_after']:.2f} after"
+               if "load_before" in meta else ""))  # fmt: skip
+
+
+def write_json(path: str | Path, records: Sequence[Record]) -> None:
+    """A list of records, one per point; each carries the machine and versions it ran on."""
+    Path(path).write_text(json.dumps(list(records), indent=1) + "\n")
+
+
+def write_markdown(path: str | Path, records: Sequence[Record], meta: dict[str, Any], command: str,
+                   notes: Sequence[str] = ()) -> None:  # fmt: skip
+    """Both tables under a header saying where, when and how they were measured."""
+    text = [
+        "# flirdata bench", "",
+        f"Measured {_machine_line(meta)}.", "",
+        f"Command: `{command}`", "",
+        *[f"{note}." for note in notes], "",
+        "## Best cores per technique and size", "", markdown_table(best_per_size(records), BEST_COLUMNS), "",
+        "## Every point", "", markdown_table(records, POINT_COLUMNS), "",
+    ]  # fmt: skip
+    Path(path).write_text("\n".join(text))
+
+
+def plot_speedup(path: str | Path, records: Sequence[Record], cores: int) -> None:
+    """Speedup against workers, one line per backend, one panel per dataset size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(dict.fromkeys(r["size"] for r in records))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False, sharey=True)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        _plot_panel(ax, [r for r in records if r["size"] == size], cores)
+    axes[0][0].set_ylabel("speedup over sequential")
+    axes[0][-1].legend(fontsize=8, loc="upper left", title="x: ran in-thread (workers=1)", title_fontsize=7)
+    fig.suptitle(f"flirdata bench: {records[0].get('cpu', '')}, {cores} cores", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_panel(ax: Any, records: Sequence[Record], cores: int) -> None:
+    workers = sorted({r["workers"] for r in records})
+    seq = next((r for r in records if r["backend"] == BASELINE), None)
+    if seq is not None:
+        # Ideal in speedup units: min(w, cores) x tight-loop rate, over the measured baseline.
+        ideal = [min(w, cores) * seq["tight_images_per_s"] / seq["images_per_s"] for w in workers]
+        ax.plot(workers, ideal, "k--", lw=1, label=f"ideal (capped at {cores} cores)")
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="sequential")
+    for backend in dict.fromkeys(r["backend"] for r in records if r["backend"] != BASELINE):
+        points = sorted((r for r in records if r["backend"] == backend), key=lambda r: r["workers"])
+        pooled = [r for r in points if r.get("runs_as", backend) == backend]
+        xs = [r["workers"] for r in pooled]
+        ys = [r["speedup"] for r in pooled]
+        lo = [r["speedup"] * (1 - r["images_per_s_min"] / r["images_per_s"]) for r in pooled]
+        hi = [r["speedup"] * (r["images_per_s_max"] / r["images_per_s"] - 1) for r in pooled]
+        line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=4, capsize=2, label=backend)
+        # Points make_loader ran in the calling thread: the sequential path, measured again.
+        in_thread = [r for r in points if r not in pooled]
+        ax.plot([r["workers"] for r in in_thread], [r["speedup"] for r in in_thread], "x",
+                color=line[0].get_color(), ms=6)  # fmt: skip
+    ax.set_title(f"{records[0]['size']} ({records[0]['images']} images)")
+    ax.set_xlabel("workers")
+    ax.set_xticks(workers)
+    ax.grid(alpha=0.3)
+    ax.set_ylim(bottom=0)
+

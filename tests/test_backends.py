@@ -1,0 +1,323 @@
+"""The loader contract, run over every backend and worker count on the real dataset.
+
+``check_backend`` is the one contract: same batches (image bytes, boxes, labels, ids) as
+"sequential" for the same seed and epoch, in the same order and number; epochs differ;
+shuffle, drop_last and shards honoured; and it starts with a pickle round trip.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from flirdata import FlirDetection, build_transform
+from flirdata.backends import BACKENDS, Fetcher, PoolBackend, WorkerCrashError
+from flirdata.backends import shm as shm_module
+from flirdata.backends.dataloader import RemoteFailure, Shipment
+from flirdata.backends.shm import PackedBatch, SharedRing, ShmCapacityWarning, ShmImages, Slot
+from flirdata.loader import Loader, LoaderOptions, make_loader
+
+PARALLEL = ("dataloader", "loky", "process", "threads")
+PROCESS_POOLS = ("loky", "process")  # the backends with a shared-memory ring
+BATCH = 5  # 24 training images: four full batches and a short one
+
+
+class ToyDataset:
+    """Images and boxes drawn from (seed, epoch, i); optionally logs every fetch to a folder."""
+
+    def __init__(self, size: int = 40, shape: tuple[int, ...] = (1, 16, 20), seed: int = 0,
+                 log_dir: Path | None = None, grow: bool = False) -> None:  # fmt: skip
+        self.size, self.shape, self.seed, self.log_dir, self.grow = size, shape, seed, log_dir, grow
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        shape = (self.shape[0], self.shape[1] * (1 + i // 4), self.shape[2]) if self.grow else self.shape
+        image = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+        boxes = torch.from_numpy(rng.uniform(0, 10, (i % 3, 4)).astype(np.float32))
+        if self.log_dir is not None:
+            (self.log_dir / f"{self.epoch}-{i}").touch()
+        return image, {"boxes": boxes, "labels": torch.arange(i % 3), "image_id": i}
+
+
+class ProbeDataset(ToyDataset):
+    """Reports how the worker that loaded a sample is set up; counts its own pickles."""
+
+    pickles = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        type(self).pickles += 1
+        return self.__dict__.copy()
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image, target = super().__getitem__(i)
+        target.update(pid=os.getpid(), cv2=cv2.getNumThreads(), torch=torch.get_num_threads(),
+                      omp=os.environ.get("OMP_NUM_THREADS"))  # fmt: skip
+        return image, target
+
+
+@pytest.fixture(scope="module")
+def flir(synth_root: Path) -> FlirDetection:
+    return FlirDetection(synth_root, "train", transform=build_transform("thermal"), seed=0)
+
+
+def run_epochs(loader: Loader, epochs: tuple[int, ...]) -> dict[int, list[Any]]:
+    out = {}
+    for epoch in epochs:
+        loader.set_epoch(epoch)
+        out[epoch] = list(loader)
+    return out
+
+
+_REFERENCE: dict[tuple, dict[int, list[Any]]] = {}
+
+
+def reference(dataset: Any, epochs: tuple[int, ...], **options: Any) -> dict[int, list[Any]]:
+    key = (id(dataset), epochs, tuple(sorted(options.items())))
+    if key not in _REFERENCE:
+        with make_loader(dataset, backend="sequential", **options) as loader:
+            _REFERENCE[key] = run_epochs(loader, epochs)
+    return _REFERENCE[key]
+
+
+def assert_same_batch(got: Any, expected: Any) -> None:
+    images, targets = got
+    want_images, want_targets = expected
+    assert images.dtype == want_images.dtype and images.shape == want_images.shape
+    assert images.numpy().tobytes() == want_images.numpy().tobytes()
+    assert len(targets) == len(want_targets)
+    for target, want in zip(targets, want_targets, strict=True):
+        assert target["image_id"] == want["image_id"]
+        for key in ("boxes", "labels"):
+            assert target[key].dtype == want[key].dtype and torch.equal(target[key], want[key])
+
+
+def check_backend(dataset: Any, backend: str, workers: int, epochs: tuple[int, ...] = (0, 1),
+                  **options: Any) -> Loader:  # fmt: skip
+    """Assert the loader contract for one backend and worker count; return the (closed) loader."""
+    options = {"batch_size": BATCH, "shuffle": True, "seed": 0, **options}
+    loader = pickle.loads(pickle.dumps(make_loader(dataset, backend=backend, workers=workers, **options)))
+    expected = reference(dataset, epochs, **options)
+    with loader:
+        got = run_epochs(loader, epochs)
+        for epoch in epochs:
+            assert len(got[epoch]) == len(loader) == len(expected[epoch])
+            for batch, want in zip(got[epoch], expected[epoch], strict=True):
+                assert_same_batch(batch, want)
+    if len(epochs) > 1:  # new augmentations (and, shuffled, a new order) every epoch
+        first, second = (b[0].numpy().tobytes() for b in (got[epochs[0]][0], got[epochs[1]][0]))
+        assert first != second
+    return loader
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_contract(flir: FlirDetection, backend: str, workers: int) -> None:
+    loader = check_backend(flir, backend, workers)
+    assert loader.backend is None  # closed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", PARALLEL)
+def test_contract_drop_last_and_shard(flir: FlirDetection, backend: str) -> None:
+    check_backend(flir, backend, 2, epochs=(3, 4), drop_last=True, rank=1, world_size=2, seed=5)
+
+
+def test_shards_cover_the_dataset_once(flir: FlirDetection) -> None:
+    ids = []
+    for rank in range(3):
+        loader = make_loader(flir, batch_size=4, shuffle=True, seed=1, rank=rank, world_size=3)
+        loader.set_epoch(2)
+        ids.append([t["image_id"] for _, targets in loader for t in targets])
+    assert sorted(i for shard in ids for i in shard) == sorted(int(i) for i in flir.index.image_ids)
+
+
+def test_no_shuffle_keeps_dataset_order(flir: FlirDetection) -> None:
+    loader = make_loader(flir, batch_size=7)
+    assert [t["image_id"] for _, targets in loader for t in targets] == [int(i) for i in flir.index.image_ids]
+    assert [len(targets) for _, targets in loader] == [7, 7, 7, 3]
+    assert len(make_loader(flir, batch_size=7, drop_last=True)) == 3
+
+
+def test_unknown_backend_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown backend 'gpu'; expected one of \['dataloader', 'loky'"):
+        make_loader(ToyDataset(), backend="gpu")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"workers": -1}, "workers must be an integer >= 0, got -1"),
+        ({"prefetch": 0}, "prefetch must be an integer >= 1, got 0"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+        ({"rank": 3, "world_size": 2}, r"rank must be in \[0, world_size=2\)"),
+        ({"collate_fn": None}, "collate_fn must be callable"),
+    ],
+)
+def test_invalid_options(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_loader(ToyDataset(), **kwargs)
+
+
+def test_set_epoch_validates() -> None:
+    loader = make_loader(ToyDataset())
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -2"):
+        loader.set_epoch(-2)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_one_worker_runs_in_the_calling_thread(backend: str) -> None:
+    dataset = ProbeDataset(size=6)
+    with make_loader(dataset, backend=backend, workers=1, batch_size=4) as loader:
+        assert loader.options.effective_backend == "sequential"
+        pids = {t["pid"] for _, targets in loader for t in targets}
+        assert loader.backend is not None and loader.backend.name == "sequential"
+    assert pids == {os.getpid()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ("dataloader", "loky", "process"))
+def test_workers_are_set_up_once_and_persist(backend: str) -> None:
+    ProbeDataset.pickles = 0
+    with make_loader(ProbeDataset(size=24), backend=backend, workers=2, batch_size=3) as loader:
+        seen = run_epochs(loader, (0, 1, 2))
+    targets = [t for batches in seen.values() for _, ts in batches for t in ts]
+    assert ProbeDataset.pickles == 2  # once per worker, not per task, not per epoch
+    assert len({t["pid"] for t in targets} - {os.getpid()}) <= 2
+    assert {(t["cv2"], t["torch"], t["omp"]) for t in targets} == {(1, 1, "1")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ("dataloader", "process", "threads"))  # loky: same window as process
+def test_prefetch_is_bounded(backend: str, tmp_path: Path) -> None:
+    workers, prefetch, batch = 2, 2, 2
+    dataset = ToyDataset(size=60, log_dir=tmp_path)
+    options = {"workers": workers, "batch_size": batch, "prefetch": prefetch}
+    with make_loader(dataset, backend=backend, **options) as loader:
+        batches = iter(loader)
+        next(batches)
+        time.sleep(1.0)  # a slow consumer: workers must wait, not run ahead through the epoch
+        fetched = len(list(tmp_path.iterdir()))
+        batches.close()
+    assert batch <= fetched <= (workers * prefetch + 1) * batch
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PROCESS_POOLS)
+def test_images_travel_through_the_ring_and_stay_valid(backend: str) -> None:
+    dataset = ToyDataset(size=40)
+    with make_loader(dataset, backend=backend, workers=2, batch_size=4) as loader:
+        kept = list(loader) + list(loader)  # slots are reused many times over
+        ring = loader.backend.ring if isinstance(loader.backend, PoolBackend) else None
+        assert ring is not None and ring.slots == 4
+        assert ring.name.startswith(f"{shm_module.SEGMENT_PREFIX}{os.getpid()}-")
+    expected = reference(dataset, (0,), batch_size=4)[0] * 2
+    for batch, want in zip(kept, expected, strict=True):
+        assert_same_batch(batch, want)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_batches_too_big_for_a_slot_are_pickled() -> None:
+    # PoolBackend code, shared by "loky"; the forkserver-based "process" starts faster.
+    dataset = ToyDataset(size=24, grow=True)  # every batch is bigger than the first
+    check_backend(dataset, "process", 2, epochs=(0,), batch_size=4, shuffle=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_small_dev_shm_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shm_module, "shm_free_bytes", lambda: 1 << 10)
+    monkeypatch.setattr(shm_module, "_warned", False)
+    with pytest.warns(ShmCapacityWarning, match="--shm-size") as caught:
+        check_backend(ToyDataset(size=20), "process", 2, epochs=(0, 1), batch_size=4)
+        check_backend(ToyDataset(size=20), "process", 2, epochs=(0,), batch_size=4)
+    assert len(caught) == 1
+
+
+def test_ring_round_trip_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shm_module, "_ATTACHED", {})
+    ring = SharedRing(slot_bytes=1000, slots=2)
+    try:
+        images = torch.arange(2 * 3 * 50, dtype=torch.int16).reshape(2, 3, 50)
+        slot = ring.acquire()
+        packed = shm_module.pack_batch((images, ["t0", "t1"]), slot)
+        assert isinstance(packed, PackedBatch) and packed.images is not None
+        out = shm_module.unpack_batch(packed, ring)
+        ring.release(slot.index)
+        assert torch.equal(out[0], images) and out[1] == ["t0", "t1"]
+        for batch in ((torch.zeros(2000, dtype=torch.uint8), []), ["not", "a", "tuple"]):  # pickled whole
+            packed = shm_module.pack_batch(batch, ring.acquire())
+            assert isinstance(packed, PackedBatch) and packed.images is None
+            assert str(shm_module.unpack_batch(packed, ring)) == str(batch)
+        unpicklable = (images, lambda: None)  # the pool's own pickler gets to try
+        assert shm_module.pack_batch(unpicklable, slot) is unpicklable
+    finally:
+        for segment in shm_module._ATTACHED.values():
+            segment.close()
+        ring.close()
+    assert not Path(f"/dev/shm/{ring.name}").exists()
+
+
+def test_batch_payload_keeps_tensors_as_tensors() -> None:
+    targets = [{"boxes": torch.rand(3, 4)[:, :2], "labels": torch.arange(3), "half": torch.ones(2).half(),
+                "bf16": torch.ones(2, dtype=torch.bfloat16), "grad": torch.ones(2, requires_grad=True)}]
+    out = pickle.loads(shm_module.dumps(targets))[0]
+    for key, value in targets[0].items():
+        assert type(out[key]) is torch.Tensor and out[key].dtype == value.dtype
+        assert torch.equal(out[key].detach(), value.detach())
+    out["labels"] += 1  # a writable copy of its own
+
+
+def test_loader_pickles_its_configuration_not_its_pool() -> None:
+    dataset = ToyDataset(size=12)
+    with make_loader(dataset, backend="threads", workers=2, batch_size=4, shuffle=True, seed=3) as loader:
+        loader.set_epoch(2)
+        first = list(loader)
+        assert loader.backend is not None
+        clone = pickle.loads(pickle.dumps(loader))
+    assert clone.backend is None and clone.epoch == 2 and clone.options == loader.options
+    assert clone.sampler == loader.sampler and len(clone) == len(loader) == 3
+    with clone:
+        for batch, want in zip(list(clone), first, strict=True):
+            assert_same_batch(batch, want)
+
+
+def test_everything_sent_to_workers_pickles() -> None:
+    dataset = ToyDataset(size=8)
+    fetcher = pickle.loads(pickle.dumps(Fetcher(dataset, make_loader(dataset).options.collate_fn)))
+    assert_same_batch(fetcher((1, (3, 4))), Fetcher(dataset, fetcher.collate_fn)((1, (3, 4))))
+    things = [
+        LoaderOptions(backend="loky", workers=3),
+        make_loader(dataset).tasks(),
+        Slot("flirdata-1-ab", 2, 128, 64),
+        PackedBatch(ShmImages(0, (1, 2), "|u1"), pickle.dumps(({"a": 1},))),
+    ]
+    for thing in things:
+        assert pickle.loads(pickle.dumps(thing)) == thing
+    shipment = pickle.loads(pickle.dumps(Shipment.pack((torch.ones(2, 3), [{"image_id": 4}]))))
+    assert torch.equal(shipment.unpack()[0], torch.ones(2, 3)) and shipment.unpack()[1] == [{"image_id": 4}]
+    failure = pickle.loads(pickle.dumps(RemoteFailure.capture(ValueError("x"))))
+    assert type(failure.exc) is ValueError and failure.exc.args == ("x",) and "ValueError: x" in failure.tb
+    crash = pickle.loads(pickle.dumps(WorkerCrashError("loky", [12, 7])))
+    assert crash.backend == "loky" and crash.pids == (7, 12) and "pid 7, 12" in str(crash)

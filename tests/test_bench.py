@@ -1,0 +1,131 @@
+"""``flirdata bench`` end to end on a tiny synthetic dataset, its arithmetic, and its errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import time
+from pathlib import Path
+
+import matplotlib.image
+import psutil
+import pytest
+import torch
+
+from flirdata import FlirDetection, build_transform
+from flirdata.bench import take_prefix
+from flirdata.cli import main
+from flirdata.memory import MemorySampler, tree_memory_mb
+from flirdata.report import BEST_COLUMNS, POINT_COLUMNS, add_ratios, best_per_size, format_table
+
+RECORD_FIELDS = {
+    "backend", "workers", "runs_as", "size", "images", "images_timed", "images_per_s", "images_per_s_min",
+    "images_per_s_max", "speedup", "efficiency", "fraction_of_ideal", "ideal_images_per_s",
+    "tight_images_per_s", "first_batch_s", "startup_s", "shutdown_s", "epoch_s", "peak_pss_mb", "peak_rss_mb",
+    "date", "cpu", "cores", "python", "torch", "albumentations", "opencv",
+}  # fmt: skip
+
+
+def _bench(root: Path, *extra: str) -> list[str]:
+    return ["bench", "--data", str(root), "--sizes", "12,24", "--batch-size", "4", "--batches", "2",
+            "--repeats", "2", *extra]  # fmt: skip
+
+
+def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, capsys):
+    out = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
+    argv = _bench(synth_root, "--backends", "threads", "--workers", "1,2", "--json", str(out["json"]),
+                  "--markdown", str(out["md"]), "--plot", str(out["png"]))  # fmt: skip
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    for name, _ in POINT_COLUMNS + BEST_COLUMNS:
+        assert name in stdout
+    records = json.loads(out["json"].read_text())
+    assert isinstance(records, list) and len(records) == 2 * 3  # per size: sequential, threads x1, x2
+    for r in records:
+        assert RECORD_FIELDS <= set(r), RECORD_FIELDS - set(r)
+        assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
+        assert r["peak_pss_mb"] > 0 and r["startup_s"] >= 0
+    seq = [r for r in records if r["backend"] == "sequential"]
+    assert [r["size"] for r in seq] == ["12", "24"] and all(r["speedup"] == 1.0 for r in seq)
+    assert {(r["workers"], r["runs_as"]) for r in records if r["backend"] == "threads"} == {
+        (1, "sequential"), (2, "threads")}  # fmt: skip
+    assert "## Best cores per technique and size" in out["md"].read_text()
+    image = matplotlib.image.imread(out["png"])
+    assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.shape[0] > 100
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_bench_every_backend(synth_root, capsys):
+    assert main(_bench(synth_root, "--workers", "2", "--sizes", "16", "--repeats", "1")) == 0
+    stdout = capsys.readouterr().out
+    for backend in ("sequential", "dataloader", "threads", "loky", "process"):
+        assert backend in stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backends", "gpu"], "unknown backend 'gpu'"),
+        (["--workers", "0"], "--workers: expected an integer >= 1, got 0"),
+        (["--workers", "two"], "--workers: expected an integer >= 1, got 'two'"),
+        (["--sizes", "huge"], "size 'huge'"),
+        (["--sizes", "500"], "needs 500 train images but the split has 24"),
+        (["--sizes", "24", "--batch-size", "12", "--workers", "2"], "fewer than 3 batches of 12"),
+        (["--plot", "/no/such/folder/b.png"], "does not exist"),
+    ],
+)
+def test_bad_arguments_are_one_line(synth_root, capsys, args, message):
+    assert main(["bench", "--data", str(synth_root), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_missing_data_is_one_line(tmp_path, capsys):
+    assert main(["bench"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "flirdata bench: error: --data ROOT is required: the dataset to measure (make one with `flirdata synth`)")
+    assert main(["bench", "--data", str(tmp_path / "nowhere"), "--sizes", "8", "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere: dataset folder not found" in err[0]
+
+
+def test_take_prefix_keeps_samples_and_pickles(synth_root):
+    full = FlirDetection(synth_root, transform=build_transform("thermal"), seed=3)
+    part = pickle.loads(pickle.dumps(take_prefix(full, 5)))
+    assert len(part) == 5 and len(full) == 24
+    for i in range(5):
+        (a, ta), (b, tb) = full[i], part[i]
+        assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"]) and ta["image_id"] == tb["image_id"]
+
+
+def _rec(backend: str, workers: int, rate: float, size: str = "s", runs_as: str | None = None) -> dict:
+    return {"backend": backend, "workers": workers, "runs_as": runs_as or backend, "size": size, "images": 10,
+            "images_per_s": rate, "images_per_s_min": rate, "images_per_s_max": rate, "tight_images_per_s": 100.0,
+            "startup_s": 0.0, "epoch_s": 1.0, "peak_pss_mb": 1.0}  # fmt: skip
+
+
+def test_ratios_and_best_per_size():
+    records = add_ratios([_rec("sequential", 1, 90.0), _rec("threads", 1, 95.0, runs_as="sequential"),
+                          _rec("threads", 2, 150.0), _rec("threads", 4, 160.0)], cores=2)  # fmt: skip
+    by = {(r["backend"], r["workers"]): r for r in records}
+    assert by[("threads", 2)]["speedup"] == pytest.approx(150 / 90)
+    assert by[("threads", 2)]["efficiency"] == pytest.approx(150 / 90 / 2)
+    assert by[("threads", 4)]["fraction_of_ideal"] == pytest.approx(160 / 200)  # capped at 2 cores
+    assert by[("sequential", 1)]["fraction_of_ideal"] == pytest.approx(0.9)
+    best = {r["backend"]: r["workers"] for r in best_per_size(records)}
+    assert best == {"sequential": 1, "threads": 4}
+    assert "threads (as sequential)" in format_table(records, POINT_COLUMNS)
+    assert math.isnan(add_ratios([_rec("threads", 2, 1.0)], cores=2)[0]["speedup"])  # no baseline
+
+
+def test_memory_sampler_sees_this_process():
+    with MemorySampler(interval=0.01) as memory:
+        block = bytearray(64 << 20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+        with memory.quiet():
+            time.sleep(0.05)
+        memory.checkpoint()
+        mine = tree_memory_mb([psutil.Process()], pss=True)
+    assert mine > 64 and memory.peak_pss_mb >= mine - 1 and memory.peak_rss_mb > 64

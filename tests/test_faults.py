@@ -1,0 +1,190 @@
+"""Faults on every backend: worker exceptions, killed workers, early exits, cleanup.
+
+Process trees are compared before and after with psutil. A module fixture starts the
+process-wide helpers first (the fork server, the resource trackers): they stay for the
+interpreter's life by design, and must not count as leaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from flirdata.backends import BACKENDS, WorkerCrashError
+from flirdata.backends.shm import SEGMENT_PREFIX
+from flirdata.loader import make_loader
+
+PROCESS_BACKENDS = ("dataloader", "loky", "process")
+PARALLEL = ("dataloader", "loky", "process", "threads")
+
+
+class Samples:
+    """Deterministic small samples; ``bad`` raises, ``delay`` slows every sample down."""
+
+    def __init__(self, size: int = 24, bad: int | None = None, delay: float = 0.0,
+                 error: Callable[[str], Exception] = ValueError) -> None:  # fmt: skip
+        self.size, self.bad, self.delay, self.error = size, bad, delay, error
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if i == self.bad:
+            raise self.error(f"bad sample {i} in epoch {self.epoch}")
+        time.sleep(self.delay)
+        image = np.random.default_rng([self.epoch, i]).integers(0, 256, (1, 8, 8), dtype=np.uint8)
+        return torch.from_numpy(image), {"image_id": i}
+
+
+class StubbornError(Exception):
+    """Cannot be unpickled: its ``__init__`` does not take its ``args`` back."""
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def stubborn(message: str) -> StubbornError:
+    return StubbornError(message, code=3)
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def our_segments() -> set[str]:
+    prefix = f"{SEGMENT_PREFIX}{os.getpid()}-"
+    return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.add(pid)
+    return out
+
+
+@contextlib.contextmanager
+def leaves_nothing_behind() -> Iterator[None]:
+    """Assert the block leaves no new process, thread or shared-memory segment."""
+    procs, threads, segments = children(), threading.active_count(), our_segments()
+    yield
+    deadline = time.monotonic() + 10  # exited workers may take a moment to be reaped
+    while alive(children() - procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(children() - procs), "worker processes left behind"
+    assert our_segments() <= segments, "shared memory left in /dev/shm"
+    assert threading.active_count() <= threads, "threads left behind"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def process_wide_helpers() -> None:
+    for backend in PROCESS_BACKENDS:
+        with make_loader(Samples(4), backend=backend, workers=2, batch_size=2) as loader:
+            list(loader)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("backend", "workers"), [("sequential", 1)] + [(b, 2) for b in PARALLEL])
+def test_exception_keeps_type_message_and_sample(backend: str, workers: int) -> None:
+    with make_loader(Samples(bad=13), backend=backend, workers=workers, batch_size=4) as loader:
+        loader.set_epoch(2)
+        with pytest.raises(ValueError, match="bad sample 13 in epoch 2") as caught:
+            list(loader)
+        assert str(caught.value) == "bad sample 13 in epoch 2"  # the message, unchanged
+        assert "flirdata: while loading sample 13 (epoch 2)" in caught.value.__notes__
+        loader.set_epoch(3)
+        with pytest.raises(ValueError, match="bad sample 13 in epoch 3"):  # the pool still works
+            list(loader)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+def test_unpicklable_exception_still_names_type_message_and_sample(backend: str) -> None:
+    with make_loader(Samples(bad=5, error=stubborn), backend=backend, workers=2, batch_size=4) as loader:
+        with pytest.raises(RuntimeError, match="StubbornError: bad sample 5 in epoch 0") as caught:
+            list(loader)
+    assert "flirdata: while loading sample 5 (epoch 0)" in caught.value.__notes__
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+def test_killed_worker_raises_instead_of_hanging(backend: str) -> None:
+    with leaves_nothing_behind():
+        before = children()
+        loader = make_loader(Samples(200, delay=0.01), backend=backend, workers=2, batch_size=4)
+        with loader:
+            batches = iter(loader)
+            next(batches)
+            workers = alive(children() - before)
+            assert len(workers) == 2
+            os.kill(min(workers), signal.SIGKILL)
+            start = time.monotonic()
+            with pytest.raises(WorkerCrashError, match=f"'{backend}' backend: a worker process") as caught:
+                for _ in batches:
+                    pass
+            assert time.monotonic() - start < 15
+            assert caught.value.__cause__ is not None
+            assert loader.backend is None  # the broken pool is gone ...
+            assert len(list(loader)) == len(loader)  # ... and the next epoch gets a new one
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PARALLEL)
+def test_break_then_next_epoch_then_close(backend: str) -> None:
+    with leaves_nothing_behind():
+        loader = make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3)
+        expected = [b[0] for b in make_loader(Samples(40), batch_size=3)]
+        first = next(iter(loader))  # the iterator is dropped at once, mid-epoch
+        assert torch.equal(first[0], expected[0])
+        # The abandoned epoch freed its ring slots and does not leak into the next one.
+        assert all(torch.equal(b[0], e) for b, e in zip(loader, expected, strict=True))
+        loader.close()
+        loader.close()  # idempotent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PARALLEL)
+def test_keyboard_interrupt_in_the_loop(backend: str) -> None:
+    with leaves_nothing_behind(), pytest.raises(KeyboardInterrupt):
+        with make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3) as loader:
+            for _ in loader:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", PARALLEL)
+def test_garbage_collection_closes_everything(backend: str) -> None:
+    with leaves_nothing_behind():
+        loader = make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3)
+        batches = iter(loader)
+        next(batches)
+        del loader, batches
+        gc.collect()
+
+
+def test_every_backend_is_covered() -> None:
+    assert set(PARALLEL) | {"sequential"} == set(BACKENDS)

@@ -1,0 +1,168 @@
+"""``train_demo.py`` as a user runs it (a subprocess), its sample saving, and the tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flirdata import FlirDetection, build_transform
+from flirdata.loader import make_loader
+from flirdata.model import TinyDetector, assign_targets, detection_loss, train_step
+
+SCRIPT = Path(__file__).resolve().parents[1] / "train_demo.py"
+FAST = ["--steps", "3", "--batch-size", "4"]
+
+
+def _run(*args: str, cache: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLIRDATA_CACHE": str(cache)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=150, check=False)  # fmt: skip
+
+
+def _demo_module():
+    spec = importlib.util.spec_from_file_location("train_demo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_demo"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_report(stdout: str) -> None:
+    for pattern in (r"data only : [\d.]+ images/s", r"whole loop: [\d.]+ images/s \(3 steps, 12 images",
+                    r"waited for data \d+% of the time", r"start-up  : [\d.]+ s"):  # fmt: skip
+        assert re.search(pattern, stdout), (pattern, stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_on_a_dataset_with_compare(synth_root, tmp_path):
+    done = _run("--data", str(synth_root), "--backend", "threads", "--workers", "2", "--compare", *FAST,
+                cache=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _check_report(done.stdout)
+    assert "threads, 2 workers; training at 1 torch thread(s)" in done.stdout
+    assert re.search(r"speedup over sequential: data loading [\d.]+x, whole loop [\d.]+x; efficiency", done.stdout)
+    assert not list(tmp_path.iterdir())  # --data given: nothing synthesized
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_synthesizes_its_dataset_and_saves_samples(tmp_path):
+    samples = tmp_path / "samples"
+    done = _run("--size", "12", "--backend", "process", "--workers", "2", "--save-samples", str(samples), *FAST,
+                cache=tmp_path / "cache")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _check_report(done.stdout)
+    assert (tmp_path / "cache" / "synth-12-seed0" / "images_thermal_train" / "coco.json").is_file()
+    coco = json.loads((samples / "coco.json").read_text())
+    assert len(coco["images"]) == 8 and all((samples / im["file_name"]).is_file() for im in coco["images"])
+
+
+def test_saved_samples_are_the_first_batches(synth_root, tmp_path):
+    demo = _demo_module()
+    ds = FlirDetection(synth_root, transform=build_transform("thermal"), seed=5)
+    with make_loader(ds, batch_size=4, shuffle=True, seed=5, drop_last=True) as loader:
+        images, targets = next(iter(loader))
+        rows = tuple(i for _, batch in loader.tasks(0)[:2] for i in batch)
+        demo.save_samples(ds, loader, str(tmp_path / "out"))
+    view = demo.RowsView(ds, rows)
+    for k in range(4):
+        image, target = view.sample(k, 0)
+        assert torch.equal(image, images[k]) and torch.equal(target["boxes"], targets[k]["boxes"])
+    coco = json.loads((tmp_path / "out" / "coco.json").read_text())
+    saved = [im["extra_info"]["source_image_id"] for im in coco["images"]]
+    assert saved[:4] == [t["image_id"] for t in targets]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_interactive_reasks_until_valid(tmp_path):
+    answers = "huge\n12\nfoo\nthreads\n0\n2\n"
+    done = _run("--interactive", *FAST, cache=tmp_path, stdin=answers)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("try again") == 3
+    assert "synth-12-seed0" in done.stdout and "threads, 2 workers" in done.stdout
+    # End of input takes every default: here the flags' values.
+    done = _run("--interactive", "--size", "12", "--backend", "sequential", *FAST, cache=tmp_path, stdin="")
+    assert done.returncode == 0, done.stderr
+    assert "sequential, in the training thread" in done.stdout and "Number of cores" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "gpu"], "argument --backend: invalid choice: 'gpu'"),
+        (["--workers", "0"], "argument --workers: expected an integer >= 1, got '0'"),
+        (["--data", "/no/such/flir", "--size", "big"], "--size chooses the synthetic dataset"),
+    ],
+)
+def test_bad_arguments_are_one_line(capsys, args, message):
+    demo = _demo_module()
+    try:
+        code = demo.main(args)
+    except SystemExit as exc:  # argparse's own checks exit from parse_args
+        code = exc.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    done = _run("--data", str(tmp_path / "flir"), cache=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines == [f"train_demo.py: error: {tmp_path / 'flir'}: dataset folder not found"]
+
+
+def test_help_states_the_default_run():
+    demo = _demo_module()
+    text = demo.build_parser().format_help()
+    assert "200 steps of 16 images" in text and "--save-samples" in text
+
+
+# -- the model -----------------------------------------------------------------------------------
+def _batch() -> tuple[torch.Tensor, list[dict]]:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 1, 96, 128), dtype=torch.uint8, generator=gen)
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 40.0, 60.0], [60.0, 30.0, 120.0, 90.0]]),
+                "labels": torch.tensor([1, 3])} for _ in range(4)]  # fmt: skip
+    targets[3] = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}
+    return images, targets
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = TinyDetector(num_classes=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    images, targets = _batch()
+    losses = [train_step(model, optimizer, images, targets) for _ in range(10)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_loss_depends_on_the_targets():
+    torch.manual_seed(0)
+    model = TinyDetector(num_classes=4).eval()
+    images, targets = _batch()
+    with torch.no_grad():
+        outputs = model(images)
+        moved = [{**t, "boxes": t["boxes"] + 16} for t in targets]
+        relabelled = [{**t, "labels": torch.full_like(t["labels"], 4)} for t in targets]
+        base = detection_loss(outputs, targets)
+        assert detection_loss(outputs, moved)["box"] != base["box"]
+        assert detection_loss(outputs, relabelled)["cls"] != base["cls"]
+
+
+def test_assign_targets_puts_a_box_at_its_centre_cell():
+    target = {"boxes": torch.tensor([[32.0, 16.0, 64.0, 48.0]]), "labels": torch.tensor([2])}
+    heat, box, owned = assign_targets([target], (1, 3, 4, 5), stride=16)
+    assert owned.sum() == 1 and owned[0, 2, 3]  # centre (48, 32) -> cell x=3, y=2
+    assert heat[0, 1, 2, 3] == 1 and heat.sum() == 1
+    assert torch.allclose(box[0, :, 2, 3], torch.tensor([-0.5, -0.5, 0.6931, 0.6931]), atol=1e-4)
+    with pytest.raises(ValueError, match="labels must be in 1..3"):
+        assign_targets([{**target, "labels": torch.tensor([4])}], (1, 3, 4, 5), stride=16)

@@ -1,0 +1,371 @@
+"""Train a tiny detector on FLIR-like thermal images and show what the data loader costs.
+
+``python train_demo.py`` needs no argument: it makes (once, then reuses) a synthetic dataset
+in the cache folder, trains ``flirdata.model.TinyDetector`` for a few hundred steps through
+``make_loader`` and prints the loader's own rate, the whole loop's rate and the share of the
+loop spent waiting for data. ``--interactive`` asks the seed report's three questions.
+
+The module has no side effect at import: process backends re-import the main script in their
+workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from flirdata.errors import FlirdataError
+
+__all__ = ["DemoError", "DemoResult", "RowsView", "ask_interactive", "build_parser", "cache_root", "main", "run_demo"]
+
+DEFAULT_STEPS = 200
+DEFAULT_BATCH = 16
+PROBE_BATCHES = 20  # batches timed with the loader alone, before training
+SAMPLE_BATCHES = 2  # batches --save-samples writes
+
+
+class DemoError(FlirdataError, ValueError):
+    """Arguments that do not fit together, or a dataset too small for them."""
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr (and exit 2), not the whole usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flirdata.backends import BACKENDS
+
+    parser = _Parser(
+        prog="train_demo.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=f"Defaults ({DEFAULT_STEPS} steps of {DEFAULT_BATCH} images, the small synthetic dataset) "
+        "finish in about two minutes on 2 cores, the first run included (it writes the dataset: "
+        "~30 s). Cache folder: $FLIRDATA_CACHE, else ~/.cache/flirdata.",
+    )
+    add = parser.add_argument
+    add("--data", metavar="ROOT", help="FLIR ADAS v2 folder (default: a synthetic dataset in the cache)")
+    add("--split", default="train", help="train, val, test or a folder holding coco.json (default: train)")
+    add("--size", help="synthetic dataset: small (500, the default), medium (2000), big (10000) or N")
+    add("--backend", default="process", choices=list(BACKENDS), help="how batches are made (default: process)")
+    add("--workers", type=_positive, default=_cores(), metavar="N",
+        help=f"worker processes or threads; 1 = in the training thread (default: {_cores()}, the cores)")
+    add("--batch-size", type=_positive, default=DEFAULT_BATCH, metavar="N", help=f"default: {DEFAULT_BATCH}")
+    add("--epochs", type=_positive, metavar="N", help="stop after N epochs (default: as many as --steps needs)")
+    add("--steps", type=_positive, metavar="N",
+        help=f"stop after N steps (default: {DEFAULT_STEPS}, or unlimited with --epochs)")
+    add("--seed", type=_seed, default=0, help="data, shuffle and model seed (default: 0)")
+    add("--save-samples", metavar="DIR", help="write the first batches' augmented images with their boxes (COCO)")
+    add("--compare", action="store_true", help="also run the sequential baseline; print speedup and efficiency")
+    add("--interactive", action="store_true", help="ask for dataset size, technique and cores")
+    return parser
+
+
+# -- interactive -------------------------------------------------------------------------------
+def _ask(question: str, default: str, check: Callable[[str], Any], read: Callable[[str], str]) -> Any:
+    """Ask until ``check`` accepts the answer; Enter takes the default, end of input too."""
+    while True:
+        try:
+            answer = read(f"{question} [{default}]: ").strip() or default
+        except EOFError:
+            answer = default
+        if not sys.stdin.isatty():  # piped answers are not echoed: keep the transcript readable
+            print(answer)
+        try:
+            return check(answer)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            print(f"  {exc}; try again", file=sys.stderr)
+            if answer == default:  # a bad default cannot get better by asking again
+                raise
+
+
+def _choice(options: Sequence[str]) -> Callable[[str], str]:
+    def check(answer: str) -> str:
+        if answer.lower() not in options:
+            raise ValueError(f"{answer!r} is not one of {', '.join(options)}")
+        return answer.lower()
+
+    return check
+
+
+def ask_interactive(args: argparse.Namespace, read: Callable[[str], str] = input) -> argparse.Namespace:
+    """The seed program's questions: dataset size, technique, cores (if not sequential)."""
+    from flirdata.backends import BACKENDS
+    from flirdata.synth import parse_size
+
+    def size(answer: str) -> str:
+        parse_size(answer)  # DataError is a ValueError
+        return answer.lower()
+
+    changes: dict[str, Any] = {}
+    if args.data is None:
+        changes["size"] = _ask("Dataset size (small/medium/big or a number of images)", args.size or "small",
+                               size, read)
+    backend = _ask(f"Technique ({'/'.join(BACKENDS)})", args.backend, _choice(list(BACKENDS)), read)
+    changes["backend"] = backend
+    if backend != "sequential":
+        changes["workers"] = _ask(f"Number of cores (1-{_cores()} recommended)", str(args.workers), _positive, read)
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+# -- data ----------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    """Where synthetic datasets live: ``$FLIRDATA_CACHE``, else ``~/.cache/flirdata``."""
+    return Path(os.environ.get("FLIRDATA_CACHE") or Path.home() / ".cache" / "flirdata")
+
+
+def resolve_data(args: argparse.Namespace) -> Path:
+    """``--data``, or the synthetic dataset of ``--size`` in the cache (written on first use)."""
+    from flirdata.synth import SIZES, parse_size, synthesize
+
+    if args.data is not None:
+        return Path(args.data)
+    n = parse_size(args.size or "small")
+    label = next((name for name, count in SIZES.items() if count == n), str(n))
+    root = cache_root() / f"synth-{label}-seed{args.seed}"
+    print(f"dataset: {root} (synthetic, {n} train images; written on first use, then reused)")
+    synthesize(root, train=n, seed=args.seed, progress=True)  # skips splits already written
+    return root
+
+
+def _subset_index(index: Any, rows: Sequence[int]) -> Any:
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    starts, ends = index.box_start[rows], index.box_start[rows + 1]
+    boxes = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)] + [np.zeros(0, np.int64)])
+    return replace(index, image_ids=index.image_ids[rows], file_names=index.file_names[rows],
+                   widths=index.widths[rows], heights=index.heights[rows],
+                   box_start=np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64),
+                   boxes=index.boxes[boxes], labels=index.labels[boxes], ann_ids=index.ann_ids[boxes])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RowsView:
+    """Some images of a ``FlirDetection``, as ``export_augmented`` reads a dataset.
+
+    ``sample(i, epoch)`` is the full dataset's ``sample(rows[i], epoch)``: the augmentation
+    is keyed by the image's index in the full dataset, so what is saved is exactly what the
+    loader fed the model (a dataset cut to these rows would re-key, and draw others).
+    """
+
+    dataset: Any
+    rows: tuple[int, ...]
+    index: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", _subset_index(self.dataset.index, self.rows))
+
+    seed = property(lambda self: self.dataset.seed)
+    transform = property(lambda self: self.dataset.transform)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sample(self, i: int, epoch: int | None = None) -> Any:
+        return self.dataset.sample(self.rows[i], epoch)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.sample(i)
+
+
+def save_samples(dataset: Any, loader: Any, out: str) -> None:
+    """Write the epoch-0 images of the loader's first batches, with their boxes, as COCO."""
+    from flirdata.export import export_augmented
+
+    rows = tuple(i for _, batch in loader.tasks(0)[:SAMPLE_BATCHES] for i in batch)
+    # A handful of images: the main thread writes them, no pool to start.
+    summary = export_augmented(RowsView(dataset, rows), out, progress=False)
+    print(f"samples: {summary}")
+
+
+# -- measuring -----------------------------------------------------------------------------------
+@dataclass
+class DemoResult:
+    """What one run measured; rates are images per second."""
+
+    backend: str
+    workers: int
+    torch_threads: int
+    startup_s: float = 0.0  # loader built -> first batch (pool start-up + one batch)
+    data_images_per_s: float = 0.0  # the loader alone, after its first batch
+    steps: int = 0
+    images: int = 0
+    loop_s: float = 0.0
+    wait_s: float = 0.0  # inside the loop, waiting for the next batch
+    step_s: float = 0.0  # inside the loop, in train_step
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def loop_images_per_s(self) -> float:
+        return self.images / self.loop_s if self.loop_s else 0.0
+
+    @property
+    def wait_share(self) -> float:
+        return self.wait_s / self.loop_s if self.loop_s else 0.0
+
+
+def probe_loader(loader: Any, result: DemoResult) -> None:
+    """Time to the first batch, then the loader's rate with nobody training (epoch 0)."""
+    start = time.perf_counter()
+    batches = iter(loader)
+    try:
+        next(batches)
+        result.startup_s = time.perf_counter() - start
+        tick, images = time.perf_counter(), 0
+        for k, (_images, targets) in enumerate(batches, 1):
+            images += len(targets)
+            if k >= PROBE_BATCHES:
+                break
+        result.data_images_per_s = images / (time.perf_counter() - tick) if images else 0.0
+    finally:
+        batches.close()  # cancels what the probe will not read; the pool stays for training
+
+
+def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: int | None,
+          result: DemoResult) -> None:  # fmt: skip
+    """The training loop, split into time waiting for batches and time in ``train_step``."""
+    from flirdata.model import train_step
+
+    start = time.perf_counter()
+    epoch = 0
+    while (epochs is None or epoch < epochs) and (steps is None or result.steps < steps):
+        loader.set_epoch(epoch)
+        batches = iter(loader)
+        try:
+            for images, targets in batches:
+                got = time.perf_counter()
+                result.losses.append(train_step(model, optimizer, images, targets))
+                result.step_s += time.perf_counter() - got
+                result.steps += 1
+                result.images += len(targets)
+                if steps is not None and result.steps >= steps:
+                    break
+        finally:
+            batches.close()
+        epoch += 1
+    result.loop_s = time.perf_counter() - start
+    # Everything outside train_step is the loop waiting for data (batch hand-over included).
+    result.wait_s = result.loop_s - result.step_s
+
+
+def run_demo(dataset: Any, backend: str, workers: int, batch_size: int, steps: int | None,
+             epochs: int | None, seed: int, save_to: str | None = None) -> DemoResult:  # fmt: skip
+    """Probe the loader alone, then train a fresh ``TinyDetector`` through it."""
+    import torch
+
+    from flirdata.loader import make_loader
+    from flirdata.model import TinyDetector
+
+    with make_loader(dataset, backend=backend, workers=workers, batch_size=batch_size, shuffle=True,
+                     seed=seed, drop_last=True) as loader:  # fmt: skip
+        runs_as = loader.options.effective_backend  # workers <= 1 runs in this thread
+        # Worker threads and processes need cores too: training takes what they leave.
+        threads = _cores() if runs_as == "sequential" else max(1, _cores() - workers)
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        model = TinyDetector(num_classes=len(dataset.classes) - 1)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        result = DemoResult(runs_as, workers if runs_as != "sequential" else 0, threads)
+        if save_to is not None:
+            save_samples(dataset, loader, save_to)
+        probe_loader(loader, result)
+        train(loader, model, optimizer, steps, epochs, result)
+    return result
+
+
+def report(result: DemoResult) -> str:
+    """The lines a person reads: loader alone, whole loop, and where the loop's time went."""
+    r = result
+    per_step = 1e3 / max(1, r.steps)
+    head = r.losses[:5] or [float("nan")]
+    tail = r.losses[-5:] or [float("nan")]
+    return "\n".join([
+        f"loader    : {r.backend}, " + (f"{r.workers} workers" if r.workers else "in the training thread")
+        + f"; training at {r.torch_threads} torch thread(s) on {_cores()} cores",
+        f"start-up  : {r.startup_s:.2f} s to the first batch",
+        f"data only : {r.data_images_per_s:.1f} images/s (the loader alone, {PROBE_BATCHES} batches)",
+        f"whole loop: {r.loop_images_per_s:.1f} images/s ({r.steps} steps, {r.images} images in {r.loop_s:.1f} s)",
+        f"per step  : {r.step_s * per_step:.0f} ms training, {r.wait_s * per_step:.0f} ms waiting for data: "
+        f"the loop waited for data {100 * r.wait_share:.0f}% of the time",
+        f"loss      : {statistics.mean(head):.3f} (first steps) -> {statistics.mean(tail):.3f} (last steps)",
+    ])  # fmt: skip
+
+
+def compare(result: DemoResult, base: DemoResult) -> str:
+    """Speedup over the sequential run and efficiency (speedup per worker), seed-report style."""
+    data = result.data_images_per_s / base.data_images_per_s if base.data_images_per_s else float("nan")
+    loop = result.loop_images_per_s / base.loop_images_per_s if base.loop_images_per_s else float("nan")
+    w = max(1, result.workers)
+    return (f"speedup over sequential: data loading {data:.2f}x, whole loop {loop:.2f}x; "
+            f"efficiency (speedup / {w} worker(s)): {data / w:.2f}, {loop / w:.2f}")  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flirdata import FlirDetection, build_transform
+
+    if args.interactive:
+        args = ask_interactive(args)
+    if args.data is not None and args.size is not None:
+        raise DemoError("--size chooses the synthetic dataset; with --data the whole split is used")
+    steps = args.steps if args.steps or args.epochs else DEFAULT_STEPS
+    root = resolve_data(args)
+    dataset = FlirDetection(root, args.split, transform=build_transform("thermal"), seed=args.seed)
+    if len(dataset) < args.batch_size:
+        raise DemoError(f"{root}: {len(dataset)} images make no full batch of {args.batch_size}; lower --batch-size")
+    print(f"training TinyDetector on {len(dataset)} images ({args.split}), batches of {args.batch_size}")
+    result = run_demo(dataset, args.backend, args.workers, args.batch_size, steps, args.epochs, args.seed,
+                      args.save_samples)  # fmt: skip
+    print(report(result))
+    if args.compare:
+        print("\nsequential baseline, same steps:")
+        base = run_demo(dataset, "sequential", 1, args.batch_size, steps, args.epochs, args.seed)
+        print(report(base))
+        print(compare(result, base))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; a user error is one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("train_demo.py: interrupted", file=sys.stderr)
+        return 130
+    except (FlirdataError, OSError) as exc:
+        print(f"train_demo.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
