@@ -271,7 +271,7 @@ def _settings(dataset: Any, fmt: str, copies: int, quality: int, total: int) -> 
             "transform": _transform_id(dataset.transform), "classes": list(index.classes)}  # fmt: skip
 
 
-def _check_arguments(dataset: Any, copies: int, fmt: str, quality: int, batch_size: int,
+def _check_arguments(dataset: Any, copies: int, fmt: str, quality: int, batch_size: int, workers: int,
                      limit: int | None) -> int:  # fmt: skip
     """Validate ``export_augmented``'s arguments; return the number of items to export."""
     if not (hasattr(dataset, "sample") and hasattr(dataset, "index")):
@@ -279,7 +279,7 @@ def _check_arguments(dataset: Any, copies: int, fmt: str, quality: int, batch_si
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {FORMATS}, got {fmt!r}")
     numbers = (("copies", copies, 1, None), ("quality", quality, 0, 100), ("batch_size", batch_size, 1, None),
-               ("limit", limit, 1, None))  # fmt: skip
+               ("workers", workers, 0, None), ("limit", limit, 1, None))  # fmt: skip
     for name, value, low, high in numbers:
         ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= (high or value)
         if not ok and not (name == "limit" and value is None):
@@ -471,7 +471,7 @@ def export_augmented(
     """
     start = time.perf_counter()
     out = Path(out)
-    total = _check_arguments(dataset, copies, fmt, quality, batch_size, limit)
+    total = _check_arguments(dataset, copies, fmt, quality, batch_size, workers, limit)
     settings = _settings(dataset, fmt, copies, quality, total)
     done = _prepare(out, fmt, settings, batch_size, resume)
     written = 0

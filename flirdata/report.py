@@ -204,13 +204,18 @@ def plot_speedup(path: str | Path, records: Sequence[Record], cores: int) -> Non
     import matplotlib.pyplot as plt
 
     sizes = list(dict.fromkeys(r["size"] for r in records))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4.6), squeeze=False, sharey=True)
     for ax, size in zip(axes[0], sizes, strict=True):
         _plot_panel(ax, [r for r in records if r["size"] == size], cores)
+    # Set once, after every panel: a limit set per panel freezes the shared axis at the first.
+    top = max(ax.dataLim.y1 for ax in axes[0])
+    axes[0][0].set_ylim(0, 1.1 * max(top, 1.0))
     axes[0][0].set_ylabel("speedup over sequential")
-    axes[0][-1].legend(fontsize=8, loc="upper left", title="x: ran in-thread (workers=1)", title_fontsize=7)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
+               title="x: a backend at 1 worker, which make_loader runs in-thread", title_fontsize=8)  # fmt: skip
     fig.suptitle(f"flirdata bench: {records[0].get('cpu', '')}, {cores} cores", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -239,5 +244,4 @@ def _plot_panel(ax: Any, records: Sequence[Record], cores: int) -> None:
     ax.set_xlabel("workers")
     ax.set_xticks(workers)
     ax.grid(alpha=0.3)
-    ax.set_ylim(bottom=0)
 

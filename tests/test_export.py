@@ -249,7 +249,8 @@ def test_disk_full_is_one_line_and_leaves_no_temporary(
      ({"quality": 101}, r"quality must be an integer in \[0, 100\], got 101"),
      ({"fmt": "voc"}, r"format must be one of \('coco', 'yolo'\), got 'voc'"),
      ({"batch_size": 0}, r"batch_size must be .* got 0"),
-     ({"limit": 0}, r"limit must be .* got 0")],
+     ({"limit": 0}, r"limit must be .* got 0"),
+     ({"workers": -1}, r"workers must be an integer in \[0, inf\], got -1")],
 )  # fmt: skip
 def test_bad_arguments_name_the_value(source: Path, tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ExportError, match=match):
