@@ -396,7 +396,7 @@ def write_section(lines: list[str]) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     block = "\n".join(lines)
     if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
     RESULTS.write_text(text)
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=2000, help="medium dataset size")
     parser.add_argument("--large", type=int, default=10_000, help="images of the memory run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--retries", type=int, default=8, help="re-measurements of disturbed windows, in all")
+    parser.add_argument("--retries", type=int, default=6, help="re-measurements of disturbed windows, in all")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)

@@ -280,8 +280,15 @@ def test_ring_round_trip_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_batch_payload_keeps_tensors_as_tensors() -> None:
-    targets = [{"boxes": torch.rand(3, 4)[:, :2], "labels": torch.arange(3), "half": torch.ones(2).half(),
-                "bf16": torch.ones(2, dtype=torch.bfloat16), "grad": torch.ones(2, requires_grad=True)}]
+    targets = [
+        {
+            "boxes": torch.rand(3, 4)[:, :2],
+            "labels": torch.arange(3),
+            "half": torch.ones(2).half(),
+            "bf16": torch.ones(2, dtype=torch.bfloat16),
+            "grad": torch.ones(2, requires_grad=True),
+        }
+    ]
     out = pickle.loads(shm_module.dumps(targets))[0]
     for key, value in targets[0].items():
         assert type(out[key]) is torch.Tensor and out[key].dtype == value.dtype
