@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "build_transform": "flirdata.transforms",
     "BACKENDS": "flirdata.backends",
     "WorkerCrashError": "flirdata.backends",
+    "ShmCapacityWarning": "flirdata.backends",
     "BatchSampler": "flirdata.sampler",
     "Loader": "flirdata.loader",
     "LoaderOptions": "flirdata.loader",
@@ -56,6 +57,7 @@ __all__ = [
     "LoaderOptions",
     "PRESETS",
     "SPLITS",
+    "ShmCapacityWarning",
     "WorkerCrashError",
     "build_transform",
     "collate_detection",
@@ -80,7 +82,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
-    from flirdata.backends import BACKENDS, WorkerCrashError
+    from flirdata.backends import BACKENDS, ShmCapacityWarning, WorkerCrashError
     from flirdata.coco import FLIR_CLASSES, CocoIndex, load_coco
     from flirdata.collate import collate_detection
     from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection

@@ -10,22 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BatchSampler", "shuffle_seed_sequence"]
+from flirdata.seeding import shuffle_seed_sequence
 
-# Keeps the shuffle stream apart from the per-sample augmentation streams (flirdata.seeding).
-_SHUFFLE_DOMAIN = 0x53687566  # "Shuf"
-
+__all__ = ["BatchSampler"]
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def shuffle_seed_sequence(seed: int, epoch: int) -> np.random.SeedSequence:
-    """The seed of an epoch's sample order: same (seed, epoch), same order, on every rank."""
-    key = [_SHUFFLE_DOMAIN, _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)]
-    return np.random.SeedSequence(key)
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["sample_seed_sequence", "iter_random_nodes", "reseed_transform"]
+__all__ = ["sample_seed_sequence", "shuffle_seed_sequence", "iter_random_nodes", "reseed_transform"]
 
-# Keeps flirdata's streams apart from other users of SeedSequence([seed, ...]).
-_DOMAIN = 0x466C6972  # "Flir"
+# Keep flirdata's streams apart from each other and from other users of SeedSequence([seed, ...]).
+_DOMAIN = 0x466C6972  # "Flir": per-sample augmentation
+_SHUFFLE_DOMAIN = 0x53687566  # "Shuf": an epoch's sample order
 
 
 def _check_non_negative(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
 
 
@@ -40,6 +41,12 @@ def sample_seed_sequence(seed: int, epoch: int, index: int) -> np.random.SeedSeq
     key = [_DOMAIN, _check_non_negative("seed", seed), _check_non_negative("epoch", epoch),
            _check_non_negative("index", index)]  # fmt: skip
     return np.random.SeedSequence(key)
+
+
+def shuffle_seed_sequence(seed: int, epoch: int) -> np.random.SeedSequence:
+    """The seed of an epoch's sample order: same (seed, epoch), same order, on every rank."""
+    return np.random.SeedSequence([_SHUFFLE_DOMAIN, _check_non_negative("seed", seed),
+                                   _check_non_negative("epoch", epoch)])  # fmt: skip
 
 
 def iter_random_nodes(transform: Any) -> Iterator[Any]:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flirdata.sampler import BatchSampler, shuffle_seed_sequence
+from flirdata.sampler import BatchSampler
+from flirdata.seeding import shuffle_seed_sequence
 
 
 def flat(batches: list[tuple[int, ...]]) -> list[int]:
