@@ -5,6 +5,10 @@ in the cache folder, trains ``flirdata.model.TinyDetector`` for a few hundred st
 ``make_loader`` and prints the loader's own rate, the whole loop's rate and the share of the
 loop spent waiting for data. ``--interactive`` asks the seed report's three questions.
 
+``torchrun --standalone --nproc_per_node=2 train_demo.py --distributed`` trains with DDP (gloo,
+CPU): every rank runs its own loader on its shard (``make_loader`` reads the rank from the
+process group) and rank 0 prints each rank's rate, the total and the all-reduced loss.
+
 The module has no side effect at import: process backends re-import the main script in their
 workers.
 """
@@ -12,6 +16,8 @@ workers.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import statistics
 import sys
@@ -23,12 +29,14 @@ from typing import Any
 
 from flirdata.errors import FlirdataError
 
-__all__ = ["DemoError", "DemoResult", "RowsView", "ask_interactive", "build_parser", "cache_root", "main", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "RowsView", "ask_interactive", "build_parser", "cache_root", "main", "run_demo",
+           "start_distributed"]  # fmt: skip
 
 DEFAULT_STEPS = 200
 DEFAULT_BATCH = 16
 PROBE_BATCHES = 20  # batches timed with the loader alone, before training
 SAMPLE_BATCHES = 2  # batches --save-samples writes
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what init_process_group("gloo") reads
 
 
 class DemoError(FlirdataError, ValueError):
@@ -36,7 +44,10 @@ class DemoError(FlirdataError, ValueError):
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """This process's share of the cores: torchrun's processes on one node split them evenly."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, cores // int(local)) if local.isdigit() and int(local) > 0 else cores
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--save-samples", metavar="DIR", help="write the first batches' augmented images with their boxes (COCO)")
     add("--compare", action="store_true", help="also run the sequential baseline; print speedup and efficiency")
     add("--interactive", action="store_true", help="ask for dataset size, technique and cores")
+    add("--distributed", action="store_true",
+        help="DDP (gloo) over the processes torchrun starts; each rank runs its own loader on its shard")
+    add("--record", metavar="DIR", help="write DIR/rank-R.json: each step's image ids and losses, per rank")
     return parser
 
 
@@ -223,7 +237,11 @@ class DemoResult:
     loop_s: float = 0.0
     wait_s: float = 0.0  # inside the loop, waiting for the next batch
     step_s: float = 0.0  # inside the loop, in train_step
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # per step; distributed: the mean over ranks
+    local_losses: list[float] = field(default_factory=list)  # per step, this rank's batch alone
+    image_ids: list[list[int]] = field(default_factory=list)  # per step, the batch's COCO image ids
+    rank: int = 0
+    ranks: list[tuple[int, int, float]] = field(default_factory=list)  # every rank's (steps, images, loop_s)
 
     @property
     def loop_images_per_s(self) -> float:
@@ -232,6 +250,12 @@ class DemoResult:
     @property
     def wait_share(self) -> float:
         return self.wait_s / self.loop_s if self.loop_s else 0.0
+
+    @property
+    def total_images_per_s(self) -> float:
+        """Every rank's images over the slowest rank's loop: the whole job's rate."""
+        slowest = max((loop_s for _, _, loop_s in self.ranks), default=0.0)
+        return sum(images for _, images, _ in self.ranks) / slowest if slowest else 0.0
 
 
 def probe_loader(loader: Any, result: DemoResult) -> None:
@@ -264,8 +288,9 @@ def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: in
         try:
             for images, targets in batches:
                 got = time.perf_counter()
-                result.losses.append(train_step(model, optimizer, images, targets))
+                result.local_losses.append(train_step(model, optimizer, images, targets))
                 result.step_s += time.perf_counter() - got
+                result.image_ids.append([int(t["image_id"]) for t in targets])
                 result.steps += 1
                 result.images += len(targets)
                 if steps is not None and result.steps >= steps:
@@ -276,16 +301,20 @@ def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: in
     result.loop_s = time.perf_counter() - start
     # Everything outside train_step is the loop waiting for data (batch hand-over included).
     result.wait_s = result.loop_s - result.step_s
+    result.losses = list(result.local_losses)
+    result.ranks = [(result.steps, result.images, result.loop_s)]
 
 
 def run_demo(dataset: Any, backend: str, workers: int, batch_size: int, steps: int | None,
-             epochs: int | None, seed: int, save_to: str | None = None) -> DemoResult:  # fmt: skip
-    """Probe the loader alone, then train a fresh ``TinyDetector`` through it."""
+             epochs: int | None, seed: int, save_to: str | None = None,
+             distributed: bool = False) -> DemoResult:  # fmt: skip
+    """Probe the loader alone, then train a fresh ``TinyDetector`` through it (DDP if ``distributed``)."""
     import torch
 
     from flirdata.loader import make_loader
     from flirdata.model import TinyDetector
 
+    # No rank or world_size: under --distributed, make_loader takes this rank's shard from the group.
     with make_loader(dataset, backend=backend, workers=workers, batch_size=batch_size, shuffle=True,
                      seed=seed, drop_last=True) as loader:  # fmt: skip
         runs_as = loader.options.effective_backend  # workers <= 1 runs in this thread
@@ -294,12 +323,16 @@ def run_demo(dataset: Any, backend: str, workers: int, batch_size: int, steps: i
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         model = TinyDetector(num_classes=len(dataset.classes) - 1)
+        if distributed:  # rank 0's weights to every rank, then gradients averaged in each backward
+            model = torch.nn.parallel.DistributedDataParallel(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         result = DemoResult(runs_as, workers if runs_as != "sequential" else 0, threads)
         if save_to is not None:
             save_samples(dataset, loader, save_to)
         probe_loader(loader, result)
         train(loader, model, optimizer, steps, epochs, result)
+    if distributed:
+        share_results(result)
     return result
 
 
@@ -309,7 +342,7 @@ def report(result: DemoResult) -> str:
     per_step = 1e3 / max(1, r.steps)
     head = r.losses[:5] or [float("nan")]
     tail = r.losses[-5:] or [float("nan")]
-    return "\n".join([
+    lines = [
         f"loader    : {r.backend}, " + (f"{r.workers} workers" if r.workers else "in the training thread")
         + f"; training at {r.torch_threads} torch thread(s) on {_cores()} cores",
         f"start-up  : {r.startup_s:.2f} s to the first batch",
@@ -318,7 +351,21 @@ def report(result: DemoResult) -> str:
         f"per step  : {r.step_s * per_step:.0f} ms training, {r.wait_s * per_step:.0f} ms waiting for data: "
         f"the loop waited for data {100 * r.wait_share:.0f}% of the time",
         f"loss      : {statistics.mean(head):.3f} (first steps) -> {statistics.mean(tail):.3f} (last steps)",
-    ])  # fmt: skip
+    ]  # fmt: skip
+    if len(r.ranks) > 1:  # the lines above are this rank's, but for the loss
+        lines[-1] += f", the mean over {len(r.ranks)} ranks (all-reduced)"
+        lines[3:4] = [lines[3] + f", on rank {r.rank}", *_ranks_report(r)]
+    return "\n".join(lines)
+
+
+def _ranks_report(r: DemoResult) -> list[str]:
+    """Each rank's whole-loop rate, and the job's: every image over the slowest rank's loop."""
+    rates = [f"rank {k}: {images / loop_s if loop_s else 0.0:.1f}" for k, (_, images, loop_s) in enumerate(r.ranks)]
+    images, slowest = sum(images for _, images, _ in r.ranks), max(loop_s for _, _, loop_s in r.ranks)
+    return [
+        f"per rank  : {', '.join(rates)} images/s (each {r.steps} steps on its own shard)",
+        f"all ranks : {r.total_images_per_s:.1f} images/s ({images} images on {len(r.ranks)} ranks in {slowest:.1f} s)",
+    ]
 
 
 def compare(result: DemoResult, base: DemoResult) -> str:
@@ -330,28 +377,103 @@ def compare(result: DemoResult, base: DemoResult) -> str:
             f"efficiency (speedup / {w} worker(s)): {data / w:.2f}, {loop / w:.2f}")  # fmt: skip
 
 
-def _run(args: argparse.Namespace) -> int:
+# -- distributed -------------------------------------------------------------------------------
+def start_distributed() -> tuple[int, int]:
+    """Join torchrun's process group (gloo: CPU tensors); return ``(rank, world_size)``."""
+    import torch.distributed as dist
+
+    missing = [name for name in TORCHRUN_ENV if name not in os.environ]
+    if missing:
+        raise DemoError(f"--distributed runs under torchrun ({', '.join(missing)} not set): "
+                        "torchrun --standalone --nproc_per_node=N train_demo.py --distributed")  # fmt: skip
+    dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def resolve_data_in_turn(args: argparse.Namespace, rank: int, world_size: int) -> Path:
+    """``resolve_data`` on rank 0 first: it writes the synthetic dataset, the others then find it."""
+    if world_size == 1:
+        return resolve_data(args)
+    import torch.distributed as dist
+
+    if rank:
+        dist.barrier()
+    root = resolve_data(args)
+    if not rank:
+        dist.barrier()
+    return root
+
+
+def share_results(result: DemoResult) -> None:
+    """Gather every rank's counts; replace the losses by their mean over ranks (all-reduced)."""
+    import torch
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    row = torch.tensor([result.steps, result.images, result.loop_s], dtype=torch.float64)
+    rows = [torch.zeros_like(row) for _ in range(world)]
+    dist.all_gather(rows, row)
+    result.rank = dist.get_rank()
+    result.ranks = [(int(steps), int(images), float(loop_s)) for steps, images, loop_s in rows]
+    losses = torch.tensor(result.local_losses, dtype=torch.float64)
+    dist.all_reduce(losses)  # a sum: gloo has no average
+    result.losses = (losses / world).tolist()
+
+
+def write_record(result: DemoResult, folder: str) -> None:
+    """``folder/rank-R.json``: what this rank trained on, step by step, and the losses it logged."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"rank": result.rank, "world_size": len(result.ranks), "steps": result.steps,
+              "image_ids": result.image_ids, "losses": result.losses, "local_losses": result.local_losses}  # fmt: skip
+    (out / f"rank-{result.rank}.json").write_text(json.dumps(record))
+
+
+# -- the program ---------------------------------------------------------------------------------
+def _train(args: argparse.Namespace, rank: int, world_size: int) -> int:
     from flirdata import FlirDetection, build_transform
 
+    steps = args.steps if args.steps or args.epochs else DEFAULT_STEPS
+    root = resolve_data_in_turn(args, rank, world_size)
+    dataset = FlirDetection(root, args.split, transform=build_transform("thermal"), seed=args.seed)
+    each = f" on each of {world_size} ranks" if world_size > 1 else ""
+    if len(dataset) // world_size < args.batch_size:  # drop_last: a shard holds floor(n / world) images
+        raise DemoError(f"{root}: {len(dataset)} images make no full batch of {args.batch_size}{each}; "
+                        "lower --batch-size")  # fmt: skip
+    print(f"training TinyDetector on {len(dataset)} images ({args.split}), batches of {args.batch_size}{each}")
+    result = run_demo(dataset, args.backend, args.workers, args.batch_size, steps, args.epochs, args.seed,
+                      args.save_samples if rank == 0 else None, args.distributed)  # fmt: skip
+    print(report(result))
+    if args.record is not None:
+        write_record(result, args.record)
+    if args.compare:
+        print("\nsequential baseline, same steps:")
+        base = run_demo(dataset, "sequential", 1, args.batch_size, steps, args.epochs, args.seed,
+                        distributed=args.distributed)  # fmt: skip
+        print(report(base))
+        print(compare(result, base))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.interactive and args.distributed:
+        raise DemoError("--interactive asks on a terminal, which torchrun's ranks do not share; use the flags")
     if args.interactive:
         args = ask_interactive(args)
     if args.data is not None and args.size is not None:
         raise DemoError("--size chooses the synthetic dataset; with --data the whole split is used")
-    steps = args.steps if args.steps or args.epochs else DEFAULT_STEPS
-    root = resolve_data(args)
-    dataset = FlirDetection(root, args.split, transform=build_transform("thermal"), seed=args.seed)
-    if len(dataset) < args.batch_size:
-        raise DemoError(f"{root}: {len(dataset)} images make no full batch of {args.batch_size}; lower --batch-size")
-    print(f"training TinyDetector on {len(dataset)} images ({args.split}), batches of {args.batch_size}")
-    result = run_demo(dataset, args.backend, args.workers, args.batch_size, steps, args.epochs, args.seed,
-                      args.save_samples)  # fmt: skip
-    print(report(result))
-    if args.compare:
-        print("\nsequential baseline, same steps:")
-        base = run_demo(dataset, "sequential", 1, args.batch_size, steps, args.epochs, args.seed)
-        print(report(base))
-        print(compare(result, base))
-    return 0
+    if not args.distributed:
+        return _train(args, 0, 1)
+    import torch.distributed as dist
+
+    rank, world_size = start_distributed()
+    try:
+        with contextlib.ExitStack() as stack:
+            if rank:  # rank 0 speaks for the job
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return _train(args, rank, world_size)
+    finally:
+        dist.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -180,7 +180,9 @@ def tight_loop(ds: Any, workers: int) -> Measure:
 
 
 def backend_rate(ds: Any, backend: str, workers: int) -> Measure:
-    with make_loader(ds, backend=backend, workers=workers, batch_size=BATCH, shuffle=True, seed=0) as loader:
+    with make_loader(
+        ds, backend=backend, workers=workers, batch_size=BATCH, shuffle=True, seed=0, rank=0, world_size=1
+    ) as loader:
         return timed_rate(iter(loader), workers, len(loader))
 
 
@@ -305,7 +307,9 @@ def peak_pss_mb(interval: float = 0.25) -> Iterator[list[float]]:
 
 def epoch_peak(ds: Any, backend: str, workers: int) -> float:
     with peak_pss_mb() as peak:
-        with make_loader(ds, backend=backend, workers=workers, batch_size=BATCH, shuffle=True) as loader:
+        with make_loader(
+            ds, backend=backend, workers=workers, batch_size=BATCH, shuffle=True, rank=0, world_size=1
+        ) as loader:
             for _ in loader:
                 pass
     return peak[0]

@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "FlirdataError": "flirdata.errors",
     "ImageError": "flirdata.errors",
     "PRESETS": "flirdata.transforms",
+    "OUTPUTS": "flirdata.outputs",
+    "MainModuleError": "flirdata.backends",
     "build_transform": "flirdata.transforms",
     "BACKENDS": "flirdata.backends",
     "WorkerCrashError": "flirdata.backends",
@@ -55,6 +57,8 @@ __all__ = [
     "ImageError",
     "Loader",
     "LoaderOptions",
+    "MainModuleError",
+    "OUTPUTS",
     "PRESETS",
     "SPLITS",
     "ShmCapacityWarning",
@@ -82,13 +86,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
-    from flirdata.backends import BACKENDS, ShmCapacityWarning, WorkerCrashError
+    from flirdata.backends import BACKENDS, MainModuleError, ShmCapacityWarning, WorkerCrashError
     from flirdata.coco import FLIR_CLASSES, CocoIndex, load_coco
     from flirdata.collate import collate_detection
     from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection
     from flirdata.errors import AnnotationError, DataError, FlirdataError, ImageError
     from flirdata.export import export_augmented
     from flirdata.loader import Loader, LoaderOptions, make_loader
+    from flirdata.outputs import OUTPUTS
     from flirdata.sampler import BatchSampler
     from flirdata.synth import synthesize
     from flirdata.transforms import PRESETS, build_transform

@@ -223,7 +223,7 @@ def measure_once(dataset: Any, backend: str, workers: int, config: BenchConfig,
 
     start = time.perf_counter()
     loader = make_loader(dataset, backend=backend, workers=workers, batch_size=config.batch_size,
-                         shuffle=True, seed=config.seed)  # fmt: skip
+                         shuffle=True, seed=config.seed, rank=0, world_size=1)  # fmt: skip
     with loader:
         batches = iter(loader)
         next(batches)

@@ -3,10 +3,12 @@
 A training run should not find a truncated JPEG in hour three. This module reads each split's
 ``coco.json`` with the same validation the dataset uses, then decodes every referenced image
 (in a thread pool: OpenCV releases the GIL while decoding) and checks its size against
-``coco.json``. What it finds is a list of ``Problem``s:
+``coco.json`` and its channels against the split's modality (grey frames in thermal splits,
+colour frames in RGB ones, as ``FlirDetection`` reads them). What it finds is a list of
+``Problem``s:
 
 * errors: an image or annotation file the dataset cannot use (missing, empty, truncated,
-  corrupt, wrong size, not JSON, not COCO). Any error makes the command exit 1.
+  corrupt, wrong size, wrong channels, not JSON, not COCO). Any error makes the command exit 1.
 * warnings: a file referenced by two image entries, an image file no entry references.
 
 Boxes the index repairs on load (degenerate ones dropped, ones past the frame clipped,
@@ -31,7 +33,7 @@ from tqdm import tqdm
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.dataset import SPLITS
 from flirdata.errors import AnnotationError, DataError, ImageError
-from flirdata.images import read_gray
+from flirdata.images import MODALITIES, check_modality, infer_modality, read_image
 
 __all__ = ["Problem", "CheckReport", "find_split_dirs", "check_dataset", "configure_parser", "run_command"]
 
@@ -44,7 +46,7 @@ REPAIRS = {
     "unknown_category": "boxes of unknown category dropped",
 }
 
-ImageJob = tuple[Path, tuple[int, int]]
+ImageJob = tuple[Path, tuple[int, int], str]  # (file, (height, width) in coco.json, modality)
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,14 @@ class CheckReport:
 
     ``splits[folder]`` counts ``images`` (entries in coco.json), ``bad_images``,
     ``bad_annotation_files``, ``annotations``, ``boxes`` (kept after repair) and the repairs
-    ``degenerate_dropped``, ``clipped``, ``unknown_category``.
+    ``degenerate_dropped``, ``clipped``, ``unknown_category``; ``modalities[folder]`` is the
+    modality its images were checked against.
     """
 
     root: str
     problems: list[Problem] = field(default_factory=list)
     splits: dict[str, Counter[str]] = field(default_factory=dict)
+    modalities: dict[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Problem]:
@@ -92,7 +96,7 @@ class CheckReport:
 
     def summary(self) -> list[str]:
         """One line per split and a verdict line."""
-        lines = [_split_line(folder, c) for folder, c in self.splits.items()]
+        lines = [_split_line(f"{folder} ({self.modalities[folder]})", c) for folder, c in self.splits.items()]
         total = self.counts
         scope = f"{total['images']} images in {len(self.splits)} split(s)"
         if self.ok:
@@ -116,7 +120,7 @@ def find_split_dirs(root: str | Path, splits: Sequence[str] | None = None) -> li
 
     Args:
         root: dataset folder, or a split folder holding ``coco.json``.
-        splits: names (``train``, ``val``, ``test``), folder names of ``root`` or paths;
+        splits: names (keys of ``SPLITS``: ``train``, ``rgb_train``, ...), folder names of ``root`` or paths;
             ``None`` takes ``root`` itself if it holds ``coco.json``, else every FLIR split
             folder present.
     """
@@ -196,19 +200,19 @@ def _capped(folder: Path, items: list[tuple[Path | str, str]], more: str) -> Ite
         yield Problem("warning", str(folder), f"{len(items) - MAX_WARNINGS} {more} (not listed)")
 
 
-def _image_jobs(folder: Path, index: CocoIndex) -> list[ImageJob]:
-    """One job per distinct file: ``(path, (height, width))`` as coco.json declares it."""
+def _image_jobs(folder: Path, index: CocoIndex, modality: str) -> list[ImageJob]:
+    """One job per distinct file: ``(path, (height, width), modality)`` as coco.json declares it."""
     jobs: dict[Path, tuple[int, int]] = {}
     for k in range(len(index)):
         jobs.setdefault(folder / index.file_name(k), (int(index.heights[k]), int(index.widths[k])))
-    return list(jobs.items())
+    return [(path, hw, modality) for path, hw in jobs.items()]
 
 
 def _check_image(job: ImageJob) -> str | None:
-    """``None`` if the image decodes at the declared size, else what is wrong with it."""
-    path, expect_hw = job
+    """``None`` if the image decodes at the declared size and channels, else what is wrong with it."""
+    path, expect_hw, modality = job
     try:
-        read_gray(path, expect_hw)
+        read_image(path, expect_hw, modality)
     except ImageError as exc:
         return _strip_path(str(exc), path)
     except OSError as exc:  # permission denied, I/O error: the file is as unusable as a corrupt one
@@ -247,6 +251,7 @@ def check_dataset(
     *,
     workers: int | None = None,
     on_problem: Callable[[Problem], None] | None = None,
+    modality: str | None = None,
 ) -> CheckReport:
     """Validate every ``coco.json`` and decode every image of a dataset.
 
@@ -256,11 +261,15 @@ def check_dataset(
         progress: show a tqdm bar on stderr while decoding.
         workers: decoding threads; default twice the CPU count (at most 16), ``1`` = serial.
         on_problem: called with each problem as it is found (the CLI prints them).
+        modality: "thermal" or "rgb" for every split; default inferred from each split
+            folder's name, as ``FlirDetection`` does (``images_rgb_*``, ``video_rgb_*``: rgb).
 
     Raises:
         DataError: ``root`` or a requested split folder does not exist.
     """
     report = CheckReport(root=str(root))
+    if modality is not None:
+        check_modality(modality)
 
     def note(problem: Problem) -> None:
         report.problems.append(problem)
@@ -269,17 +278,19 @@ def check_dataset(
 
     jobs: list[tuple[Counter[str], ImageJob]] = []
     for folder in find_split_dirs(root, splits):
+        report.modalities[str(folder)] = modality or infer_modality(folder)
         index = _load_split(folder, report, note)
         if index is not None:
             for problem in _reference_warnings(folder, index):
                 note(problem)
-            jobs += [(report.splits[str(folder)], job) for job in _image_jobs(folder, index)]
+            folder_jobs = _image_jobs(folder, index, report.modalities[str(folder)])
+            jobs += [(report.splits[str(folder)], job) for job in folder_jobs]
     workers = _default_workers() if workers is None else workers
     with tqdm(
         total=len(jobs), desc="checking images", unit="img", file=sys.stderr, disable=not progress
     ) as bar:
         results = _map_bounded(_check_image, (job for _, job in jobs), workers)
-        for (counts, (path, _)), message in zip(jobs, results, strict=True):
+        for (counts, (path, _, _)), message in zip(jobs, results, strict=True):
             bar.update()
             if message is not None:
                 counts["bad_images"] += 1
@@ -292,7 +303,8 @@ def check_dataset(
 EPILOG = """\
 exit status:
   0  every image and coco.json is usable (warnings may have been printed)
-  1  at least one image or coco.json is missing, empty, truncated, corrupt or of the wrong size
+  1  at least one image or coco.json is missing, empty, truncated, corrupt, of the wrong size,
+     or of the wrong channels (a colour image in a thermal split, a grey one in an RGB split)
   2  usage error, or the dataset / a requested split folder does not exist
 
 Boxes repaired on load (degenerate boxes dropped, boxes past the frame clipped, unknown
@@ -318,7 +330,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--split",
         default=None,
         metavar="NAMES",
-        help="comma-separated splits: train, val, test, folder names or paths "
+        help="comma-separated splits: train, val, test, rgb_train, rgb_val, rgb_test, folder names or paths "
         "(default: every split folder present)",
     )
     parser.add_argument(
@@ -326,6 +338,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="decoding threads, 1 = serial (default: 2 x CPUs, at most 16)",
+    )
+    parser.add_argument(
+        "--modality",
+        choices=sorted(MODALITIES),
+        default=None,
+        help="channels every image must have: thermal (grey) or rgb (colour) "
+        "(default: rgb for images_rgb_*/video_rgb_* folders, else thermal)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -339,7 +358,7 @@ def run_command(args: argparse.Namespace) -> int:
         tqdm.write(str(problem), file=sys.stdout)  # above the progress bar, not through it
 
     report = check_dataset(args.root, splits, progress=not args.no_progress, workers=args.workers,
-                           on_problem=show)  # fmt: skip
+                           on_problem=show, modality=args.modality)  # fmt: skip
     for line in report.summary():
         print(line)
     return 0 if report.ok else 1

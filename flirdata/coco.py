@@ -48,6 +48,7 @@ class CocoIndex:
     boxes: np.ndarray  # float32 [A, 4]
     labels: np.ndarray  # int64 [A]
     ann_ids: np.ndarray  # int64 [A]
+    crowd: np.ndarray  # uint8 [A]: COCO ``iscrowd`` (0 or 1)
     stats: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -61,10 +62,14 @@ class CocoIndex:
         lo, hi = self.box_start[k], self.box_start[k + 1]
         return self.boxes[lo:hi], self.labels[lo:hi]
 
+    def crowd_flags(self, k: int) -> np.ndarray:
+        """``iscrowd [N]`` of image ``k``, aligned with ``annotations(k)`` (a view)."""
+        return self.crowd[self.box_start[k] : self.box_start[k + 1]]
+
     @property
     def nbytes(self) -> int:
         arrays = (self.category_ids, self.image_ids, self.file_names, self.widths,
-                  self.heights, self.box_start, self.boxes, self.labels, self.ann_ids)  # fmt: skip
+                  self.heights, self.box_start, self.boxes, self.labels, self.ann_ids, self.crowd)  # fmt: skip
         return sum(a.nbytes for a in arrays)
 
 
@@ -152,6 +157,7 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
     rows = np.empty(n, dtype=np.int64)
     cats = np.empty(n, dtype=np.int64)
     ids = np.empty(n, dtype=np.int64)
+    crowd = np.zeros(n, dtype=np.uint8)
     boxes = np.empty((n, 4), dtype=np.float64)
     for k, ann in enumerate(anns):
         _require(isinstance(ann, dict), path, f"annotations[{k}] is not an object")
@@ -167,8 +173,11 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
         _require(row is not None, path, f"annotation id {ann_id}: unknown image_id {ann.get('image_id')!r}")
         _require(ann.get("category_id") in cat_ids, path,
                  f"annotation id {ann_id}: category_id {ann.get('category_id')!r} is not declared")  # fmt: skip
-        rows[k], cats[k], ids[k], boxes[k] = row, ann["category_id"], ann_id, bbox
-    return {"row": rows, "category": cats, "id": ids, "box": boxes}
+        iscrowd = ann.get("iscrowd", 0)
+        _require(iscrowd in (0, 1) and not isinstance(iscrowd, float), path,
+                 f"annotation id {ann_id}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")  # fmt: skip
+        rows[k], cats[k], ids[k], boxes[k], crowd[k] = row, ann["category_id"], ann_id, bbox, iscrowd
+    return {"row": rows, "category": cats, "id": ids, "box": boxes, "crowd": crowd}
 
 
 def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images: dict, anns: dict) -> CocoIndex:
@@ -200,5 +209,6 @@ def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images
         path=path, classes=classes, category_ids=category_ids, image_ids=images["ids"],
         file_names=images["names"], widths=images["widths"], heights=images["heights"],
         box_start=box_start, boxes=clipped[keep][order].astype(np.float32),
-        labels=labels[keep][order], ann_ids=anns["id"][keep][order], stats=stats,
+        labels=labels[keep][order], ann_ids=anns["id"][keep][order], crowd=anns["crowd"][keep][order],
+        stats=stats,
     )  # fmt: skip

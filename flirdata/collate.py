@@ -13,10 +13,12 @@ Sample = tuple[torch.Tensor, dict[str, Any]]
 
 
 def collate_detection(samples: Sequence[Sample]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Stack images into ``uint8 [B, 1, H, W]`` and keep targets as a list of dicts.
+    """Stack images into ``uint8 [B, C, H, W]`` and keep targets as a list of dicts.
 
     Boxes cannot be stacked (each image has its own count), and torchvision's detection
-    models take exactly a list of per-image target dicts, so targets stay a list.
+    models take exactly a list of per-image target dicts, so targets stay a list. Images of
+    different sizes (RGB frames of several cameras, or no transform) cannot be stacked: the
+    error names the sizes and the letterbox transform that fixes it.
     """
     if not samples:
         raise ValueError("collate_detection needs at least one sample")
@@ -24,9 +26,16 @@ def collate_detection(samples: Sequence[Sample]) -> tuple[torch.Tensor, list[dic
     shapes = {tuple(image.shape) for image in images}
     if len(shapes) != 1:
         raise ValueError(
-            f"images of one batch must share a shape, got {sorted(shapes)}; "
-            "give the transform a fixed output size (build_transform(size=...))"
+            f"images of one batch must share a shape, got {_describe(shapes)}; letterbox them to one size "
+            "with a transform, e.g. build_transform('rgb', size=(480, 640)) (or 'thermal', or 'none')"
         )
     out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype)
     torch.stack(images, out=out)
     return out, [target for _, target in samples]
+
+
+def _describe(shapes: set[tuple[int, ...]]) -> str:
+    """``1224x1024, 2048x1536 (width x height)``, or the full shapes where channels differ too."""
+    if any(len(shape) != 3 for shape in shapes) or len({shape[0] for shape in shapes}) > 1:
+        return ", ".join(f"[{', '.join(map(str, shape))}]" for shape in sorted(shapes))
+    return ", ".join(f"{w}x{h}" for _, h, w in sorted(shapes, key=lambda s: (s[2], s[1]))) + " (width x height)"

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from flirdata.boxes import clip_xyxy, coco_to_xyxy, valid_mask
+from flirdata.boxes import box_area, clip_xyxy, coco_to_xyxy, valid_mask
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.errors import DataError, ImageError
-from flirdata.images import read_gray
+from flirdata.images import MODALITIES, as_chw, check_modality, infer_modality, read_image
 from flirdata.seeding import reseed_transform, sample_seed_sequence
 from flirdata.transforms import ensure_detection_compose
 
@@ -27,10 +27,18 @@ SPLITS: dict[str, str] = {
     "train": "images_thermal_train",
     "val": "images_thermal_val",
     "test": "video_thermal_test",
+    "rgb_train": "images_rgb_train",
+    "rgb_val": "images_rgb_val",
+    "rgb_test": "video_rgb_test",
 }
 ON_ERROR = ("raise", "skip")
 
 Target = dict[str, Any]
+
+
+def _shared_epoch(epoch: int) -> torch.Tensor:
+    """A 0-d int64 tensor in shared memory: torch's pickler hands the same memory to workers."""
+    return torch.tensor(epoch, dtype=torch.int64).share_memory_()
 
 
 class BadImageWarning(UserWarning):
@@ -58,9 +66,10 @@ def resolve_split(root: str | Path, split: str | Path) -> Path:
 
 
 class FlirDetection(Dataset):
-    """FLIR ADAS v2 thermal detection samples with a reproducible bbox-aware augmentation.
+    """FLIR ADAS v2 detection samples (thermal or RGB) with a reproducible bbox-aware augmentation.
 
-    ``ds[i]`` returns ``(image, target)``: ``image`` is ``uint8 [1, H, W]``; ``target`` holds
+    ``ds[i]`` returns ``(image, target)``: ``image`` is ``uint8 [C, H, W]`` (``C = ds.channels``:
+    1 for thermal, 3 for RGB in R, G, B order); ``target`` holds
     ``boxes`` (``float32 [N, 4]`` xyxy pixels), ``labels`` (``int64 [N]``, 1..K, names in
     ``classes``) and ``image_id`` (the COCO id), as torchvision detection models take them.
 
@@ -70,7 +79,8 @@ class FlirDetection(Dataset):
 
     Args:
         root: dataset folder (holding ``images_thermal_train/`` etc.).
-        split: "train", "val", "test", or a folder holding ``coco.json``.
+        split: a key of ``SPLITS`` ("train", "val", "test", "rgb_train", "rgb_val",
+            "rgb_test"), or a folder holding ``coco.json``.
         transform: an albumentations pipeline (``build_transform(...)`` or a user's own);
             ``None`` returns the decoded image and cleaned boxes unchanged.
         seed: base seed of the augmentation.
@@ -79,6 +89,9 @@ class FlirDetection(Dataset):
             (one ``BadImageWarning`` per file, counted in ``skipped``). Worker processes
             keep their own copy of the dataset, so their warnings and counts stay there;
             ``flirdata check`` reports every bad file up front.
+        modality: "thermal" (grey frames) or "rgb" (colour frames); default inferred from
+            the split folder's name (``images_rgb_*``, ``video_rgb_*`` are RGB). A file whose
+            channels do not match raises ``ImageError``.
     """
 
     def __init__(
@@ -90,16 +103,18 @@ class FlirDetection(Dataset):
         *,
         classes: Sequence[str] | None = None,
         on_error: Literal["raise", "skip"] = "raise",
+        modality: str | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         sample_seed_sequence(seed, 0, 0)  # validates the seed now, not in a worker
         self.root = Path(root)
         self.split_dir = resolve_split(root, split)
+        self.modality = infer_modality(self.split_dir) if modality is None else check_modality(modality)
         self.index: CocoIndex = load_coco(self.split_dir / "coco.json", classes)
         self.transform = None if transform is None else ensure_detection_compose(transform)
         self.seed = seed
-        self.epoch = 0
+        self._epoch = _shared_epoch(0)
         self.on_error = on_error
         self.skipped = 0
         self._warned: set[str] = set()
@@ -118,6 +133,11 @@ class FlirDetection(Dataset):
         self._lock = threading.Lock()
 
     @property
+    def channels(self) -> int:
+        """Image channels: 1 for thermal, 3 for RGB."""
+        return MODALITIES[self.modality]
+
+    @property
     def classes(self) -> tuple[str, ...]:
         """``classes[label]`` is the class name; index 0 is the background."""
         return ("__background__", *self.index.classes)
@@ -130,18 +150,33 @@ class FlirDetection(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose augmentations ``ds[i]`` returns (see ``set_epoch``)."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentations ``ds[i]`` returns."""
+        """Select the epoch whose augmentations ``ds[i]`` returns, here and in every worker.
+
+        The epoch lives in shared memory that travels with the dataset to torch ``DataLoader``
+        workers (fork, forkserver and spawn), so ``ds.set_epoch(e)`` in the main process
+        reaches persistent workers too. A copy made with ``pickle.dumps`` outside a process
+        start, or ``copy.deepcopy``, has its own epoch.
+        """
         sample_seed_sequence(self.seed, epoch, 0)
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def image_path(self, i: int) -> Path:
         return self.split_dir / self.index.file_name(i)
 
     def load_raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(image uint8 [H, W], boxes coco [N, 4], labels [N])`` before augmentation."""
+        """``(image, boxes coco [N, 4], labels [N])`` before augmentation.
+
+        ``image`` is ``uint8 [H, W]`` (thermal) or ``uint8 [H, W, 3]`` RGB (rgb).
+        """
         k = self._check_index(i)
-        image = read_gray(self.image_path(k), (int(self.index.heights[k]), int(self.index.widths[k])))
+        expect_hw = (int(self.index.heights[k]), int(self.index.widths[k]))
+        image = read_image(self.image_path(k), expect_hw, self.modality)
         boxes, labels = self.index.annotations(k)
         return image, boxes, labels
 
@@ -157,13 +192,15 @@ class FlirDetection(Dataset):
         k = self._check_index(i)
         epoch = self.epoch if epoch is None else epoch
         image, boxes, labels, source = self._load_or_skip(k)
-        image, xyxy, labels = self._augment(image, boxes, labels, k, epoch)
+        image, xyxy, kept = self._augment(image, boxes, k, epoch)
         target = {
             "boxes": torch.from_numpy(xyxy.astype(np.float32, copy=False)),
-            "labels": torch.from_numpy(labels.astype(np.int64, copy=False)),
+            "labels": torch.from_numpy(labels[kept].astype(np.int64, copy=False)),
             "image_id": int(self.index.image_ids[source]),
+            "area": torch.from_numpy(box_area(xyxy).astype(np.float32, copy=False)),
+            "iscrowd": torch.from_numpy(self.index.crowd_flags(source)[kept].astype(np.int64)),
         }
-        return torch.from_numpy(image)[None], target
+        return torch.from_numpy(as_chw(image)), target
 
     def _check_index(self, i: int) -> int:
         n = len(self)
@@ -200,16 +237,19 @@ class FlirDetection(Dataset):
         return pipeline
 
     def _augment(
-        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, k: int, epoch: int
+        self, image: np.ndarray, boxes: np.ndarray, k: int, epoch: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(image, xyxy boxes, positions)``: ``positions`` are the input rows of the kept boxes."""
         if self.transform is None:
-            return image, coco_to_xyxy(boxes), labels
+            return image, coco_to_xyxy(boxes), np.arange(len(boxes))
         pipeline = self._pipeline()
         reseed_transform(pipeline, sample_seed_sequence(self.seed, epoch, k))
         voc = pipeline.processors["bboxes"].params.format == "pascal_voc"
-        out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=labels)
+        # The label field carries each box's row, so labels and iscrowd follow the kept boxes.
+        rows = np.arange(len(boxes), dtype=np.int64)
+        out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=rows)
         result = np.ascontiguousarray(out["image"])
-        if result.ndim == 3:
+        if result.ndim == 3 and self.channels == 1:  # albumentations may return grey as [H, W, 1]
             result = result[:, :, 0]
         out_boxes = np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4)
         xyxy = clip_xyxy(out_boxes if voc else coco_to_xyxy(out_boxes), result.shape[1], result.shape[0])

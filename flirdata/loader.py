@@ -13,7 +13,8 @@ from typing import Any
 
 from flirdata.backends import BACKENDS, Backend, Fetcher, Task, WorkerCrashError
 from flirdata.collate import collate_detection
-from flirdata.sampler import BatchSampler
+from flirdata.outputs import OUTPUTS, convert_batch
+from flirdata.sampler import BatchSampler, resolve_shard
 
 __all__ = ["LoaderOptions", "Loader", "make_loader"]
 
@@ -32,8 +33,11 @@ class LoaderOptions:
     world_size: int = 1
     collate_fn: Callable[[list[Any]], Any] = collate_detection
     prefetch: int = 2
+    output: str = "uint8"
 
     def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown output {self.output!r}; expected one of {sorted(OUTPUTS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
         for name, minimum in (("workers", 0), ("prefetch", 1)):
@@ -98,7 +102,8 @@ class Loader:
     def _iterate(self, backend: Backend, tasks: list[Task]) -> Iterator[Any]:
         batches = backend.imap(tasks)
         try:
-            yield from batches
+            for batch in batches:
+                yield convert_batch(batch, self.options.output)
         except WorkerCrashError:
             self._drop_backend()  # a broken pool cannot be reused; the next epoch starts anew
             raise
@@ -163,10 +168,11 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
     drop_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
     collate_fn: Callable[[list[Any]], Any] = collate_detection,
     prefetch: int = 2,
+    output: str = "uint8",
 ) -> Loader:
     """A loader of ``collate_fn([dataset[i] for i in batch])`` batches over ``backend``.
 
@@ -174,13 +180,24 @@ def make_loader(
         dataset: map-style dataset; if it has ``set_epoch``, workers call it per task.
         backend: a key of ``BACKENDS``.
         workers: worker threads or processes; ``<= 1`` runs in the calling thread.
-        batch_size, shuffle, seed, drop_last, rank, world_size: see ``BatchSampler``.
+        batch_size, shuffle, seed: see ``BatchSampler``.
+        drop_last: False (default) pads the shards with the order's head, as
+            ``DistributedSampler`` does; True cuts the order to equal shards and drops the
+            short last batch. Either way every rank serves ``len(loader)`` batches.
+        rank, world_size: this process's shard; None (default) takes it from the
+            initialised ``torch.distributed`` group, else ``RANK``/``WORLD_SIZE`` (torchrun),
+            else 0 and 1, once, here. Pass ``rank=0, world_size=1`` to read everything.
         collate_fn: turns a list of samples into a batch (picklable for process backends).
         prefetch: batches in flight per worker.
+        output: what the images of a batch become, in the consumer (a key of ``OUTPUTS``):
+            "uint8" (default, as collated), "float" (float32 in [0, 1]), or "float_rgb"
+            (float32 in [0, 1] with 3 channels, grey repeated: what torchvision's detection
+            models take). Workers still send uint8, 4x fewer bytes.
 
     Raises:
-        ValueError: an unknown backend or an invalid number.
+        ValueError: an unknown backend, an invalid number, a malformed ``RANK``/``WORLD_SIZE``.
     """
+    rank, world_size = resolve_shard(rank, world_size)  # in the main process: workers get plain ints
     options = LoaderOptions(backend, workers, batch_size, shuffle, seed, drop_last, rank, world_size,
-                            collate_fn, prefetch)  # fmt: skip
+                            collate_fn, prefetch, output)  # fmt: skip
     return Loader(dataset, options)

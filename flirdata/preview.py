@@ -3,7 +3,8 @@
 Drawing is done with OpenCV at the pixel grid of the (scaled) sample, not with a plotting
 library that would resample the image after the boxes are drawn: a box that is one pixel off
 should look one pixel off. Colours are saturated and every line has a dark outline, so boxes
-stay visible on both black (cold) and white (hot) thermal pixels.
+stay visible on both black (cold) and white (hot) thermal pixels. RGB samples are drawn in
+their own colours.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 from flirdata.errors import DataError, ImageError
+from flirdata.images import MODALITIES, as_hwc
 
 __all__ = [
     "GAP",
@@ -201,15 +203,14 @@ def render_tile(dataset: Any, i: int, epoch: int | None = None, tile_width: int 
     keeps the sample's own size.
     """
     image, target = dataset.sample(i, epoch) if hasattr(dataset, "sample") else dataset[i]
-    gray = np.asarray(image)
-    gray = gray[0] if gray.ndim == 3 else gray
+    pixels = as_hwc(np.asarray(image))
     boxes = np.asarray(target["boxes"], dtype=np.float64).reshape(-1, 4)
-    scale = tile_width / gray.shape[1] if tile_width else 1.0
+    scale = tile_width / pixels.shape[1] if tile_width else 1.0
     if scale != 1.0:
-        size = (int(tile_width), max(1, round(gray.shape[0] * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        size = (int(tile_width), max(1, round(pixels.shape[0] * scale)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         boxes = boxes * scale
-    drawn = draw_boxes(gray, boxes, target["labels"], getattr(dataset, "classes", None))
+    drawn = draw_boxes(pixels, boxes, target["labels"], getattr(dataset, "classes", None))
     image_id = int(target.get("image_id", i))
     count = f"{len(boxes)} box" + ("" if len(boxes) == 1 else "es")
     name = _file_name(dataset, image_id) or f"sample {i}"
@@ -326,7 +327,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="selects the samples and seeds their augmentation (default: 0)",
     )
-    parser.add_argument("--split", default="train", help="train, val, test or a folder holding coco.json")
+    parser.add_argument(
+        "--split", default="train", help="train, val, test, rgb_train, rgb_val, rgb_test or a folder holding coco.json"
+    )
+    parser.add_argument(
+        "--modality",
+        choices=sorted(MODALITIES),
+        default=None,
+        help="thermal (grey) or rgb (colour) frames (default: rgb for images_rgb_*/video_rgb_* folders)",
+    )
     parser.add_argument(
         "--epoch",
         type=_non_negative_int,
@@ -335,8 +344,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--preset",
-        default="thermal",
-        help="augmentation preset (thermal, none) or an albumentations .json/.yaml file",
+        default=None,
+        help="augmentation preset (thermal, rgb, none) or an albumentations .json/.yaml file "
+        "(default: thermal, or rgb for an RGB split)",
     )
     parser.add_argument(
         "--cols", type=_positive_int, default=None, help="grid columns (default: near-square)"
@@ -351,15 +361,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     # Imported here so that reusing draw_boxes does not import torch.
-    from flirdata.dataset import FlirDetection
-    from flirdata.transforms import build_transform
+    from flirdata.dataset import FlirDetection, resolve_split
+    from flirdata.images import infer_modality
+    from flirdata.transforms import MODALITY_PRESETS, build_transform
 
+    modality = args.modality or infer_modality(resolve_split(args.data, args.split))
+    preset = args.preset or MODALITY_PRESETS[modality]
     try:
-        transform = build_transform(args.preset)
+        transform = build_transform(preset)
     except ValueError as exc:  # unknown preset or malformed pipeline file: a user error
         raise DataError(str(exc)) from None
-    dataset = FlirDetection(args.data, args.split, transform, seed=args.seed)
-    caption = f"{dataset.split_dir}  preset={args.preset}  seed={args.seed}  epoch={args.epoch}"
+    dataset = FlirDetection(args.data, args.split, transform, seed=args.seed, modality=modality)
+    caption = f"{dataset.split_dir}  preset={preset}  seed={args.seed}  epoch={args.epoch}"
     try:
         grid = render_preview(dataset, args.n, seed=args.seed, epoch=args.epoch, cols=args.cols,
                               tile_width=args.tile_width or None, caption=caption)  # fmt: skip

@@ -1,9 +1,11 @@
 """``flirdata synth``: a synthetic dataset in exactly the FLIR ADAS v2 on-disk layout.
 
 ``ROOT/images_thermal_{train,val}/`` (and ``video_thermal_test/``), each holding ``data/*.jpg``
-and ``coco.json``. Pixels come from ``flirdata.thermal``; this module plans videos and file names,
-renders images (in worker processes when there are many) and writes the COCO file as FLIR's
-looks, flaws included: frames without boxes, zero-size boxes, boxes reaching past the frame.
+and ``coco.json``; with ``rgb=True`` also ``images_rgb_{train,val}/`` (and ``video_rgb_test/``),
+colour frames of several sizes. Pixels come from ``flirdata.thermal`` (and ``flirdata.rgb_synth``);
+this module plans videos and file names, renders images (in worker processes when there are
+many) and writes the COCO file as FLIR's looks, flaws included: frames without boxes, zero-size
+boxes, boxes reaching past the frame.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flirdata.errors import DataError
+from flirdata.rgb_synth import colour_frame, frame_size, make_palette
 from flirdata.thermal import HEIGHT, WIDTH, DrawnObject, make_scene, render_frame
 
 __all__ = ["SIZES", "SPLIT_FOLDERS", "CATEGORIES", "GENERATOR", "FramePlan", "RenderJob", "parse_size",
@@ -36,13 +39,14 @@ SIZES: dict[str, int] = {"small": 500, "medium": 2000, "big": 10000}
 # Split -> (folder in the FLIR download, code in the seeds of its images). Kept here rather
 # than imported from flirdata.dataset so that ``flirdata synth`` does not import torch.
 SPLIT_FOLDERS: dict[str, tuple[str, int]] = {
-    "train": ("images_thermal_train", 0), "val": ("images_thermal_val", 1), "test": ("video_thermal_test", 2)
+    "train": ("images_thermal_train", 0), "val": ("images_thermal_val", 1), "test": ("video_thermal_test", 2),
+    "rgb_train": ("images_rgb_train", 3), "rgb_val": ("images_rgb_val", 4), "rgb_test": ("video_rgb_test", 5),
 }  # fmt: skip
 GENERATOR = "flirdata-synth/1"  # bump when the pixels change, so cached datasets are rebuilt
 JPEG_QUALITY = 90
 _CHUNK = 8  # images per task sent to a worker
 _ALPHABET = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
-_VIDEO, _LAYOUT, _FLAWS = 1, 2, 3  # stream tags; image streams carry none
+_VIDEO, _LAYOUT, _FLAWS, _CAMERA = 1, 2, 3, 4  # stream tags; image streams carry none
 
 # FLIR v2 declares the 80 COCO classes with contiguous ids, renaming the ones it uses.
 _COCO80 = """person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant
@@ -95,6 +99,8 @@ class FramePlan:
     frame_index: int
     file_name: str
     empty: bool  # drawn without objects: FLIR has a few frames without any box
+    width: int = WIDTH  # of the file; RGB frames take one of rgb_synth.FRAME_SIZES
+    height: int = HEIGHT
 
 
 def _alnum(rng: np.random.Generator) -> str:
@@ -109,7 +115,7 @@ def _n_flawed(n_items: int, rate: float, guarantee: bool) -> int:
 def _plan_split(seed: int, split: str, n: int) -> list[FramePlan]:
     """Group ``n`` frames into videos with consecutive frame numbers, as FLIR's are."""
     rng = _rng(seed, SPLIT_FOLDERS[split][1], 0, _LAYOUT)
-    lo, hi = (150, 400) if split == "test" else (8, 60)
+    lo, hi = (150, 400) if split.endswith("test") else (8, 60)
     empty = set(rng.choice(n, _n_flawed(n, 0.02, n >= 20), replace=False).tolist())
     frames: list[FramePlan] = []
     video = 0
@@ -118,7 +124,8 @@ def _plan_split(seed: int, split: str, n: int) -> list[FramePlan]:
         for pos in range(min(int(rng.integers(lo, hi)), n - len(frames))):
             k, number = len(frames), start + pos
             name = f"data/video-{video_id}-frame-{number:06d}-{_alnum(rng)}.jpg"
-            frames.append(FramePlan(k, video, pos, video_id, number, name, k in empty))
+            size = frame_size(k) if split.startswith("rgb") else (WIDTH, HEIGHT)
+            frames.append(FramePlan(k, video, pos, video_id, number, name, k in empty, *size))
         video += 1
     return frames
 
@@ -131,6 +138,7 @@ class RenderJob:
     seed: int
     split_code: int
     frames: tuple[FramePlan, ...]
+    rgb: bool = False  # colour frames at each plan's size, else grey 640x512 ones
 
 
 def render_job(job: RenderJob) -> list[tuple[int, list[DrawnObject]]]:
@@ -138,9 +146,14 @@ def render_job(job: RenderJob) -> list[tuple[int, list[DrawnObject]]]:
     scenes, out = {}, []
     for f in job.frames:
         if f.video not in scenes:
-            scenes[f.video] = make_scene(_rng(job.seed, job.split_code, f.video, _VIDEO))
+            scene = make_scene(_rng(job.seed, job.split_code, f.video, _VIDEO))
+            camera = _rng(job.seed, job.split_code, f.video, _CAMERA)
+            scenes[f.video] = (scene, make_palette(camera, scene) if job.rgb else None)
         rng = _rng(job.seed, job.split_code, f.index)
-        img, objects = render_frame(rng, scenes[f.video], f.frame_pos, empty=f.empty)
+        scene, palette = scenes[f.video]
+        img, objects = render_frame(rng, scene, f.frame_pos, empty=f.empty)
+        if palette is not None:
+            img, objects = colour_frame(rng, img, scene, palette, objects, (f.width, f.height))
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:  # pragma: no cover - OpenCV built without JPEG
             raise DataError(f"{f.file_name}: OpenCV could not encode a JPEG")
@@ -186,30 +199,31 @@ def _annotation(image_id: int, obj: DrawnObject) -> dict[str, Any]:
             "extra_info": {"occluded": _occlusion(obj.visible)}}  # fmt: skip
 
 
-def _push_out(ann: dict[str, Any], rng: np.random.Generator) -> None:
+def _push_out(ann: dict[str, Any], rng: np.random.Generator, width: int, height: int) -> None:
     """Drag a box past the frame edge it touches; clipping gives the tight box back."""
     x, y, w, h = ann["bbox"]
     k = int(rng.integers(1, 12))
     if x == 0:
         x, w = -k, w + k
-    elif x + w == WIDTH or y + h == HEIGHT:
-        w, h = (w + k, h) if x + w == WIDTH else (w, h + k)
+    elif x + w == width or y + h == height:
+        w, h = (w + k, h) if x + w == width else (w, h + k)
     elif y == 0:
         y, h = -k, h + k
     else:  # no edge to extend: past the right edge, no longer tight once clipped
-        w = WIDTH - x + k
+        w = width - x + k
     ann.update(bbox=[x, y, w, h], area=w * h)
 
 
-def _add_flaws(per_image: list[list[dict[str, Any]]], rng: np.random.Generator) -> None:
+def _add_flaws(per_image: list[list[dict[str, Any]]], rng: np.random.Generator, sizes: list[tuple[int, int]]) -> None:
     """Mimic FLIR's annotation slips on ~1% of boxes (at least 1 of each from 20 images): boxes
-    dragged past the frame, and zero-width or zero-height duplicates (a click without a drag)."""
+    dragged past the frame, and zero-width or zero-height duplicates (a click without a drag).
+    ``sizes[i]`` is image ``i``'s ``(width, height)``."""
     flat = [(i, j) for i, group in enumerate(per_image) for j in range(len(group))]
     n = _n_flawed(len(flat), 0.005, len(per_image) >= 20)
-    edge = [(i, j) for i, j in flat if _at_edge(per_image[i][j]["bbox"])]
+    edge = [(i, j) for i, j in flat if _at_edge(per_image[i][j]["bbox"], *sizes[i])]
     pool = edge if len(edge) >= n else flat
     for k in rng.choice(len(pool), n, replace=False):
-        _push_out(per_image[pool[k][0]][pool[k][1]], rng)
+        _push_out(per_image[pool[k][0]][pool[k][1]], rng, *sizes[pool[k][0]])
     for k in sorted(rng.choice(len(flat), n, replace=False).tolist(), reverse=True):
         i, j = flat[k]
         dup = {**per_image[i][j], "area": 0, "bbox": list(per_image[i][j]["bbox"])}
@@ -217,9 +231,9 @@ def _add_flaws(per_image: list[list[dict[str, Any]]], rng: np.random.Generator) 
         per_image[i].insert(j + 1, dup)
 
 
-def _at_edge(box: list[int]) -> bool:
+def _at_edge(box: list[int], width: int, height: int) -> bool:
     x, y, w, h = box
-    return x == 0 or y == 0 or x + w == WIDTH or y + h == HEIGHT
+    return x == 0 or y == 0 or x + w == width or y + h == height
 
 
 def _video_meta(seed: int, split_code: int, video: int) -> tuple[datetime, str, str]:
@@ -241,18 +255,19 @@ def _build_coco(seed: int, split: str, plans: list[FramePlan],
     for p in plans:
         start, hours, weather = meta[p.video]
         images.append({
-            "id": p.index, "width": WIDTH, "height": HEIGHT, "file_name": p.file_name, "license": 1,
+            "id": p.index, "width": p.width, "height": p.height, "file_name": p.file_name, "license": 1,
             "flickr_url": "", "coco_url": "",
             "date_captured": (start + timedelta(seconds=p.frame_pos / 30)).isoformat(timespec="seconds"),
             "extra_info": {"video_id": p.video_id, "frame_index": p.frame_index, "hours": hours,
                            "weather": weather},
         })  # fmt: skip
         per_image.append([_annotation(p.index, o) for o in drawn[p.index] if _occlusion(o.visible)])
-    _add_flaws(per_image, _rng(seed, code, 0, _FLAWS))
+    _add_flaws(per_image, _rng(seed, code, 0, _FLAWS), [(p.width, p.height) for p in plans])
     annotations = [ann for group in per_image for ann in group]
     for k, ann in enumerate(annotations, start=1):
         ann["id"] = k
-    info = {"description": "Synthetic thermal frames in the Teledyne FLIR ADAS v2 layout", "url": "",
+    kind = "colour" if split.startswith("rgb") else "thermal"
+    info = {"description": f"Synthetic {kind} frames in the Teledyne FLIR ADAS v2 layout", "url": "",
             "version": "2.0", "year": 2022, "contributor": "flirdata synth", "date_created": "2022-01-19",
             "flirdata_synth": _stamp(seed, split, len(plans))}  # fmt: skip
     licenses = [{"id": 1, "name": "synthetic, no restrictions", "url": ""}]
@@ -292,7 +307,8 @@ def _write_split(root: Path, split: str, n: int, seed: int, workers: int, progre
         shutil.rmtree(stage)
     (stage / "data").mkdir(parents=True)
     plans = _plan_split(seed, split, n)
-    jobs = (RenderJob(str(stage), seed, code, tuple(plans[i : i + _CHUNK])) for i in range(0, n, _CHUNK))
+    rgb = split.startswith("rgb")
+    jobs = (RenderJob(str(stage), seed, code, tuple(plans[i : i + _CHUNK]), rgb) for i in range(0, n, _CHUNK))
     drawn: dict[int, list[DrawnObject]] = {}
     with tqdm(total=n, desc=folder, unit="img", disable=not progress) as bar:
         for results in _iter_results(jobs, workers):
@@ -325,7 +341,7 @@ def _auto_workers(n: int) -> int:
 
 
 def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, test: int = 0, seed: int = 0,
-               progress: bool = True, workers: int | None = None, force: bool = False,
+               progress: bool = True, workers: int | None = None, force: bool = False, rgb: bool = False,
                ) -> dict[str, Any]:  # fmt: skip
     """Write a synthetic FLIR ADAS v2 dataset under ``root``; same seed, same bytes.
 
@@ -337,6 +353,8 @@ def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, te
         val: val images; ``None`` takes ``default_val(train)``.
         test: frames in ``video_thermal_test/``; 0 writes no test split.
         workers: rendering processes; ``None`` is one per CPU, or 1 below 1000 images.
+        rgb: also write the RGB splits (``images_rgb_train/`` ...) with as many colour frames
+            as their thermal twins, each video at one of ``rgb_synth.FRAME_SIZES``.
 
     Returns:
         ``{"root", "seed", "splits": {split: {"folder", "images", "annotations", "skipped"}},
@@ -345,6 +363,7 @@ def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, te
     train = _check_count("train", train, 1)
     val = default_val(train) if val is None else _check_count("val", val, 0)
     counts = {"train": train, "val": val, "test": _check_count("test", test, 0)}
+    counts.update({f"rgb_{split}": n for split, n in counts.items()} if rgb else {})
     seed = _check_count("seed", seed, 0, 2**32 - 1)
     workers = None if workers is None else _check_count("workers", workers, 1)
     root = Path(root)
@@ -385,13 +404,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--force", action="store_true",
         help="a split already written with the same seed and size is skipped; one holding anything else "
         "is an error, unless --force, which deletes and rewrites it")
+    add("--rgb", action="store_true", help="also write images_rgb_train/ and images_rgb_val/ (and video_rgb_test/): "
+        "colour frames of several sizes (2048x1536, 1800x1600, 1224x1024), as many as the thermal ones")
     add("--quiet", action="store_true", help="no progress bar")
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run ``flirdata synth`` and print one line per split and the speed."""
     summary = synthesize(args.root, train=parse_size(args.size), val=args.val, test=args.test, seed=args.seed,
-                         progress=not args.quiet, workers=args.workers, force=args.force)  # fmt: skip
+                         progress=not args.quiet, workers=args.workers, force=args.force, rgb=args.rgb)  # fmt: skip
     for split in summary["splits"].values():
         state = "up to date, skipped" if split["skipped"] else "written"
         print(f"{Path(summary['root']) / split['folder']}: {split['images']} images, "

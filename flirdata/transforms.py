@@ -14,7 +14,8 @@ from typing import Any
 import albumentations as A
 import cv2
 
-__all__ = ["PRESETS", "build_transform", "default_bbox_params", "ensure_detection_compose"]
+__all__ = ["PRESETS", "PRESET_SIZES", "MODALITY_PRESETS", "build_transform", "default_bbox_params",
+           "ensure_detection_compose"]  # fmt: skip
 
 Size = tuple[int, int]
 BOX_FORMATS = ("coco", "pascal_voc")
@@ -45,13 +46,16 @@ def _letterbox(size: Size) -> list[A.BasicTransform]:
     ]
 
 
+def _geometric() -> list[A.BasicTransform]:
+    """Flip, scale, translate and a small rotation: the geometry every training preset shares."""
+    affine = A.Affine(scale=(0.8, 1.25), translate_percent=(-0.08, 0.08), rotate=(-5, 5),
+                      border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7)  # fmt: skip
+    return [A.HorizontalFlip(p=0.5), affine]
+
+
 def _thermal(size: Size) -> list[A.BasicTransform]:
     """Geometric and intensity transforms only: thermal images have one channel, no colour."""
-    geometric = [
-        A.HorizontalFlip(p=0.5),
-        A.Affine(scale=(0.8, 1.25), translate_percent=(-0.08, 0.08), rotate=(-5, 5),
-                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),  # fmt: skip
-    ]
+    geometric = _geometric()
     intensity = [
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         A.RandomGamma(gamma_limit=(80, 120), p=0.3),
@@ -61,12 +65,38 @@ def _thermal(size: Size) -> list[A.BasicTransform]:
     return geometric + _letterbox(size) + intensity
 
 
+def _rgb(size: Size) -> list[A.BasicTransform]:
+    """The thermal geometry, then colour: brightness/contrast/saturation/hue jitter, blur, and
+    colour camera noise (ISO noise shifts hue per pixel, which only a colour sensor makes).
+
+    The frame is shrunk to ``size`` before the flip and the affine warp, not after as in the
+    thermal preset: RGB frames are up to 2048x1536, and warping the shrunk frame is several
+    times cheaper for the same geometry.
+    """
+    shrink, pad = _letterbox(size)
+    noise = [A.ISONoise(color_shift=(0.01, 0.04), intensity=(0.05, 0.2)), A.GaussNoise(std_range=(0.01, 0.04))]
+    colour = [
+        A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.7, 1.3), hue=(-0.03, 0.03), p=0.6),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+        A.OneOf(noise, p=0.3),
+    ]
+    return [shrink, *_geometric(), pad, *colour]
+
+
 def _none(size: Size) -> list[A.BasicTransform]:
     """Validation: only fit the image to ``size`` (no randomness)."""
     return _letterbox(size)
 
 
-PRESETS: dict[str, Callable[[Size], list[A.BasicTransform]]] = {"thermal": _thermal, "none": _none}
+PRESETS: dict[str, Callable[[Size], list[A.BasicTransform]]] = {"thermal": _thermal, "rgb": _rgb, "none": _none}
+# Default output (height, width) per preset. Thermal frames are 512x640 and keep their size.
+# RGB frames (2048x1536, 1800x1600, 1224x1024 in FLIR v2) go to 480x640: 4:3 like the most
+# common of them (which shrinks to it without padding), the 640-pixel width detectors are
+# usually trained at, and about the thermal frame's pixel count: a batch of three channels
+# costs three thermal batches, not the ten times more full-size frames would.
+PRESET_SIZES: dict[str, Size] = {"thermal": (512, 640), "rgb": (480, 640), "none": (512, 640)}
+# The training preset the CLI picks for a split of each modality when none is given.
+MODALITY_PRESETS: dict[str, str] = {"thermal": "thermal", "rgb": "rgb"}
 
 
 def _as_size(size: int | Size) -> Size:
@@ -77,22 +107,23 @@ def _as_size(size: int | Size) -> Size:
 
 
 def build_transform(
-    preset: str | Path = "thermal", size: int | Size = (512, 640), *, min_visibility: float = 0.1
+    preset: str | Path = "thermal", size: int | Size | None = None, *, min_visibility: float = 0.1
 ) -> A.Compose:
     """Build the augmentation pipeline of a preset, or load a user's pipeline file.
 
     Args:
-        preset: a key of ``PRESETS`` ("thermal" for training, "none" for validation), or the
-            path of an albumentations pipeline saved with ``A.save`` (``.json``/``.yaml``).
+        preset: a key of ``PRESETS`` ("thermal" or "rgb" for training, "none" for validation),
+            or the path of an albumentations pipeline saved with ``A.save`` (``.json``/``.yaml``).
         size: output ``(height, width)`` (or one int for a square); presets letterbox to it
-            so every image of a batch has the same shape. FLIR frames are 512x640.
+            so every image of a batch has the same shape. Default ``PRESET_SIZES[preset]``:
+            512x640 (the thermal frame) for "thermal" and "none", 480x640 for "rgb".
         min_visibility: boxes keeping less than this fraction of their area are dropped.
     """
     if isinstance(preset, Path) or Path(str(preset)).suffix.lower() in PIPELINE_SUFFIXES:
         return load_pipeline(preset, min_visibility=min_visibility)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)} or a .json/.yaml file")
-    steps = PRESETS[preset](_as_size(size))
+    steps = PRESETS[preset](_as_size(PRESET_SIZES[preset] if size is None else size))
     return A.Compose(steps, bbox_params=default_bbox_params(min_visibility))
 
 

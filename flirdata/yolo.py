@@ -1,14 +1,15 @@
 """The Ultralytics YOLO detection layout: label lines, label files and ``data.yaml``.
 
-A YOLO dataset is ``images/NAME.jpg`` next to ``labels/NAME.txt`` (Ultralytics finds a label
-file by replacing ``/images/`` with ``/labels/`` in the image path), one ``class cx cy w h``
-line per box with the centre and size normalised to ``[0, 1]`` and classes counted from 0,
-plus a ``data.yaml`` naming the classes.
+A YOLO dataset holds one folder per split, ``images/S/NAME.jpg`` next to ``labels/S/NAME.txt``
+(Ultralytics finds a label file by replacing the last ``/images/`` of the image path with
+``/labels/``), one ``class cx cy w h`` line per box with the centre and size normalised to
+``[0, 1]`` and classes counted from 0, plus a ``data.yaml`` naming the classes and each
+split's image folder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ import yaml
 
 from flirdata.errors import AnnotationError
 
-__all__ = ["yolo_label_text", "parse_yolo_labels", "data_yaml_text"]
+__all__ = ["YOLO_SPLITS", "yolo_label_text", "parse_yolo_labels", "data_yaml_text", "read_data_yaml"]
+
+YOLO_SPLITS = ("train", "val", "test")  # the split keys Ultralytics' data.yaml knows
 
 # Six decimals is what Ultralytics itself writes: 1e-6 of a 640-pixel frame is 0.0006 px.
 _LINE = "{:d} {:.6f} {:.6f} {:.6f} {:.6f}\n"
@@ -62,21 +65,31 @@ def parse_yolo_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(classes, dtype=np.int64), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def data_yaml_text(root: str | Path, names: Sequence[str], extra: Mapping[str, Any] | None = None) -> str:
+def data_yaml_text(names: Sequence[str], splits: Iterable[str], extra: Mapping[str, Any] | None = None) -> str:
     """The ``data.yaml`` of an exported folder, as Ultralytics' ``check_det_dataset`` reads it.
 
-    ``path`` is absolute because Ultralytics resolves a relative one against its own datasets
-    folder, not against the yaml file. It requires a ``val`` entry as well as ``train``: an
-    export has one split, so both name ``images`` and the user points ``val`` elsewhere.
-    ``extra`` is stored under ``flirdata_export`` (Ultralytics ignores unknown keys).
+    Each split ``S`` of ``splits`` (some of ``YOLO_SPLITS``) is listed as ``S: images/S``. There
+    is deliberately no ``path`` key: Ultralytics resolves a ``path`` given in the file against
+    the working directory (then its own datasets folder), and only a missing one against the
+    yaml's own folder; so the folder can be moved or copied and still train. Ultralytics needs
+    ``train`` and ``val``: a file without ``val`` is refused there, never silently validated
+    on the training images. ``extra`` is stored under ``flirdata_export`` (Ultralytics ignores
+    unknown keys).
     """
-    data: dict[str, Any] = {
-        "path": str(Path(root).resolve()),
-        "train": "images",
-        "val": "images",
-        "nc": len(names),
-        "names": dict(enumerate(names)),
-    }
+    present = set(splits)
+    data: dict[str, Any] = {split: f"images/{split}" for split in YOLO_SPLITS if split in present}
+    data["nc"] = len(names)
+    data["names"] = dict(enumerate(names))
     if extra:
         data["flirdata_export"] = dict(extra)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    header = "# YOLO dataset written by flirdata export; splits resolve against this file's folder.\n"
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def read_data_yaml(path: str | Path) -> dict[str, Any] | None:
+    """The mapping in a ``data.yaml``, or None if the file is missing or not a YAML mapping."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None

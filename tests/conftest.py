@@ -45,3 +45,36 @@ def write_split(
             "categories": [{"id": cid, "name": name} for cid, name in categories]}  # fmt: skip
     (folder / "coco.json").write_text(json.dumps(coco))
     return folder
+
+
+RGB_SIZES = ((48, 64), (60, 52), (40, 40))  # (height, width) of the rgb_root frames, in turn
+
+
+@pytest.fixture(scope="session")
+def rgb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny RGB dataset: ``images_rgb_train/`` with 9 colour PNGs of 3 sizes, one box each.
+
+    Each frame is a coloured background with a differently coloured object; frame ``k`` is
+    ``RGB_SIZES[k % 3]``, so every batch of 3 or more mixes sizes as FLIR's RGB frames do.
+    """
+    root = tmp_path_factory.mktemp("rgb")
+    rng = np.random.default_rng(0)
+    images, boxes = [], []
+    for k in range(9):
+        h, w = RGB_SIZES[k % 3]
+        rgb = np.empty((h, w, 3), np.uint8)
+        rgb[:] = rng.integers(20, 120, 3)
+        rgb += rng.integers(0, 8, (h, w, 3), dtype=np.uint8)  # channels differ pixel by pixel
+        x, y, bw, bh = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2)), w // 3, h // 3
+        rgb[y : y + bh, x : x + bw] = rng.integers(150, 256, 3)
+        images.append(np.ascontiguousarray(rgb[:, :, ::-1]))  # cv2 writes B, G, R
+        boxes.append([[x, y, bw, bh]])
+    write_split(root / "images_rgb_train", images, boxes, [[1 + 2 * (k % 2)] for k in range(9)])
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as one process even under a launcher that sets torchrun's variables."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)

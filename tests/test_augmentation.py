@@ -151,7 +151,7 @@ def test_transform_pickle_round_trip_and_unknown_preset() -> None:
     pipeline = build_transform("thermal")
     clone = pickle.loads(pickle.dumps(pipeline))
     assert isinstance(clone, A.Compose) and len(clone.transforms) == len(pipeline.transforms)
-    with pytest.raises(ValueError, match=r"unknown preset 'colour'; expected one of \['none', 'thermal'\]"):
+    with pytest.raises(ValueError, match=r"unknown preset 'colour'; expected one of \['none', 'rgb', 'thermal'\]"):
         build_transform("colour")
 
 

@@ -92,7 +92,7 @@ def test_real_flir_layout_splits(synth_root: Path) -> None:
     assert len(FlirDetection(synth_root, "val")) == 6
     folder = synth_root / "images_thermal_val"
     assert len(FlirDetection(synth_root, folder)) == 6  # a folder holding coco.json works too
-    with pytest.raises(DataError, match=r"expected one of \['test', 'train', 'val'\]"):
+    with pytest.raises(DataError, match=r"one of \['rgb_test', 'rgb_train', 'rgb_val', 'test', 'train', 'val'\]"):
         FlirDetection(synth_root, "training")
     with pytest.raises(DataError, match="video_thermal_test"):
         FlirDetection(synth_root, "test")

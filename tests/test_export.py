@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import yaml
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 import flirdata.export
+import flirdata.export_batch
 from flirdata.cli import main
 from flirdata.dataset import FlirDetection
 from flirdata.errors import AnnotationError
@@ -80,7 +82,8 @@ def test_coco_round_trip(source: Path, coco_export: Exported) -> None:
             x, y, w, h = ann["bbox"]
             assert w > 0 and h > 0 and x >= 0 and y >= 0
             assert x + w <= entry["width"] + 1e-6 and y + h <= entry["height"] + 1e-6
-            assert ann["area"] == pytest.approx(w * h, abs=0.01) and ann["iscrowd"] == 0
+            # the dataset's target["area"] is the unrounded box's: within the 0.01 px rounding of w and h
+            assert ann["area"] == pytest.approx(w * h, abs=0.01 * (w + h)) and ann["iscrowd"] == 0
     for j in (0, 13, 23):  # image j is copy j // 12 of image j % 12: ds.sample(i, epoch=k)
         entry = coco.imgs[j + 1]
         i, k = j % 12, j // 12
@@ -92,6 +95,35 @@ def test_coco_round_trip(source: Path, coco_export: Exported) -> None:
         assert (decoded.float() - image.float()).abs().mean() < 2.0  # JPEG at quality 95
         np.testing.assert_allclose(back_target["boxes"], target["boxes"], atol=0.011)
         assert back_target["labels"].tolist() == target["labels"].tolist()
+
+
+# pycocotools' compiled decode warns under numpy 2 about its own __array__; nothing of ours
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_pycocotools_reads_masks_and_evaluates_the_export(coco_export: Exported) -> None:
+    out, _ = coco_export
+    coco = COCO(str(out / "coco.json"))
+    assert all(isinstance(i["height"], int) and isinstance(i["width"], int) for i in coco.imgs.values())
+    anns = coco.loadAnns(coco.getAnnIds())
+    for ann in anns:
+        x, y, w, h = ann["bbox"]
+        assert isinstance(ann["area"], float) and ann["iscrowd"] == 0 and isinstance(ann["iscrowd"], int)
+        np.testing.assert_allclose(ann["segmentation"], [[x, y, x + w, y, x + w, y + h, x, y + h]], atol=0.011)
+        mask = coco.annToMask(ann)
+        entry = coco.imgs[ann["image_id"]]
+        assert mask.shape == (entry["height"], entry["width"])
+        ys, xs = np.nonzero(mask)
+        assert len(xs), ann
+        mask_box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        np.testing.assert_allclose(mask_box, [x, y, x + w, y + h], atol=1.0)
+    for iou_type in ("bbox", "segm"):  # the ground truth as detections scores AP 1.0
+        key = "bbox" if iou_type == "bbox" else "segmentation"
+        dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
+                 key: a["bbox"] if iou_type == "bbox" else coco.annToRLE(a)} for a in anns]  # fmt: skip
+        evaluation = COCOeval(coco, coco.loadRes(dets), iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        assert evaluation.stats[0] == pytest.approx(1.0), iou_type
 
 
 def test_coco_categories_keep_their_ids_and_names(source: Path, coco_export: Exported) -> None:
@@ -109,17 +141,17 @@ def test_yolo_agrees_with_coco(source: Path, coco_export: Exported, tmp_path: Pa
     coco_out, _ = coco_export
     out = tmp_path / "yolo"
     summary = export_augmented(_dataset(source), out, copies=2, fmt="yolo", batch_size=5, progress=False)
-    assert summary.boxes_kept == coco_export[1].boxes_kept
+    assert summary.boxes_kept == coco_export[1].boxes_kept and summary.split == "train"
     data = yaml.safe_load((out / "data.yaml").read_text())
     names = list(_dataset(source).index.classes)
-    assert data["path"] == str(out.resolve()) and data["train"] == "images" and data["nc"] == len(names)
+    assert data["train"] == "images/train" and "val" not in data and data["nc"] == len(names)
     assert data["names"] == dict(enumerate(names))
     coco = json.loads((coco_out / "coco.json").read_text())
     label_of = {cid: names.index(name) for cid, name in ((c["id"], c["name"]) for c in coco["categories"])}
     for entry in coco["images"]:
         stem = Path(entry["file_name"]).stem
-        assert (out / "images" / f"{stem}.jpg").read_bytes() == (coco_out / entry["file_name"]).read_bytes()
-        classes, boxes = parse_yolo_labels(out / "labels" / f"{stem}.txt")
+        assert (out / "images/train" / f"{stem}.jpg").read_bytes() == (coco_out / entry["file_name"]).read_bytes()
+        classes, boxes = parse_yolo_labels(out / "labels/train" / f"{stem}.txt")
         anns = [a for a in coco["annotations"] if a["image_id"] == entry["id"]]
         assert classes.tolist() == [label_of[a["category_id"]] for a in anns]
         scale = np.array([entry["width"], entry["height"]] * 2)
@@ -147,9 +179,7 @@ def _export_args(source: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_killed_export_resumes_to_the_same_bytes(
-    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_killed_export_resumes_to_the_same_bytes(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "flirdata", *_export_args(source, out)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -176,7 +206,7 @@ def test_interrupted_export_resumes_and_refuses_other_settings(
 ) -> None:
     out = tmp_path / "out"
     with monkeypatch.context() as patch:  # interrupted after every batch was written, before the merge
-        patch.setattr(flirdata.export, "_finish", functools.partial(_raise, KeyboardInterrupt))
+        patch.setattr(flirdata.export, "finish_output", functools.partial(_raise, KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             export_augmented(_dataset(source), out, copies=2, batch_size=5, progress=False)
     (out / "data" / output_stem(_dataset(source).index.file_name(3), 1)).with_suffix(".jpg").unlink()
@@ -235,7 +265,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary(
             return open("/dev/full", mode, **kwargs)
         return open(path, mode, **kwargs)
 
-    monkeypatch.setattr(flirdata.export, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(flirdata.export_batch, "open", full_disk_open, raising=False)
     out = tmp_path / "out"
     assert main(["export", "--data", str(source), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -52,16 +52,17 @@ def test_seed_sequence_is_independent_of_the_sample_streams() -> None:
     shuffle=st.booleans(),
     epoch=st.integers(0, 3),
 )
-def test_shards_are_disjoint_and_cover_the_dataset(
+def test_unpadded_shards_are_disjoint_and_cover_the_dataset(
     size: int, batch_size: int, world_size: int, shuffle: bool, epoch: int
 ) -> None:
-    shards = [BatchSampler(size, batch_size, shuffle, 7, False, rank, world_size).batches(epoch)
+    # pad=False: one pass over the data (export); the padded default is in test_distributed.py.
+    shards = [BatchSampler(size, batch_size, shuffle, 7, False, rank, world_size, pad=False).batches(epoch)
               for rank in range(world_size)]  # fmt: skip
     served = [flat(batches) for batches in shards]
     assert sorted(i for shard in served for i in shard) == list(range(size))  # no duplicates, no gaps
     assert max(map(len, served)) - min(map(len, served)) <= 1  # balanced, without padding
     for rank, batches in enumerate(shards):
-        sampler = BatchSampler(size, batch_size, shuffle, 7, False, rank, world_size)
+        sampler = BatchSampler(size, batch_size, shuffle, 7, False, rank, world_size, pad=False)
         assert len(batches) == len(sampler)
         assert all(1 <= len(b) <= batch_size for b in batches)
         assert all(len(b) == batch_size for b in batches[:-1])

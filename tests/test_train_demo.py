@@ -114,6 +114,22 @@ def test_bad_arguments_are_one_line(capsys, args, message):
     assert code == 2 and len(lines) == 1 and message in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--distributed"], "--distributed runs under torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set)"),
+        (["--distributed", "--interactive"], "--interactive asks on a terminal, which torchrun's ranks do not share"),
+    ],
+)
+def test_distributed_outside_torchrun_is_one_line(capsys, monkeypatch, args, message):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    code = _demo_module().main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert "torchrun --standalone --nproc_per_node=N train_demo.py --distributed" in lines[0] or "--interactive" in args
+
+
 def test_missing_data_folder_is_one_line(tmp_path):
     done = _run("--data", str(tmp_path / "flir"), cache=tmp_path)
     lines = done.stderr.strip().splitlines()

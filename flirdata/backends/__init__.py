@@ -18,6 +18,7 @@ from flirdata.backends.process import make_process_backend
 from flirdata.backends.protocol import Backend, BackendFactory, Fetcher, Task, WorkerCrashError
 from flirdata.backends.sequential import SequentialBackend
 from flirdata.backends.shm import ShmCapacityWarning
+from flirdata.backends.spawning import MainModuleError
 from flirdata.backends.threads import ThreadsBackend
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "BackendFactory",
     "DataLoaderBackend",
     "Fetcher",
+    "MainModuleError",
     "PoolBackend",
     "SequentialBackend",
     "ShmCapacityWarning",

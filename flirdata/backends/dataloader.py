@@ -9,11 +9,14 @@ epochs (``persistent_workers``); torch already moves batch tensors through share
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
+import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from flirdata.backends.protocol import Fetcher, Task, WorkerCrashError
 from flirdata.backends.shm import dumps
+from flirdata.backends.spawning import plan_worker_start
 from flirdata.backends.worker import forkserver_context, portable_exception, setup_worker
 
 __all__ = ["DataLoaderBackend", "RemoteFailure", "RemoteTraceback", "Shipment"]
@@ -124,6 +128,7 @@ class DataLoaderBackend:
 
     def __init__(self, fetcher: Fetcher, workers: int, prefetch: int) -> None:
         self._source = _TaskSource()
+        self._start = plan_worker_start(fetcher, self.name)  # before any process starts
         with _more_workers_than_cores_is_fine():
             self._loader: DataLoader | None = DataLoader(
                 _TaskDataset(fetcher),
@@ -134,27 +139,42 @@ class DataLoaderBackend:
                 prefetch_factor=prefetch,
                 persistent_workers=True,
                 multiprocessing_context=forkserver_context(),
-                worker_init_fn=setup_worker,
+                worker_init_fn=partial(setup_worker, owner=os.getpid()),
             )
 
     def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
         if self._loader is None:
             raise RuntimeError("flirdata 'dataloader' backend is closed")
         self._source.tasks = list(tasks)
-        with _more_workers_than_cores_is_fine():
-            batches = iter(self._loader)
+        with _more_workers_than_cores_is_fine(), self._start.starting():
+            batches = iter(self._loader)  # starts the workers on the first epoch
         while True:
             try:
                 batch = next(batches)
             except StopIteration:
                 return
-            except RuntimeError as exc:
-                if "exited unexpectedly" in str(exc):
-                    raise WorkerCrashError(self.name) from exc
-                raise
+            except (RuntimeError, ConnectionError, EOFError, OSError) as exc:
+                # A worker that dies while sending a batch breaks the descriptor transfer
+                # (ConnectionResetError, EOFError) before torch's own check notices it.
+                crash = self._crash_error()
+                if crash is None:
+                    raise
+                raise crash from exc
             if isinstance(batch, RemoteFailure):
                 batch.reraise()
             yield batch.unpack() if isinstance(batch, Shipment) else batch
+
+    def _crash_error(self) -> WorkerCrashError | None:
+        """``WorkerCrashError`` for the workers that have died, or None if all are alive."""
+        iterator = None if self._loader is None else getattr(self._loader, "_iterator", None)
+        workers = list(getattr(iterator, "_workers", None) or ())  # private, as torch names it
+        deadline = time.monotonic() + 2.0
+        while True:  # a worker that broke the connection is dead or about to be
+            exits = {w.pid: w.exitcode for w in workers if w.exitcode is not None}
+            if exits or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return WorkerCrashError(self.name, exits=exits) if exits else None
 
     def close(self) -> None:
         """Stop the persistent workers now rather than whenever the iterator is collected."""

@@ -8,6 +8,7 @@ A private ``loky.ProcessPoolExecutor`` gives the same workers, its own lifetime,
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Executor
 
 from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
@@ -31,7 +32,7 @@ def make_loky_backend(fetcher: Fetcher, workers: int, prefetch: int) -> PoolBack
     executor = LokyExecutor(
         max_workers=workers,
         initializer=install_fetcher,
-        initargs=(fetcher,),
+        initargs=(fetcher, os.getpid()),
         env=THREAD_ENV,
     )
     return PoolBackend("loky", executor, _shutdown, workers, prefetch)

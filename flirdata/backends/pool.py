@@ -7,7 +7,10 @@ flight; each holds one ring slot, so memory does not grow with the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import re
+import signal
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +23,7 @@ import torch
 
 from flirdata.backends.protocol import Task, WorkerCrashError
 from flirdata.backends.shm import SharedRing, Slot, unpack_batch
+from flirdata.backends.spawning import WorkerStart
 from flirdata.backends.worker import run_installed
 
 __all__ = ["PoolBackend"]
@@ -64,9 +68,12 @@ class PoolBackend:
         shutdown: Callable[[Executor], None],
         workers: int,
         prefetch: int,
+        start: WorkerStart | None = None,
     ) -> None:
         self.name = name
         self.depth = workers * prefetch
+        self._start = start or WorkerStart(hide_main=False)
+        self._processes: dict[int, Any] = {}  # pid -> multiprocessing Process, for crash reports
         self._res = _Resources(executor, shutdown)
         self._ring_tried = False
         self._largest_task = 1
@@ -106,20 +113,44 @@ class PoolBackend:
         ring = self._res.ring
         slot = ring.acquire() if ring is not None else None
         try:
-            return self._executor().submit(run_installed, task, slot), slot, len(task[1])
+            executor = self._executor()
+            with self._start.starting():  # submit may start a worker process
+                future = executor.submit(run_installed, task, slot)
+            self._note_processes(executor)
+            return future, slot, len(task[1])
         except BaseException as exc:
             if slot is not None and ring is not None:
                 ring.release(slot.index)
             if isinstance(exc, BrokenProcessPool):
-                raise WorkerCrashError(self.name) from exc
+                raise self._crash_error(exc) from exc
             raise
+
+    def _note_processes(self, executor: Executor) -> None:
+        # Private in both executors, but the only way to learn how a dead worker ended.
+        with contextlib.suppress(Exception):
+            self._processes.update(dict(getattr(executor, "_processes", None) or {}))
+
+    def _crash_error(self, cause: BaseException | None = None) -> WorkerCrashError:
+        """``WorkerCrashError`` naming the workers that died first and how they ended."""
+        exits: dict[int, int | None] = {}
+        for pid, process in self._processes.items():
+            with contextlib.suppress(Exception):
+                process.join(timeout=2)
+            exits[pid] = getattr(process, "exitcode", None)
+        # After a death the pool ends the survivors (SIGTERM; loky: SIGKILL). loky names the
+        # exit codes of the workers that died first: keep those; else drop the SIGTERMs.
+        named = re.search(r"exit codes of the workers are \{(.*?)\}", str(cause or ""))
+        codes = {int(c) for c in re.findall(r"\((-?\d+)\)", named.group(1))} if named else None
+        first = {pid: code for pid, code in exits.items()
+                 if (code in codes if codes else code not in (None, -signal.SIGTERM))}  # fmt: skip
+        return WorkerCrashError(self.name, exits=first or exits)
 
     def _receive(self, future: Future, slot: Slot | None, samples: int) -> Any:
         ring = self._res.ring
         try:
             batch = unpack_batch(future.result(), ring)
         except BrokenProcessPool as exc:  # loky's TerminatedWorkerError is a subclass
-            raise WorkerCrashError(self.name) from exc
+            raise self._crash_error(exc) from exc
         finally:
             if slot is not None and ring is not None:
                 ring.release(slot.index)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 from flirdata.backends.pool import PoolBackend
 from flirdata.backends.protocol import Fetcher
+from flirdata.backends.spawning import plan_worker_start
 from flirdata.backends.worker import forkserver_context, install_fetcher
 
 __all__ = ["make_process_backend"]
@@ -19,12 +21,14 @@ def _shutdown(executor: Executor) -> None:
 def make_process_backend(fetcher: Fetcher, workers: int, prefetch: int) -> PoolBackend:
     """Worker processes forked from the fork server (never plain fork: see worker.py).
 
-    The fetcher reaches each worker once, through the pool initializer.
+    The fetcher reaches each worker once, through the pool initializer. Workers never
+    re-run the user's ``__main__`` unless the fetcher needs something defined there.
     """
+    start = plan_worker_start(fetcher, "process")  # before any process starts
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=forkserver_context(),
         initializer=install_fetcher,
-        initargs=(fetcher,),
+        initargs=(fetcher, os.getpid()),
     )
-    return PoolBackend("process", executor, _shutdown, workers, prefetch)
+    return PoolBackend("process", executor, _shutdown, workers, prefetch, start)

@@ -8,11 +8,13 @@ give the same batches, byte for byte, on every backend and worker count.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import signal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Task", "Fetcher", "Backend", "BackendFactory", "WorkerCrashError", "add_note", "sync_epoch"]
+__all__ = ["Task", "Fetcher", "Backend", "BackendFactory", "WorkerCrashError", "add_note", "describe_exit",
+           "item_getter", "sync_epoch"]
 
 # (epoch, sample indices of one batch): the epoch travels with every task, so a persistent
 # worker never serves a stale epoch, whichever epoch its previous task belonged to.
@@ -34,6 +36,21 @@ def sync_epoch(dataset: Any, epoch: int) -> None:
         set_epoch(epoch)
 
 
+def item_getter(dataset: Any, epoch: int) -> Callable[[int], Any]:
+    """``i -> sample i as augmented in epoch``.
+
+    A dataset with ``sample(i, epoch)`` and ``set_epoch`` (``FlirDetection`` and its views) is
+    asked for the task's epoch directly, so nothing shared is mutated: threads serving two
+    epochs at once, and workers whose dataset shares its epoch with the main process, stay
+    right. Other datasets with ``set_epoch`` are moved to the epoch first.
+    """
+    sample = getattr(dataset, "sample", None)
+    if callable(sample) and hasattr(dataset, "set_epoch"):
+        return lambda i: sample(i, epoch)
+    sync_epoch(dataset, epoch)
+    return dataset.__getitem__
+
+
 @dataclass(frozen=True)
 class Fetcher:
     """Turns one task into one batch; picklable, so it is what reaches each worker (once).
@@ -47,11 +64,11 @@ class Fetcher:
 
     def __call__(self, task: Task) -> Any:
         epoch, indices = task
-        sync_epoch(self.dataset, epoch)
+        get = item_getter(self.dataset, epoch)
         samples = []
         for i in indices:
             try:
-                samples.append(self.dataset[i])
+                samples.append(get(i))
             except Exception as exc:
                 add_note(exc, f"flirdata: while loading sample {i} (epoch {epoch})")
                 raise
@@ -81,23 +98,47 @@ class Backend(Protocol):
 BackendFactory = Callable[[Fetcher, int, int], Backend]
 
 
-class WorkerCrashError(RuntimeError):
-    """A worker process died (SIGKILL, the OOM killer, a segfault) instead of returning.
+def describe_exit(code: int | None) -> str:
+    """What a worker's exit code says about its death, in words a user can act on."""
+    if code is None:
+        return "died"
+    if code >= 0:
+        return f"exited with status {code} (its error, if any, is printed above)"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    cause = {
+        "SIGKILL": "the OOM killer or `kill -9`; look for 'Killed process' in `dmesg`, or lower workers, "
+        "prefetch or batch_size",
+        "SIGBUS": "usually /dev/shm is full; free it or enlarge it (`df -h /dev/shm`)",
+        "SIGSEGV": "a crash in native code",
+    }.get(name, "a signal")
+    return f"was killed by {name} ({cause})"
 
-    The original executor error is kept as ``__cause__``. The pool is closed; iterating
-    the loader again starts a new one.
+
+class WorkerCrashError(RuntimeError):
+    """A worker process died (a signal, the OOM killer, a segfault, an exit) instead of returning.
+
+    ``exits`` maps the pid of each dead worker to its exit code (negative: the signal) or
+    None when unknown. The original error is kept as ``__cause__``. The pool is closed;
+    iterating the loader again starts a new one.
     """
 
-    def __init__(self, backend: str, pids: Iterable[int] = ()) -> None:
-        pids = tuple(sorted(pids))
-        who = f" (pid {', '.join(map(str, pids))})" if pids else ""
+    def __init__(self, backend: str, pids: Iterable[int] = (), exits: Mapping[int, int | None] | None = None) -> None:
+        exits = dict(exits or {})
+        pids = tuple(sorted({*pids, *exits}))
+        if exits:
+            what = "; ".join(f"worker pid {pid} {describe_exit(code)}" for pid, code in sorted(exits.items()))
+        else:
+            who = f" (pid {', '.join(map(str, pids))})" if pids else ""
+            what = f"a worker process{who} died unexpectedly"
         super().__init__(
-            f"flirdata {backend!r} backend: a worker process{who} died unexpectedly, e.g. killed "
-            "by the OOM killer or a signal; look for 'Killed process' in `dmesg`, or lower "
-            "workers, prefetch or batch_size. The pool was closed; iterating again starts a new one."
+            f"flirdata {backend!r} backend: {what}. The pool was closed; iterating again starts a new one."
         )
         self.backend = backend
         self.pids = pids
+        self.exits = exits
 
-    def __reduce__(self) -> tuple[type, tuple[str, tuple[int, ...]]]:
-        return type(self), (self.backend, self.pids)
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[int, ...], dict[int, int | None]]]:
+        return type(self), (self.backend, self.pids, self.exits)

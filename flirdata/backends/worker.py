@@ -13,8 +13,10 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import pickle
+import select
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,6 +28,7 @@ __all__ = [
     "tune_malloc",
     "limit_threads",
     "setup_worker",
+    "watch_parent",
     "install_fetcher",
     "run_installed",
     "portable_exception",
@@ -44,6 +47,11 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _KEEP_BYTES = 256 << 20
 _MMAP_FALLBACK = 32 << 20  # the cap older glibc accepts for M_MMAP_THRESHOLD (HEAP_MAX/2)
+
+_PARENT_POLL_S = 1.0  # fallback without pidfd: how late an orphaned worker may notice
+_ORPHAN_EXIT = 3  # exit status of a worker whose parent died
+_WATCH_LOCK = threading.Lock()
+_WATCHING = 0  # pid of the process whose parent watch runs (a forked child must start its own)
 
 _FETCHER: Fetcher | None = None
 _LIMITS: Any = None  # threadpoolctl's limiter, kept alive for the worker's lifetime
@@ -87,15 +95,63 @@ def limit_threads() -> None:
     _LIMITS = threadpool_limits(limits=1)
 
 
-def setup_worker(*_: Any) -> None:
-    """Run once at the start of every worker process (also a DataLoader ``worker_init_fn``)."""
+def _exit_when_gone(pid: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        select.select([pidfd], [], [])  # readable once the process has exited
+    else:
+        while _alive(pid):
+            time.sleep(_PARENT_POLL_S)
+    os._exit(_ORPHAN_EXIT)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def watch_parent(parent: int | None = None) -> bool:
+    """Exit this worker as soon as ``parent`` (default: the parent process) is gone.
+
+    ``parent`` is the process that owns the loader. Fork-server workers must be told it: their
+    own parent, the fork server, outlives the main process for as long as any worker lives.
+    Without this watch, a main process killed with SIGKILL (or a crashed notebook kernel)
+    leaves workers blocked on their task queue for good. One daemon thread per process;
+    returns False if it was already running.
+    """
+    global _WATCHING
+    with _WATCH_LOCK:
+        if _WATCHING == os.getpid():
+            return False
+        _WATCHING = os.getpid()
+    parent = os.getppid() if parent is None else parent
+    try:
+        pidfd: int | None = os.pidfd_open(parent)  # no pid-reuse race, no polling
+    except (AttributeError, OSError):  # not Linux >= 5.3: poll the parent pid instead
+        pidfd = None
+    if pidfd is None and not _alive(parent):  # gone before the watch started
+        os._exit(_ORPHAN_EXIT)
+    threading.Thread(target=_exit_when_gone, args=(parent, pidfd), name="flirdata-parent-watch", daemon=True).start()
+    return True
+
+
+def setup_worker(*_: Any, owner: int | None = None) -> None:
+    """Run once at the start of every worker process (also a DataLoader ``worker_init_fn``).
+
+    ``owner`` is the pid of the process that owns the loader: the worker exits when it dies.
+    """
+    watch_parent(owner)
     limit_threads()
     tune_malloc()
 
 
-def install_fetcher(fetcher: Fetcher) -> None:
+def install_fetcher(fetcher: Fetcher, owner: int | None = None) -> None:
     """Pool initializer: set the worker up and keep the fetcher (and its dataset) for good."""
-    setup_worker()
+    setup_worker(owner=owner)
     global _FETCHER
     _FETCHER = fetcher
 

@@ -1,0 +1,211 @@
+"""The output folder of ``flirdata export``: new, interrupted or finished, and its final file.
+
+``prepare_output`` decides what a folder holds before an export starts: nothing (create the
+folders and record the settings in the work folder's ``params.json``), an interrupted run with
+the same settings (resume), or a finished one (nothing to do). ``finish_output`` merges the
+batches' shards into the final file, written last and atomically, and removes the work folder.
+
+A COCO export owns its whole folder (``coco.json``, ``data/``). A YOLO export owns one split of
+a dataset (``images/S``, ``labels/S``, its work folder) and shares ``data.yaml``, whose
+``flirdata_export`` entry records each split's settings and totals; finishing a split rewrites
+it to list every split present, in a fixed order, so its bytes do not depend on the order
+the splits were exported in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from flirdata.export_batch import WORK_DIR, ExportError, ExportPlan, atomic_file, output_stem, shard_path, write_atomic
+from flirdata.yolo import YOLO_SPLITS, data_yaml_text, read_data_yaml
+
+__all__ = ["VERSION", "finish_output", "pending_batches", "prepare_output", "yolo_record"]
+
+VERSION = 2  # 2: segmentation in coco.json; YOLO splits in images/S and labels/S
+
+
+# -- the output folder: new, interrupted or finished ------------------------------------------
+def _check_same(out: Path, recorded: dict[str, Any], expected: dict[str, Any]) -> None:
+    keys = sorted(expected.keys() | recorded.keys())
+    diff = [f"{k} {recorded.get(k)!r}, now {expected.get(k)!r}"
+            for k in keys if recorded.get(k) != expected.get(k)]  # fmt: skip
+    if diff:
+        raise ExportError(f"{out}: holds an export made with other settings ({'; '.join(diff)}); "
+                          "rerun with the same settings or choose an empty folder")  # fmt: skip
+
+
+def yolo_record(out: Path) -> tuple[list[str], dict[str, Any]] | None:
+    """``(class names, {split: metadata})`` of a YOLO dataset this version of export wrote."""
+    data = read_data_yaml(out / "data.yaml") or {}
+    meta, names = data.get("flirdata_export"), data.get("names")
+    ours = isinstance(meta, dict) and meta.get("version") == VERSION and isinstance(meta.get("splits"), dict)
+    if not (ours and isinstance(names, dict)):
+        return None
+    return [names[k] for k in sorted(names)], meta["splits"]
+
+
+def _read_final(plan: ExportPlan) -> dict[str, Any] | None:
+    """The metadata a finished export recorded in its ``coco.json``/``data.yaml``, if any."""
+    out = Path(plan.out)
+    if plan.fmt == "coco":
+        try:
+            meta = json.loads((out / "coco.json").read_text(encoding="utf-8"))["info"]["flirdata_export"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    else:
+        meta = (yolo_record(out) or ([], {}))[1].get(plan.split)
+    return meta if isinstance(meta, dict) and isinstance(meta.get("settings"), dict) else None
+
+
+def _check_yolo_out(out: Path, names: Sequence[str]) -> None:
+    """A YOLO split may join a non-empty ``out`` only if it is a flirdata YOLO dataset of the same classes."""
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    record = yolo_record(out)
+    if record is None and not (out / WORK_DIR).is_dir():
+        raise ExportError(f"{out}: not empty and not a YOLO dataset written by this flirdata export "
+                          "(no data.yaml of it); choose an empty folder")  # fmt: skip
+    if record is not None and record[0] != list(names):
+        raise ExportError(f"{out}: data.yaml names the classes {record[0]}, this split has {list(names)}; "
+                          "export every split with the same classes (--split train,val in one call does)")  # fmt: skip
+
+
+def _occupied(plan: ExportPlan) -> bool:
+    """Whether ``out`` already holds (part of) this export: all of it for coco, the split for yolo."""
+    out = Path(plan.out)
+    if plan.fmt == "coco":
+        return out.is_dir() and any(out.iterdir())
+    folders = [out / plan.images, out / plan.work] + ([out / plan.labels] if plan.labels else [])
+    return any(f.is_dir() and any(f.iterdir()) for f in folders) or _read_final(plan) is not None
+
+
+def _create(plan: ExportPlan, work_settings: dict[str, Any]) -> None:
+    """Create the folders and record the settings; a killed run's ``.tmp`` files are deleted."""
+    out = Path(plan.out)
+    try:
+        folders = [out, out / plan.work, out / plan.work / "shards", out / plan.images]
+        for folder in folders + ([out / plan.labels] if plan.labels else []):
+            folder.mkdir(parents=True, exist_ok=True)
+            for entry in os.scandir(folder):
+                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    os.unlink(entry.path)
+        write_atomic(out / plan.work / "params.json", json.dumps(work_settings, indent=1).encode())
+    except OSError as exc:
+        raise ExportError(f"{out}: cannot write the output folder ({exc.strerror or exc})") from None
+
+
+def prepare_output(plan: ExportPlan, settings: dict[str, Any], resume: bool) -> dict | None:
+    """Make ``out`` ready to write; return the recorded metadata if it already holds this export."""
+    out = Path(plan.out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder")
+    if plan.fmt == "yolo":
+        _check_yolo_out(out, settings["classes"])
+    work_settings = {**settings, "batch_size": plan.batch_size}
+    params = out / plan.work / "params.json"
+    if _occupied(plan):
+        if not resume:
+            what = "output folder is not empty" if plan.fmt == "coco" else f"split {plan.split!r} is already there"
+            raise ExportError(f"{out}: {what}; pass --resume to finish an interrupted export there, "
+                              "or choose an empty folder")  # fmt: skip
+        if not params.is_file():
+            recorded = _read_final(plan)
+            if recorded is None:
+                raise ExportError(f"{out}: not empty and holds no interrupted flirdata export "
+                                  f"({plan.work}/params.json not found); choose an empty folder")  # fmt: skip
+            _check_same(out, recorded["settings"], settings)
+            _remove_work(plan)  # a kill in finish_output's clean-up left it
+            return recorded
+        _check_same(out, json.loads(params.read_text(encoding="utf-8")), work_settings)
+    _create(plan, work_settings)
+    return None
+
+
+def pending_batches(plan: ExportPlan, dataset: Any, total: int) -> list[int]:
+    """Batches without a shard, or whose shard exists but a file was deleted since."""
+    out, n, size, pending = Path(plan.out), len(dataset), plan.batch_size, []
+    for batch in range(-(-total // size)):
+        if not shard_path(plan, batch).is_file():
+            pending.append(batch)
+            continue
+        stems = [output_stem(dataset.index.file_name(j % n), j // n)
+                 for j in range(batch * size, min(total, (batch + 1) * size))]  # fmt: skip
+        files = [out / plan.images / f"{s}.jpg" for s in stems]
+        files += [out / plan.labels / f"{s}.txt" for s in stems] if plan.labels else []
+        if not all(f.is_file() for f in files):
+            pending.append(batch)
+    return pending
+
+
+# -- the final file, merged from the shards ---------------------------------------------------
+def _iter_shards(plan: ExportPlan, batches: int) -> Iterator[dict[str, Any]]:
+    for batch in range(batches):
+        path = shard_path(plan, batch)
+        try:
+            yield json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ExportError(f"{path}: shard of batch {batch} is missing; rerun with --resume") from None
+
+
+def _write_records(f: IO[str], records: Iterator[dict[str, Any]]) -> None:
+    sep = "\n"
+    for record in records:
+        f.write(sep + json.dumps(record))
+        sep = ",\n"
+    f.write("\n")
+
+
+def _write_coco(plan: ExportPlan, meta: dict[str, Any], index: Any, batches: int) -> None:
+    """Stream ``coco.json`` from the shards (two passes), numbering annotations in order."""
+    labels = [label for label in range(1, len(index.classes) + 1) if index.category_ids[label] > 0]
+    categories = sorted(({"id": int(index.category_ids[label]), "name": index.classes[label - 1]}
+                         for label in labels), key=lambda c: c["id"])  # fmt: skip
+    info = {"description": "augmented copies written by flirdata export", "flirdata_export": meta}
+    with atomic_file(Path(plan.out) / "coco.json", "w") as f:
+        f.write(f'{{"info": {json.dumps(info)},\n"licenses": [],\n"categories": {json.dumps(categories)},\n')
+        f.write('"images": [')
+        _write_records(f, (image for shard in _iter_shards(plan, batches) for image in shard["images"]))
+        f.write('],\n"annotations": [')
+        anns = (ann for shard in _iter_shards(plan, batches) for ann in shard["annotations"])
+        _write_records(f, ({"id": n, **ann} for n, ann in enumerate(anns, start=1)))
+        f.write("]}\n")
+
+
+def _write_data_yaml(plan: ExportPlan, meta: dict[str, Any], names: Sequence[str]) -> None:
+    """Rewrite ``data.yaml`` listing every split present: the ones recorded plus this one."""
+    out = Path(plan.out)
+    _check_yolo_out(out, names)  # another split may have finished since this one started
+    splits = {**(yolo_record(out) or ([], {}))[1], plan.split: meta}
+    ordered = {split: splits[split] for split in YOLO_SPLITS if split in splits}  # same bytes in any order
+    text = data_yaml_text(names, ordered, {"version": VERSION, "splits": ordered})
+    write_atomic(out / "data.yaml", text.encode())
+
+
+def _remove_work(plan: ExportPlan) -> None:
+    out = Path(plan.out)
+    shutil.rmtree(out / plan.work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (out / WORK_DIR).rmdir()  # yolo: once no other split is in progress
+
+
+def finish_output(plan: ExportPlan, settings: dict[str, Any], index: Any, batches: int) -> dict[str, int]:
+    """Write the final file from the shards (last, atomically), then drop the work folder."""
+    totals = {"images": 0, "boxes_kept": 0, "boxes_dropped": 0}
+    for shard in _iter_shards(plan, batches):
+        totals["images"] += len(shard["images"])
+        totals["boxes_kept"] += shard["kept"]
+        totals["boxes_dropped"] += shard["dropped"]
+    meta = {"settings": settings, "totals": totals}
+    if plan.fmt == "coco":
+        _write_coco(plan, meta, index, batches)
+    else:
+        _write_data_yaml(plan, meta, index.classes)
+    (Path(plan.out) / plan.work / "params.json").unlink()  # first: a kill while deleting leaves "complete"
+    _remove_work(plan)
+    return totals
