@@ -437,6 +437,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> int:
     root = resolve_data_in_turn(args, rank, world_size)
     dataset = FlirDetection(root, args.split, transform=build_transform("thermal"), seed=args.seed)
     each = f" on each of {world_size} ranks" if world_size > 1 else ""
+    if len(dataset) == 0:
+        raise DemoError(f"{dataset.split_dir}: the {args.split!r} split has no images; nothing to train on")
     if len(dataset) // world_size < args.batch_size:  # drop_last: a shard holds floor(n / world) images
         raise DemoError(f"{root}: {len(dataset)} images make no full batch of {args.batch_size}{each}; "
                         "lower --batch-size")  # fmt: skip

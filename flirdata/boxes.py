@@ -18,6 +18,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "clean_coco_boxes",
+    "corrupt_coco_boxes",
 ]
 
 
@@ -95,3 +96,29 @@ def clean_coco_boxes(
     with np.errstate(invalid="ignore"):
         changed = ~np.all(np.isclose(clipped, xyxy), axis=1)
     return xyxy_to_coco(clipped), keep, changed & keep
+
+
+def corrupt_coco_boxes(boxes: np.ndarray, width: ArrayLike, height: ArrayLike) -> dict[str, np.ndarray]:
+    """Masks of the COCO boxes that clipping must not repair, keyed by what is wrong.
+
+    A box a few pixels past the frame is an annotator's slip that ``clean_coco_boxes`` clips;
+    one that is not finite, lies wholly outside its frame or reaches past it by more than the
+    frame's own size is corrupt data, and clipping it would invent a (frame-wide) box. A box
+    only touching the frame's edge is not "outside": clipping leaves it degenerate, and dropped.
+    Inverted boxes (negative ``w`` or ``h``) are judged by the span they cover.
+    """
+    b = _as_boxes(boxes)
+    w, h = np.asarray(width, dtype=np.float64), np.asarray(height, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and 1e308 + 1e308 are the point here
+        xyxy = coco_to_xyxy(b)
+        lo = np.minimum(xyxy[:, :2], xyxy[:, 2:])
+        hi = np.maximum(xyxy[:, :2], xyxy[:, 2:])
+    size = np.stack(np.broadcast_arrays(w, h), axis=-1).reshape(-1, 2)
+    finite = np.isfinite(b).all(axis=1)
+    outside = ((lo > size) | (hi < 0)).any(axis=1)
+    too_far = ((lo < -size) | (hi > 2 * size)).any(axis=1)
+    return {
+        "is not finite (NaN, infinite or beyond float64)": ~finite,
+        "lies wholly outside the frame": finite & outside,
+        "reaches past the frame by more than the frame's own size": finite & too_far,
+    }

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from flirdata.errors import FlirdataError
+from flirdata.errors import FlirdataError, WorkerError
 
 __all__ = ["COMMANDS", "main"]
 
@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flirdata: interrupted", file=sys.stderr)
         return 130
+    except WorkerError as exc:  # the run failed (a worker died or hung), not the user's input
+        print(f"flirdata {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (FlirdataError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"flirdata {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from flirdata.boxes import clean_coco_boxes
+from flirdata.boxes import clean_coco_boxes, corrupt_coco_boxes
 from flirdata.errors import AnnotationError
 
 __all__ = ["FLIR_CLASSES", "CocoIndex", "load_coco", "parse_coco"]
@@ -27,6 +27,11 @@ FLIR_CLASSES: tuple[str, ...] = (
     "person", "bike", "car", "motor", "bus", "train", "truck", "light", "hydrant",
     "sign", "dog", "deer", "skateboard", "stroller", "scooter", "other vehicle",
 )  # fmt: skip
+
+# Ids are packed as int64; the symmetric bound also keeps out -2**63, whose negation overflows.
+_ID_MAX = 2**63 - 1
+# Width and height are 16-bit fields in a JPEG header, so no real frame is larger.
+_SIDE_MAX = 65535
 
 
 @dataclass(frozen=True)
@@ -89,18 +94,24 @@ def load_coco(path: str | Path, classes: Sequence[str] | None = None) -> CocoInd
         raise AnnotationError(f"{path}: annotation file not found") from None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also an int of over 4300 digits, or nesting too deep
         raise AnnotationError(f"{path}: not valid JSON ({exc})") from None
     return parse_coco(data, str(path), classes)
 
 
-def _require(cond: bool, path: str, what: str) -> None:
+def _require(cond: bool, path: str, what: str, problem: str = "not a COCO file") -> None:
     if not cond:
-        raise AnnotationError(f"{path}: not a COCO file: {what}")
+        raise AnnotationError(f"{path}: {problem}: {what}")
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any, low: int = -_ID_MAX, high: int = _ID_MAX) -> bool:
+    """An int in ``low..high`` (by default an id that fits int64); never a bool, which JSON
+    ``true`` becomes and ``isinstance(True, int)`` accepts."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def parse_coco(data: Any, path: str, classes: Sequence[str] | None = None) -> CocoIndex:
@@ -111,6 +122,7 @@ def parse_coco(data: Any, path: str, classes: Sequence[str] | None = None) -> Co
     cat_names = _parse_categories(data["categories"], path)
     images = _parse_images(data["images"], path)
     anns = _parse_annotations(data["annotations"], path, set(cat_names), images)
+    _check_boxes(data["annotations"], path, anns, images)
     used = {cat_names[c] for c in np.unique(anns["category"]).tolist()}
     if classes is None:
         classes = FLIR_CLASSES + tuple(sorted(used - set(FLIR_CLASSES)))
@@ -122,8 +134,8 @@ def parse_coco(data: Any, path: str, classes: Sequence[str] | None = None) -> Co
 def _parse_categories(categories: list, path: str) -> dict[int, str]:
     names: dict[int, str] = {}
     for k, cat in enumerate(categories):
-        ok = isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str)
-        _require(ok, path, f"categories[{k}] needs an integer 'id' and a string 'name', got {cat!r}")
+        ok = isinstance(cat, dict) and _integer(cat.get("id")) and isinstance(cat.get("name"), str)
+        _require(ok, path, f"categories[{k}] needs an integer 'id' (|id| < 2**63) and a string 'name', got {cat!r}")
         names[cat["id"]] = cat["name"]
     return names
 
@@ -131,13 +143,16 @@ def _parse_categories(categories: list, path: str) -> dict[int, str]:
 def _parse_images(images: list, path: str) -> dict[str, Any]:
     ids, names, widths, heights = [], [], [], []
     for k, img in enumerate(images):
-        ok = isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get("file_name"), str)
-        _require(ok, path, f"images[{k}] needs an integer 'id' and a string 'file_name', got {img!r}")
+        name = _file_name(img.get("file_name")) if isinstance(img, dict) else None
+        ok = name is not None and _integer(img.get("id"))
+        _require(ok, path, f"images[{k}] needs an integer 'id' (|id| < 2**63) and a non-empty string 'file_name' "
+                 f"(UTF-8, no NUL), got {img!r}")  # fmt: skip
         w, h = img.get("width"), img.get("height")
-        ok = isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0
-        _require(ok, path, f"image id {img['id']} ({img['file_name']}) needs positive integer width and height")
+        ok = _integer(w, 1, _SIDE_MAX) and _integer(h, 1, _SIDE_MAX)
+        _require(ok, path, f"image id {img['id']} ({img['file_name']}) needs integer width and height in "
+                 f"1..{_SIDE_MAX} (the JPEG limit), got width {w!r}, height {h!r}")  # fmt: skip
         ids.append(img["id"])
-        names.append(img["file_name"].encode("utf-8"))
+        names.append(name)
         widths.append(w)
         heights.append(h)
     image_ids = np.asarray(ids, dtype=np.int64)
@@ -152,6 +167,17 @@ def _parse_images(images: list, path: str) -> dict[str, Any]:
     }
 
 
+def _file_name(value: Any) -> bytes | None:
+    """``value`` encoded for the packed name array, or None where it cannot name a file: not a
+    string, empty, holding NUL (numpy's bytes arrays strip a trailing one) or a lone surrogate."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
 def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -> dict[str, np.ndarray]:
     n = len(anns)
     rows = np.empty(n, dtype=np.int64)
@@ -164,8 +190,8 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
         ann_id = ann.get("id", k)
         for key in ("id", "image_id", "category_id"):
             value = ann.get(key, k)
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            _require(ok, path, f"annotations[{k}] (id {ann_id!r}): {key!r} must be an integer, got {value!r}")
+            what = f"annotations[{k}] (id {ann_id!r}): {key!r} must be an integer with |value| < 2**63"
+            _require(_integer(value), path, f"{what}, got {value!r}")
         bbox = ann.get("bbox")
         ok = isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)
         _require(ok, path, f"annotation id {ann_id}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
@@ -176,8 +202,29 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
         iscrowd = ann.get("iscrowd", 0)
         _require(iscrowd in (0, 1) and not isinstance(iscrowd, float), path,
                  f"annotation id {ann_id}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")  # fmt: skip
-        rows[k], cats[k], ids[k], boxes[k], crowd[k] = row, ann["category_id"], ann_id, bbox, iscrowd
+        rows[k], cats[k], ids[k], crowd[k] = row, ann["category_id"], ann_id, iscrowd
+        try:
+            boxes[k] = bbox
+        except OverflowError:  # an int beyond float64 (10**400): as corrupt as inf, reported as such
+            boxes[k] = np.inf
     return {"row": rows, "category": cats, "id": ids, "box": boxes, "crowd": crowd}
+
+
+def _check_boxes(raw: list, path: str, anns: dict[str, np.ndarray], images: dict) -> None:
+    """Fail on the first box no clipping can honestly repair (see ``corrupt_coco_boxes``);
+    checked on the packed arrays at once, as a Python test per box would slow the parse."""
+    w, h = images["widths"][anns["row"]], images["heights"][anns["row"]]
+    reasons = corrupt_coco_boxes(anns["box"], w, h)
+    bad = np.logical_or.reduce(list(reasons.values()))
+    if not bad.any():
+        return
+    k = int(np.argmax(bad))
+    reason = next(name for name, mask in reasons.items() if mask[k])
+    row, w, h = anns["row"][k], int(w[k]), int(h[k])
+    image = f"image id {images['ids'][row]} ({images['names'][row].decode('utf-8')}, {w}x{h})"
+    _require(False, path, f"annotation id {anns['id'][k]} on {image}: bbox {raw[k]['bbox']!r} {reason}; expected "
+             f"finite numbers, a box overlapping the frame, x and x + w in {-w}..{2 * w}, y and y + h in {-h}..{2 * h}",
+             problem="corrupt box")  # fmt: skip
 
 
 def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images: dict, anns: dict) -> CocoIndex:

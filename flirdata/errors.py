@@ -6,7 +6,7 @@ can turn it into one clear line instead of a traceback.
 
 from __future__ import annotations
 
-__all__ = ["FlirdataError", "DataError", "ImageError", "AnnotationError"]
+__all__ = ["FlirdataError", "DataError", "ImageError", "AnnotationError", "WorkerError", "LoaderTimeoutError"]
 
 
 class FlirdataError(Exception):
@@ -23,3 +23,25 @@ class ImageError(DataError):
 
 class AnnotationError(DataError):
     """A ``coco.json`` is not valid JSON or does not follow the COCO layout."""
+
+
+class WorkerError(FlirdataError, RuntimeError):
+    """A loader's workers failed as a whole (a worker died, or none answered in time).
+
+    The loader has closed its pool; iterating it again starts a new one.
+    """
+
+
+class LoaderTimeoutError(WorkerError):
+    """No batch arrived within the loader's ``timeout`` (a stopped or stuck worker)."""
+
+    def __init__(self, backend: str, timeout: float) -> None:
+        super().__init__(
+            f"flirdata {backend!r} backend: no batch arrived within timeout={timeout:g} s; a worker is stuck "
+            "(stopped, or blocked on a slow read). Its pool was closed; iterating again starts a new one."
+        )
+        self.backend = backend
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type, tuple[str, float]]:
+        return type(self), (self.backend, self.timeout)

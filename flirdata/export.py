@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from flirdata.backends import BACKENDS
 from flirdata.dataset import SPLITS, FlirDetection
-from flirdata.errors import FlirdataError
+from flirdata.errors import FlirdataError, WorkerError
 from flirdata.export_batch import (
     WORK_DIR,
     BatchResult,
@@ -318,12 +318,15 @@ def run_command(args: argparse.Namespace) -> int:
     datasets = _split_datasets(args, splits)  # every split is checked before anything is written
     for split, dataset in zip(splits, datasets, strict=True):
         plain = _plain(split, args)
-        summary = export_augmented(
-            dataset, args.out, copies=1 if plain else args.copies, fmt=args.fmt,
-            split=_yolo_split(split) if args.fmt == "yolo" else None, quality=args.quality,
-            backend=args.backend, workers=args.workers, batch_size=args.batch_size, resume=args.resume,
-            progress=args.progress, limit=args.limit,
-        )  # fmt: skip
+        try:
+            summary = export_augmented(
+                dataset, args.out, copies=1 if plain else args.copies, fmt=args.fmt,
+                split=_yolo_split(split) if args.fmt == "yolo" else None, quality=args.quality,
+                backend=args.backend, workers=args.workers, batch_size=args.batch_size, resume=args.resume,
+                progress=args.progress, limit=args.limit,
+            )  # fmt: skip
+        except WorkerError as exc:
+            raise WorkerError(f"{exc} What was written is kept: run the same command with --resume to finish.") from exc
         print(f"{summary}{'; original frames, un-augmented' if plain else ''}")
     if args.fmt == "yolo":
         print(_yolo_next_step(Path(args.out)))

@@ -6,17 +6,22 @@ until ``close()``; each ``iter(loader)`` maps the backend over the epoch's tasks
 
 from __future__ import annotations
 
+import inspect
+import math
+import os
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from flirdata.backends import BACKENDS, Backend, Fetcher, Task, WorkerCrashError
+from flirdata.backends import BACKENDS, Backend, Fetcher, Task
 from flirdata.collate import collate_detection
+from flirdata.errors import DataError, WorkerError
 from flirdata.outputs import OUTPUTS, convert_batch
 from flirdata.sampler import BatchSampler, resolve_shard
 
-__all__ = ["LoaderOptions", "Loader", "make_loader"]
+__all__ = ["LoaderOptions", "Loader", "WorkerCountWarning", "make_loader", "usable_cores"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,11 @@ class LoaderOptions:
     collate_fn: Callable[[list[Any]], Any] = collate_detection
     prefetch: int = 2
     output: str = "uint8"
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and 0 < self.timeout < math.inf):
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; expected one of {sorted(OUTPUTS)}")
         if self.backend not in BACKENDS:
@@ -94,18 +102,36 @@ class Loader:
         return [(epoch, batch) for batch in self.sampler.batches(epoch)]
 
     def __iter__(self) -> Iterator[Any]:
-        self._close_active()  # one epoch at a time: workers share the dataset's epoch
+        """The current epoch's batches; one epoch at a time per loader.
+
+        Raises:
+            RuntimeError: an earlier ``iter(loader)`` is still part-way through its epoch
+                (``zip(loader, loader)``, a nested loop over the same loader).
+        """
+        self._refuse_second_epoch()
         batches = self._iterate(self._ensure_backend(), self.tasks())
         self._active = weakref.ref(batches)
         return batches
+
+    def _refuse_second_epoch(self) -> None:
+        # Two epochs at once would share one pool's window and ring: refuse rather than let
+        # one silently end the other. An iterator that is still referenced counts, started or not.
+        active = None if self._active is None else self._active()
+        if active is not None and inspect.getgeneratorstate(active) != inspect.GEN_CLOSED:
+            raise RuntimeError(
+                f"flirdata loader: epoch {self.epoch} is already being iterated; a loader serves one epoch "
+                "at a time. Finish or close that iteration first (a `for` loop closes it when it ends or "
+                "breaks), or make a second loader for a second stream of batches."
+            )
+        self._close_active()
 
     def _iterate(self, backend: Backend, tasks: list[Task]) -> Iterator[Any]:
         batches = backend.imap(tasks)
         try:
             for batch in batches:
                 yield convert_batch(batch, self.options.output)
-        except WorkerCrashError:
-            self._drop_backend()  # a broken pool cannot be reused; the next epoch starts anew
+        except WorkerError:
+            self._drop_backend()  # a broken or stuck pool cannot be reused; the next epoch starts anew
             raise
         finally:
             batches.close()
@@ -114,7 +140,7 @@ class Loader:
         if self._backend is None:
             factory = BACKENDS[self.options.effective_backend]
             fetcher = Fetcher(self.dataset, self.options.collate_fn)
-            self._backend = factory(fetcher, self.options.workers, self.options.prefetch)
+            self._backend = factory(fetcher, self.options.workers, self.options.prefetch, self.options.timeout)
         return self._backend
 
     def _close_active(self) -> None:
@@ -173,6 +199,7 @@ def make_loader(
     collate_fn: Callable[[list[Any]], Any] = collate_detection,
     prefetch: int = 2,
     output: str = "uint8",
+    timeout: float | None = None,
 ) -> Loader:
     """A loader of ``collate_fn([dataset[i] for i in batch])`` batches over ``backend``.
 
@@ -193,11 +220,52 @@ def make_loader(
             "uint8" (default, as collated), "float" (float32 in [0, 1]), or "float_rgb"
             (float32 in [0, 1] with 3 channels, grey repeated: what torchvision's detection
             models take). Workers still send uint8, 4x fewer bytes.
+        timeout: seconds to wait for one batch before ``LoaderTimeoutError`` (a stopped or
+            stuck worker), as torch's ``DataLoader(timeout=)``; the first batch of a new pool
+            also waits for its workers to start (seconds for loky); the stuck pool is closed and
+            the next epoch starts a new one. None (default) waits for ever; the "sequential"
+            path does its work in the calling thread and never waits.
 
     Raises:
-        ValueError: an unknown backend, an invalid number, a malformed ``RANK``/``WORLD_SIZE``.
+        ValueError: an unknown backend, an invalid number, a malformed ``RANK``/``WORLD_SIZE``,
+            an empty dataset.
+
+    Warns:
+        WorkerCountWarning: more workers than this process may use cores.
     """
+    _refuse_empty(dataset)
     rank, world_size = resolve_shard(rank, world_size)  # in the main process: workers get plain ints
     options = LoaderOptions(backend, workers, batch_size, shuffle, seed, drop_last, rank, world_size,
-                            collate_fn, prefetch, output)  # fmt: skip
+                            collate_fn, prefetch, output, timeout)  # fmt: skip
+    _warn_oversubscribed(options)
     return Loader(dataset, options)
+
+
+class WorkerCountWarning(UserWarning):
+    """More workers than cores: they only add memory and start-up time."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _warn_oversubscribed(options: LoaderOptions) -> None:
+    cores = usable_cores()
+    if options.effective_backend != "sequential" and options.workers > cores:
+        warnings.warn(
+            f"flirdata: workers={options.workers} is more than the {cores} cores this process may use; "
+            f"every {options.backend!r} worker holds its own copy of the dataset and pipeline, so workers "
+            "beyond the cores add memory and start-up time, not speed",
+            WorkerCountWarning,
+            stacklevel=3,
+        )
+
+
+def _refuse_empty(dataset: Any) -> None:
+    if len(dataset) == 0:
+        where = getattr(dataset, "split_dir", None)
+        raise DataError(f"{where}: the split has no images" if where else "the dataset is empty: nothing to load")

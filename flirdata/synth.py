@@ -32,10 +32,13 @@ from flirdata.errors import DataError
 from flirdata.rgb_synth import colour_frame, frame_size, make_palette
 from flirdata.thermal import HEIGHT, WIDTH, DrawnObject, make_scene, render_frame
 
-__all__ = ["SIZES", "SPLIT_FOLDERS", "CATEGORIES", "GENERATOR", "FramePlan", "RenderJob", "parse_size",
+__all__ = ["SIZES", "MAX_IMAGES", "SPLIT_FOLDERS", "CATEGORIES", "GENERATOR", "FramePlan", "RenderJob", "parse_size",
            "default_val", "render_job", "synthesize", "configure_parser", "run_command"]  # fmt: skip
 
 SIZES: dict[str, int] = {"small": 500, "medium": 2000, "big": 10000}
+# Images per split at most: hundreds of times the frames FLIR ADAS v2 ships, so anything larger
+# is a typo, which would otherwise fail deep in numpy with an OverflowError.
+MAX_IMAGES = 10_000_000
 # Split -> (folder in the FLIR download, code in the seeds of its images). Kept here rather
 # than imported from flirdata.dataset so that ``flirdata synth`` does not import torch.
 SPLIT_FOLDERS: dict[str, tuple[str, int]] = {
@@ -65,13 +68,14 @@ CATEGORIES: list[dict[str, Any]] = [
 
 
 def parse_size(text: str | int) -> int:
-    """Number of train images for ``--size``: small, medium, big, or a positive integer."""
+    """Number of train images for ``--size``: small, medium, big, or an integer 1..MAX_IMAGES."""
     key = str(text).strip().lower()
     if key in SIZES:
         return SIZES[key]
-    if key.isascii() and key.isdigit() and int(key) > 0:
+    # The length test first: int() of a string of over 4300 digits raises ValueError.
+    if key.isascii() and key.isdigit() and len(key) < 100 and 0 < int(key) <= MAX_IMAGES:
         return int(key)
-    raise DataError(f"size {text!r}: expected one of {sorted(SIZES)} or a positive integer")
+    raise DataError(f"size {text!r}: expected one of {sorted(SIZES)} or an integer from 1 to {MAX_IMAGES}")
 
 
 def default_val(train: int) -> int:
@@ -360,9 +364,9 @@ def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, te
         ``{"root", "seed", "splits": {split: {"folder", "images", "annotations", "skipped"}},
         "images", "seconds", "images_per_s"}``, counting only images written by this call.
     """
-    train = _check_count("train", train, 1)
-    val = default_val(train) if val is None else _check_count("val", val, 0)
-    counts = {"train": train, "val": val, "test": _check_count("test", test, 0)}
+    train = _check_count("train", train, 1, MAX_IMAGES)
+    val = default_val(train) if val is None else _check_count("val", val, 0, MAX_IMAGES)
+    counts = {"train": train, "val": val, "test": _check_count("test", test, 0, MAX_IMAGES)}
     counts.update({f"rgb_{split}": n for split, n in counts.items()} if rgb else {})
     seed = _check_count("seed", seed, 0, 2**32 - 1)
     workers = None if workers is None else _check_count("workers", workers, 1)

@@ -55,18 +55,18 @@ class ToyDataset:
 
 
 class ProbeDataset(ToyDataset):
-    """Reports how the worker that loaded a sample is set up; counts its own pickles."""
+    """Reports how the worker that loaded a sample is set up and how often it received the dataset."""
 
-    pickles = 0
+    unpickles = 0  # per process: how many copies of the dataset reached this process
 
-    def __getstate__(self) -> dict[str, Any]:
-        type(self).pickles += 1
-        return self.__dict__.copy()
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        type(self).unpickles += 1
+        self.__dict__.update(state)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image, target = super().__getitem__(i)
         target.update(pid=os.getpid(), cv2=cv2.getNumThreads(), torch=torch.get_num_threads(),
-                      omp=os.environ.get("OMP_NUM_THREADS"))  # fmt: skip
+                      omp=os.environ.get("OMP_NUM_THREADS"), unpickles=type(self).unpickles)  # fmt: skip
         return image, target
 
 
@@ -196,11 +196,10 @@ def test_one_worker_runs_in_the_calling_thread(backend: str) -> None:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("backend", ("dataloader", "loky", "process"))
 def test_workers_are_set_up_once_and_persist(backend: str) -> None:
-    ProbeDataset.pickles = 0
     with make_loader(ProbeDataset(size=24), backend=backend, workers=2, batch_size=3) as loader:
         seen = run_epochs(loader, (0, 1, 2))
     targets = [t for batches in seen.values() for _, ts in batches for t in ts]
-    assert ProbeDataset.pickles == 2  # once per worker, not per task, not per epoch
+    assert {t["unpickles"] for t in targets} == {1}  # once per worker, not per task, not per epoch
     assert len({t["pid"] for t in targets} - {os.getpid()}) <= 2
     assert {(t["cv2"], t["torch"], t["omp"]) for t in targets} == {(1, 1, "1")}
 

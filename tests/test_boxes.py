@@ -12,6 +12,7 @@ from flirdata.boxes import (
     clean_coco_boxes,
     clip_xyxy,
     coco_to_xyxy,
+    corrupt_coco_boxes,
     valid_mask,
     xyxy_to_coco,
 )
@@ -58,3 +59,24 @@ def test_iou_is_symmetric_and_bounded(boxes: np.ndarray) -> None:
     assert np.all((iou >= 0) & (iou <= 1 + 1e-9))
     valid = valid_mask(xyxy)
     np.testing.assert_allclose(np.diag(iou)[valid], 1.0)
+
+
+def test_corrupt_masks_name_what_is_wrong_per_frame() -> None:
+    boxes = np.array([[10, 10, 20, 20], [700, 10, 5, 5], [0, 0, 1e300, 1], [np.inf, 0, 1, 1], [900, 10, 5, 5]])
+    masks = corrupt_coco_boxes(boxes, np.array([640, 640, 640, 640, 1000]), 512)
+    assert [mask.nonzero()[0].tolist() for mask in masks.values()] == [[3], [1], [2]]
+    assert "not finite" in list(masks)[0] and "outside" in list(masks)[1] and "frame's own size" in list(masks)[2]
+    # unchecked, clipping turns the 1e300 box into a frame-wide one: why readers check first
+    np.testing.assert_allclose(clean_coco_boxes(boxes[2:3], 640, 512)[0], [[0, 0, 640, 1]])
+
+
+@given(box_arrays, st.integers(1, 1000), st.integers(1, 1000))
+def test_corrupt_exactly_when_off_the_frame_or_past_its_own_size(boxes: np.ndarray, w: int, h: int) -> None:
+    bad = np.logical_or.reduce(list(corrupt_coco_boxes(boxes, w, h).values()))
+    xyxy = coco_to_xyxy(boxes)
+    xs, ys = np.sort(xyxy[:, [0, 2]], axis=1), np.sort(xyxy[:, [1, 3]], axis=1)
+    touches = (xs[:, 1] >= 0) & (xs[:, 0] <= w) & (ys[:, 1] >= 0) & (ys[:, 0] <= h)
+    near = (xs[:, 0] >= -w) & (xs[:, 1] <= 2 * w) & (ys[:, 0] >= -h) & (ys[:, 1] <= 2 * h)
+    np.testing.assert_array_equal(bad, ~(touches & near))
+    inside = np.abs(boxes) % [w, h, 1, 1]  # a corner in the frame, less than 1 px across
+    assert not np.logical_or.reduce(list(corrupt_coco_boxes(inside, w, h).values())).any()

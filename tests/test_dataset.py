@@ -79,7 +79,8 @@ def test_unlisted_used_class_is_appended_or_dropped(tmp_path: Path) -> None:
 
 
 def test_degenerate_dropped_and_out_of_frame_clipped_are_counted(tmp_path: Path) -> None:
-    boxes = [[10, 10, 30, 30], [50, 50, 0, 20], [620, 500, 40, 40], [-10, 5, 30, 30], [700, 600, 5, 5]]
+    # [640, 100, 5, 5] only touches the frame's right edge: degenerate once clipped, not corrupt
+    boxes = [[10, 10, 30, 30], [50, 50, 0, 20], [620, 500, 40, 40], [-10, 5, 30, 30], [640, 100, 5, 5]]
     folder = write_split(tmp_path / "s", [_gray()], [boxes], [[1] * 5])
     ds = FlirDetection(tmp_path, split=folder)
     stats = ds.stats

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import time
 import traceback
 import warnings
@@ -26,6 +27,7 @@ from flirdata.backends.protocol import Fetcher, Task, WorkerCrashError
 from flirdata.backends.shm import dumps
 from flirdata.backends.spawning import plan_worker_start
 from flirdata.backends.worker import forkserver_context, portable_exception, setup_worker
+from flirdata.errors import LoaderTimeoutError
 
 __all__ = ["DataLoaderBackend", "RemoteFailure", "RemoteTraceback", "Shipment"]
 
@@ -126,7 +128,7 @@ class DataLoaderBackend:
 
     name = "dataloader"
 
-    def __init__(self, fetcher: Fetcher, workers: int, prefetch: int) -> None:
+    def __init__(self, fetcher: Fetcher, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._source = _TaskSource()
         self._start = plan_worker_start(fetcher, self.name)  # before any process starts
         with _more_workers_than_cores_is_fine():
@@ -140,34 +142,59 @@ class DataLoaderBackend:
                 persistent_workers=True,
                 multiprocessing_context=forkserver_context(),
                 worker_init_fn=partial(setup_worker, owner=os.getpid()),
+                timeout=timeout or 0,
             )
 
     def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
         if self._loader is None:
             raise RuntimeError("flirdata 'dataloader' backend is closed")
         self._source.tasks = list(tasks)
-        with _more_workers_than_cores_is_fine(), self._start.starting():
-            batches = iter(self._loader)  # starts the workers on the first epoch
+        with self._worker_failures():
+            with _more_workers_than_cores_is_fine(), self._start.starting():
+                batches = iter(self._loader)  # starts the workers on the first epoch
         while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except (RuntimeError, ConnectionError, EOFError, OSError) as exc:
-                # A worker that dies while sending a batch breaks the descriptor transfer
-                # (ConnectionResetError, EOFError) before torch's own check notices it.
-                crash = self._crash_error()
-                if crash is None:
-                    raise
-                raise crash from exc
+            with self._worker_failures():
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
             if isinstance(batch, RemoteFailure):
                 batch.reraise()
             yield batch.unpack() if isinstance(batch, Shipment) else batch
 
+    @contextlib.contextmanager
+    def _worker_failures(self) -> Iterator[None]:
+        """Turn torch's errors about dead or silent workers into flirdata's."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if self._loader is not None and self._loader.timeout and "timed out" in str(exc):
+                self._kill_workers()  # a stuck worker would hold the shutdown for ever
+                raise LoaderTimeoutError(self.name, self._loader.timeout) from exc
+            crash = self._crash_error()
+            if crash is None:
+                raise
+            raise crash from exc
+        except (ConnectionError, EOFError, OSError) as exc:
+            # A worker that dies while sending a batch breaks the descriptor transfer
+            # (ConnectionResetError, EOFError) before torch's own check notices it.
+            crash = self._crash_error()
+            if crash is None:
+                raise
+            raise crash from exc
+
+    def _workers(self) -> list[Any]:
+        iterator = None if self._loader is None else getattr(self._loader, "_iterator", None)
+        return list(getattr(iterator, "_workers", None) or ())  # private, as torch names it
+
+    def _kill_workers(self) -> None:
+        for worker in self._workers():
+            with contextlib.suppress(OSError, TypeError):
+                os.kill(worker.pid, signal.SIGKILL)  # ends a stopped (SIGSTOP) process too
+
     def _crash_error(self) -> WorkerCrashError | None:
         """``WorkerCrashError`` for the workers that have died, or None if all are alive."""
-        iterator = None if self._loader is None else getattr(self._loader, "_iterator", None)
-        workers = list(getattr(iterator, "_workers", None) or ())  # private, as torch names it
+        workers = self._workers()
         deadline = time.monotonic() + 2.0
         while True:  # a worker that broke the connection is dead or about to be
             exits = {w.pid: w.exitcode for w in workers if w.exitcode is not None}

@@ -27,7 +27,7 @@ def _shutdown(executor: Executor) -> None:
     executor.shutdown(wait=True)
 
 
-def make_loky_backend(fetcher: Fetcher, workers: int, prefetch: int) -> PoolBackend:
+def make_loky_backend(fetcher: Fetcher, workers: int, prefetch: int, timeout: float | None = None) -> PoolBackend:
     """Loky workers (no idle timeout: they live until ``close``), one thread per library."""
     executor = LokyExecutor(
         max_workers=workers,
@@ -35,4 +35,4 @@ def make_loky_backend(fetcher: Fetcher, workers: int, prefetch: int) -> PoolBack
         initargs=(fetcher, os.getpid()),
         env=THREAD_ENV,
     )
-    return PoolBackend("loky", executor, _shutdown, workers, prefetch)
+    return PoolBackend("loky", executor, _shutdown, workers, prefetch, timeout=timeout)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import re
 import signal
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any
@@ -25,6 +27,7 @@ from flirdata.backends.protocol import Task, WorkerCrashError
 from flirdata.backends.shm import SharedRing, Slot, unpack_batch
 from flirdata.backends.spawning import WorkerStart
 from flirdata.backends.worker import run_installed
+from flirdata.errors import LoaderTimeoutError
 
 __all__ = ["PoolBackend"]
 
@@ -69,10 +72,12 @@ class PoolBackend:
         workers: int,
         prefetch: int,
         start: WorkerStart | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.name = name
         self.depth = workers * prefetch
         self._start = start or WorkerStart(hide_main=False)
+        self.timeout = timeout
         self._processes: dict[int, Any] = {}  # pid -> multiprocessing Process, for crash reports
         self._res = _Resources(executor, shutdown)
         self._ring_tried = False
@@ -130,6 +135,11 @@ class PoolBackend:
         with contextlib.suppress(Exception):
             self._processes.update(dict(getattr(executor, "_processes", None) or {}))
 
+    def _kill_workers(self) -> None:
+        for pid in self._processes:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)  # ends a stopped (SIGSTOP) process too
+
     def _crash_error(self, cause: BaseException | None = None) -> WorkerCrashError:
         """``WorkerCrashError`` naming the workers that died first and how they ended."""
         exits: dict[int, int | None] = {}
@@ -148,9 +158,12 @@ class PoolBackend:
     def _receive(self, future: Future, slot: Slot | None, samples: int) -> Any:
         ring = self._res.ring
         try:
-            batch = unpack_batch(future.result(), ring)
+            batch = unpack_batch(future.result(timeout=self.timeout), ring)
         except BrokenProcessPool as exc:  # loky's TerminatedWorkerError is a subclass
             raise self._crash_error(exc) from exc
+        except FutureTimeout as exc:
+            self._kill_workers()  # a stuck worker would hold shutdown for ever
+            raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
         finally:
             if slot is not None and ring is not None:
                 ring.release(slot.index)

@@ -18,7 +18,7 @@ def _shutdown(executor: Executor) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
-def make_process_backend(fetcher: Fetcher, workers: int, prefetch: int) -> PoolBackend:
+def make_process_backend(fetcher: Fetcher, workers: int, prefetch: int, timeout: float | None = None) -> PoolBackend:
     """Worker processes forked from the fork server (never plain fork: see worker.py).
 
     The fetcher reaches each worker once, through the pool initializer. Workers never
@@ -31,4 +31,4 @@ def make_process_backend(fetcher: Fetcher, workers: int, prefetch: int) -> PoolB
         initializer=install_fetcher,
         initargs=(fetcher, os.getpid()),
     )
-    return PoolBackend("process", executor, _shutdown, workers, prefetch, start)
+    return PoolBackend("process", executor, _shutdown, workers, prefetch, start, timeout)

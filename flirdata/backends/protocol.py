@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from flirdata.errors import WorkerError
+
 __all__ = ["Task", "Fetcher", "Backend", "BackendFactory", "WorkerCrashError", "add_note", "describe_exit",
            "item_getter", "sync_epoch"]
 
@@ -94,8 +96,9 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-# factory(fetcher, workers, prefetch) -> Backend; prefetch = batches in flight per worker.
-BackendFactory = Callable[[Fetcher, int, int], Backend]
+# factory(fetcher, workers, prefetch, timeout) -> Backend; prefetch = batches in flight per
+# worker; timeout = seconds to wait for one batch (None: for ever), then LoaderTimeoutError.
+BackendFactory = Callable[[Fetcher, int, int, "float | None"], Backend]
 
 
 def describe_exit(code: int | None) -> str:
@@ -117,7 +120,7 @@ def describe_exit(code: int | None) -> str:
     return f"was killed by {name} ({cause})"
 
 
-class WorkerCrashError(RuntimeError):
+class WorkerCrashError(WorkerError):
     """A worker process died (a signal, the OOM killer, a segfault, an exit) instead of returning.
 
     ``exits`` maps the pid of each dead worker to its exit code (negative: the signal) or

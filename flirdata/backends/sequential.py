@@ -17,11 +17,14 @@ __all__ = ["SequentialBackend"]
 
 
 class SequentialBackend:
-    """``map(fetcher, tasks)``, lazily; ``workers`` and ``prefetch`` are accepted and unused."""
+    """``map(fetcher, tasks)``, lazily; ``workers``, ``prefetch`` and ``timeout`` are unused.
+
+    Nothing waits here (the calling thread does the work), so there is nothing to time out.
+    """
 
     name = "sequential"
 
-    def __init__(self, fetcher: Fetcher, workers: int = 1, prefetch: int = 1) -> None:
+    def __init__(self, fetcher: Fetcher, workers: int = 1, prefetch: int = 1, timeout: float | None = None) -> None:
         self._fetcher = fetcher
         tune_malloc()  # the augmentation runs in this process
 

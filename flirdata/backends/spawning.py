@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import io
 import os
 import pickle
 import sys
@@ -37,11 +36,22 @@ class MainModuleError(RuntimeError):
     """Worker processes would have to re-run ``__main__``, and that cannot work here."""
 
 
+class _Discard:
+    """A file that forgets what is written to it: the scan needs the traversal, not the bytes."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _out_of_band(_: pickle.PickleBuffer) -> bool:
+    return False  # large buffers (numpy arrays) are not copied
+
+
 class _MainFinder(pickle.Pickler):
     """A pickler that only records the classes and functions it meets from ``__main__``."""
 
     def __init__(self) -> None:
-        super().__init__(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
+        super().__init__(_Discard(), protocol=5, buffer_callback=_out_of_band)
         self.names: set[str] = set()
 
     def reducer_override(self, obj: Any) -> Any:

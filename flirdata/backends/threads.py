@@ -10,6 +10,7 @@ submits a task only when a batch is taken.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from joblib.parallel import ThreadingBackend  # joblib re-exports its backends h
 
 from flirdata.backends.protocol import Fetcher, Task
 from flirdata.backends.worker import tune_malloc
+from flirdata.errors import LoaderTimeoutError
 
 __all__ = ["ThreadsBackend"]
 
@@ -39,8 +41,9 @@ class ThreadsBackend:
 
     name = "threads"
 
-    def __init__(self, fetcher: Fetcher, workers: int, prefetch: int) -> None:
+    def __init__(self, fetcher: Fetcher, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._fetcher = fetcher
+        self.timeout = timeout
         self.depth = workers * prefetch
         self._pool: ThreadingBackend | None = ThreadingBackend()
         self._pool.configure(n_jobs=workers)
@@ -63,7 +66,7 @@ class ThreadsBackend:
             for task in itertools.islice(todo, self.depth):
                 submit(task)
             while window:
-                batch = pool.retrieve_result_callback(window.popleft().get())
+                batch = pool.retrieve_result_callback(self._result(window.popleft()))
                 task = next(todo, None)
                 if task is not None:
                     submit(task)
@@ -73,7 +76,20 @@ class ThreadsBackend:
             # one dataset, whose epoch the next iteration may change.
             cancelled.set()
             for pending in window:
-                pending.wait()
+                pending.wait(self.timeout)
+
+    def _result(self, pending: Any) -> Any:
+        try:
+            return pending.get(self.timeout)
+        except multiprocessing.TimeoutError as exc:
+            self._abandon()
+            raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
+
+    def _abandon(self) -> None:
+        """Drop a pool whose thread is stuck: a thread cannot be killed, only left behind."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            cv2.setNumThreads(self._cv2_threads)
 
     def close(self) -> None:
         """Join the threads and give OpenCV its thread count back (idempotent)."""

@@ -1,0 +1,275 @@
+"""A careless user and a stuck worker: clear errors instead of silent wrong data or a hang."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+
+import flirdata as fd
+from flirdata.backends import WorkerCrashError
+from flirdata.backends.protocol import describe_exit
+from flirdata.errors import LoaderTimeoutError
+from flirdata.loader import WorkerCountWarning, usable_cores
+
+PROCESS_BACKENDS = ("dataloader", "loky", "process")
+
+
+@pytest.fixture(scope="module")
+def flir(synth_root: Path) -> fd.FlirDetection:
+    return fd.FlirDetection(synth_root, "train", transform=fd.build_transform("thermal"), seed=0)
+
+
+def _images(loader: fd.Loader) -> list[torch.Tensor]:
+    return [images for images, _ in loader]
+
+
+# -- the epoch travels with the task -------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_two_threads_loaders_over_one_dataset_keep_their_own_epochs(flir: fd.FlirDetection) -> None:
+    expected = {e: _images(_at_epoch(fd.make_loader(flir, batch_size=2), e)) for e in (0, 5)}
+    first = _at_epoch(fd.make_loader(flir, backend="threads", workers=2, batch_size=2), 0)
+    second = _at_epoch(fd.make_loader(flir, backend="threads", workers=2, batch_size=2), 5)
+    with first, second:
+        for k, ((a, _), (b, _)) in enumerate(zip(first, second, strict=True)):
+            assert torch.equal(a, expected[0][k]) and torch.equal(b, expected[5][k]), k
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["threads", "process"])
+def test_set_epoch_on_the_dataset_mid_epoch_does_not_leak(flir: fd.FlirDetection, backend: str) -> None:
+    expected = _images(fd.make_loader(flir, batch_size=2))
+    with fd.make_loader(flir, backend=backend, workers=2, batch_size=2) as loader:
+        for k, (images, _) in enumerate(loader):
+            flir.set_epoch(k + 3)  # a user moving the dataset on while the loader runs epoch 0
+            assert torch.equal(images, expected[k]), k
+    flir.set_epoch(0)
+
+
+def _at_epoch(loader: fd.Loader, epoch: int) -> fd.Loader:
+    loader.set_epoch(epoch)
+    return loader
+
+
+# -- one epoch at a time per loader ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sequential", "threads"])
+def test_a_second_iter_during_an_epoch_is_refused(flir: fd.FlirDetection, backend: str) -> None:
+    with fd.make_loader(flir, backend=backend, workers=2, batch_size=4) as loader:
+        with pytest.raises(RuntimeError, match="epoch 0 is already being iterated; a loader serves one epoch"):
+            list(zip(loader, loader, strict=False))
+        outer = iter(loader)
+        next(outer)
+        with pytest.raises(RuntimeError, match="make a second loader"):
+            for _ in loader:
+                pass
+        assert len(list(outer)) == len(loader) - 1  # the outer epoch is intact
+        assert len(list(loader)) == len(loader)  # and once it ended, a new one starts
+
+
+def test_a_dropped_iterator_frees_the_loader(flir: fd.FlirDetection) -> None:
+    loader = fd.make_loader(flir, batch_size=4)
+    next(iter(loader))  # the iterator is dropped at once, part-way
+    assert len(list(loader)) == len(loader)
+    held = iter(loader)  # still referenced, never started: still an epoch in progress
+    with pytest.raises(RuntimeError, match="already being iterated"):
+        iter(loader)
+    held.close()
+    assert len(list(loader)) == len(loader)
+
+
+# -- timeouts ------------------------------------------------------------------------------------
+
+
+def _workers_of(before: set[int]) -> list[psutil.Process]:
+    me = psutil.Process()
+    found = []
+    for child in me.children(recursive=True):
+        line = " ".join(child.cmdline())
+        if child.pid in before or "resource_tracker" in line:
+            continue
+        if "forkserver import main" in line and child.ppid() == me.pid:
+            continue  # the fork server itself
+        found.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+def test_a_stopped_worker_times_out_and_the_next_epoch_recovers(flir: fd.FlirDetection, backend: str) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    # The first batch waits for the workers to start too (loky: seconds), hence not a tiny timeout.
+    with fd.make_loader(flir, backend=backend, workers=2, batch_size=1, prefetch=1, timeout=8) as loader:
+        batches = iter(loader)
+        next(batches)
+        workers = _workers_of(before)
+        assert len(workers) == 2
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(LoaderTimeoutError, match=rf"'{backend}' backend: no batch arrived within timeout=8 s"):
+            for _ in batches:
+                pass
+        assert 8 <= time.monotonic() - start < 20
+        assert loader.backend is None
+        assert len(list(loader)) == len(loader)
+    psutil.wait_procs(workers, timeout=10)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+class Stuck:
+    """Sample 3 blocks until released, like a read from a hung network file system."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if i == 3:
+            self.release.wait(30)
+        return torch.zeros((1, 2, 2), dtype=torch.uint8), {"image_id": i}
+
+
+@pytest.mark.timeout(60)
+def test_a_stuck_thread_times_out(flir: fd.FlirDetection) -> None:
+    dataset = Stuck()
+    loader = fd.make_loader(dataset, backend="threads", workers=2, batch_size=1, timeout=1)
+    try:
+        with pytest.raises(LoaderTimeoutError, match="'threads' backend: no batch arrived within timeout=1 s"):
+            list(loader)
+    finally:
+        dataset.release.set()
+        loader.close()
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "5"])
+def test_timeout_must_be_positive_seconds(flir: fd.FlirDetection, timeout: Any) -> None:
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0 or None"):
+        fd.make_loader(flir, timeout=timeout)
+
+
+# -- worker deaths ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", PROCESS_BACKENDS)
+def test_a_worker_dead_between_epochs_fails_one_epoch_then_recovers(flir: fd.FlirDetection, backend: str) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with fd.make_loader(flir, backend=backend, workers=2, batch_size=4) as loader:
+        list(loader)
+        workers = _workers_of(before)
+        os.kill(workers[0].pid, signal.SIGKILL)
+        _wait_for_zombie(workers[0])  # not reaped here: the pool must learn its exit status
+        with pytest.raises(WorkerCrashError, match=rf"worker pid {workers[0].pid} was killed by SIGKILL"):
+            list(loader)
+        assert len(list(loader)) == len(loader)
+
+
+def _wait_for_zombie(process: psutil.Process) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.02)
+
+
+def test_a_sigbus_names_a_full_dev_shm() -> None:
+    assert "/dev/shm is full" in describe_exit(-signal.SIGBUS)
+    assert describe_exit(3) == "exited with status 3 (its error, if any, is printed above)"
+    assert "OOM killer" in describe_exit(-signal.SIGKILL)
+
+
+class Bus:
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if i == 2 and os.getpid() != self.owner:
+            os.kill(os.getpid(), signal.SIGBUS)  # what a write into a full /dev/shm does
+        return torch.zeros((1, 2, 2), dtype=torch.uint8), {"image_id": i}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_worker_killed_by_sigbus_is_reported_as_a_full_dev_shm() -> None:
+    with fd.make_loader(Bus(), backend="process", workers=2, batch_size=1) as loader:
+        with pytest.raises(WorkerCrashError, match=r"was killed by SIGBUS \(usually /dev/shm is full"):
+            list(loader)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_export_with_a_killed_worker_is_one_line_and_resumable(synth_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "flirdata", "export", "--data", str(synth_root), "--out", str(out), "--copies", "6",
+            "--backend", "process", "--workers", "2", "--batch-size", "2", "--no-progress"]  # fmt: skip
+    export = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        workers: list[psutil.Process] = []
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = [p for p in psutil.Process(export.pid).children(recursive=True)
+                       if "forkserver import main" in " ".join(p.cmdline()) and p.ppid() != export.pid]  # fmt: skip
+            time.sleep(0.1)
+        assert len(workers) == 2, "the export never started its workers"
+        os.kill(workers[0].pid, signal.SIGKILL)
+        _, stderr = export.communicate(timeout=60)
+    finally:
+        export.kill()
+        export.wait()
+    assert export.returncode == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("flirdata export: error: flirdata 'process' backend: worker pid ")
+    assert "run the same command with --resume to finish" in lines[0]
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = subprocess.run([*argv[:7], str(tmp_path / "clean"), *argv[8:]], capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stderr
+    for path in sorted((tmp_path / "clean").rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (out / path.relative_to(tmp_path / "clean")).read_bytes(), path
+
+
+# -- too many workers, nothing to load -------------------------------------------------------------
+
+
+def test_more_workers_than_cores_warns_once(flir: fd.FlirDetection) -> None:
+    workers = usable_cores() + 1
+    with pytest.warns(WorkerCountWarning, match=rf"workers={workers} is more than the {usable_cores()} cores") as seen:
+        fd.make_loader(flir, backend="loky", workers=workers)
+    assert len(seen) == 1
+    fd.make_loader(flir, backend="loky", workers=usable_cores())  # no warning (warnings are errors here)
+
+
+def test_an_empty_split_says_so(tmp_path: Path) -> None:
+    from conftest import write_split
+
+    folder = write_split(tmp_path / "empty", [], [], [])
+    ds = fd.FlirDetection(folder, folder)
+    with pytest.raises(fd.DataError, match="empty: the split has no images"):
+        fd.make_loader(ds, backend="process", workers=2)
