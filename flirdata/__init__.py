@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "DataError": "flirdata.errors",
     "FlirdataError": "flirdata.errors",
     "ImageError": "flirdata.errors",
+    "LoaderTimeoutError": "flirdata.errors",
+    "WorkerError": "flirdata.errors",
     "PRESETS": "flirdata.transforms",
     "OUTPUTS": "flirdata.outputs",
     "MainModuleError": "flirdata.backends",
@@ -57,12 +59,14 @@ __all__ = [
     "ImageError",
     "Loader",
     "LoaderOptions",
+    "LoaderTimeoutError",
     "MainModuleError",
     "OUTPUTS",
     "PRESETS",
     "SPLITS",
     "ShmCapacityWarning",
     "WorkerCrashError",
+    "WorkerError",
     "build_transform",
     "collate_detection",
     "export_augmented",
@@ -90,7 +94,14 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from flirdata.coco import FLIR_CLASSES, CocoIndex, load_coco
     from flirdata.collate import collate_detection
     from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection
-    from flirdata.errors import AnnotationError, DataError, FlirdataError, ImageError
+    from flirdata.errors import (
+        AnnotationError,
+        DataError,
+        FlirdataError,
+        ImageError,
+        LoaderTimeoutError,
+        WorkerError,
+    )
     from flirdata.export import export_augmented
     from flirdata.loader import Loader, LoaderOptions, make_loader
     from flirdata.outputs import OUTPUTS

@@ -19,7 +19,13 @@ __all__ = [
     "box_iou",
     "clean_coco_boxes",
     "corrupt_coco_boxes",
+    "OFF_FRAME_SLIP",
 ]
+
+# A box lying off its frame by up to this fraction of the frame's size is an annotator's slip,
+# dropped as degenerate: FLIR's zero-width "click without a drag" beside a box dragged past the
+# edge sits a few pixels out. Further out, the box was drawn for a frame of another size.
+OFF_FRAME_SLIP = 0.1
 
 
 def _as_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -98,13 +104,15 @@ def clean_coco_boxes(
     return xyxy_to_coco(clipped), keep, changed & keep
 
 
-def corrupt_coco_boxes(boxes: np.ndarray, width: ArrayLike, height: ArrayLike) -> dict[str, np.ndarray]:
+def corrupt_coco_boxes(
+    boxes: np.ndarray, width: ArrayLike, height: ArrayLike, slip: float = OFF_FRAME_SLIP
+) -> dict[str, np.ndarray]:
     """Masks of the COCO boxes that clipping must not repair, keyed by what is wrong.
 
-    A box a few pixels past the frame is an annotator's slip that ``clean_coco_boxes`` clips;
-    one that is not finite, lies wholly outside its frame or reaches past it by more than the
-    frame's own size is corrupt data, and clipping it would invent a (frame-wide) box. A box
-    only touching the frame's edge is not "outside": clipping leaves it degenerate, and dropped.
+    A box a little past the frame is an annotator's slip that ``clean_coco_boxes`` clips (or
+    drops, when nothing of it is left). One that is not finite, lies wholly outside its frame
+    farther than ``slip`` times the frame's size, or reaches past the frame by more than the
+    frame's own size is corrupt data: clipping it would invent a box, frame-wide for ``1e300``.
     Inverted boxes (negative ``w`` or ``h``) are judged by the span they cover.
     """
     b = _as_boxes(boxes)
@@ -115,10 +123,10 @@ def corrupt_coco_boxes(boxes: np.ndarray, width: ArrayLike, height: ArrayLike) -
         hi = np.maximum(xyxy[:, :2], xyxy[:, 2:])
     size = np.stack(np.broadcast_arrays(w, h), axis=-1).reshape(-1, 2)
     finite = np.isfinite(b).all(axis=1)
-    outside = ((lo > size) | (hi < 0)).any(axis=1)
+    outside = ((lo > size * (1 + slip)) | (hi < -slip * size)).any(axis=1)
     too_far = ((lo < -size) | (hi > 2 * size)).any(axis=1)
     return {
         "is not finite (NaN, infinite or beyond float64)": ~finite,
-        "lies wholly outside the frame": finite & outside,
+        f"lies wholly outside the frame, more than {slip:.0%} of its size away": finite & outside,
         "reaches past the frame by more than the frame's own size": finite & too_far,
     }

@@ -8,7 +8,10 @@ colour frames in RGB ones, as ``FlirDetection`` reads them). What it finds is a 
 ``Problem``s:
 
 * errors: an image or annotation file the dataset cannot use (missing, empty, truncated,
-  corrupt, wrong size, wrong channels, not JSON, not COCO). Any error makes the command exit 1.
+  corrupt, wrong size, wrong channels, not JSON, not COCO; a ``file_name`` leaving its split
+  folder, a symlink out of the dataset folder, a FIFO, device or socket, a file over the size
+  limit: these four found from the path and ``os.stat`` alone, without opening the file). Any
+  error makes the command exit 1.
 * warnings: a file referenced by two image entries, an image file no entry references.
 
 Boxes the index repairs on load (degenerate ones dropped, ones past the frame clipped,
@@ -33,7 +36,7 @@ from tqdm import tqdm
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.dataset import SPLITS
 from flirdata.errors import AnnotationError, DataError, ImageError
-from flirdata.images import MODALITIES, check_modality, infer_modality, read_image
+from flirdata.images import MODALITIES, check_modality, dataset_folder, infer_modality, read_image
 
 __all__ = ["Problem", "CheckReport", "find_split_dirs", "check_dataset", "configure_parser", "run_command"]
 
@@ -46,7 +49,8 @@ REPAIRS = {
     "unknown_category": "boxes of unknown category dropped",
 }
 
-ImageJob = tuple[Path, tuple[int, int], str]  # (file, (height, width) in coco.json, modality)
+# (file, (height, width) in coco.json, modality, the dataset folder the file must resolve inside)
+ImageJob = tuple[Path, tuple[int, int], str, Path]
 
 
 @dataclass(frozen=True)
@@ -200,19 +204,19 @@ def _capped(folder: Path, items: list[tuple[Path | str, str]], more: str) -> Ite
         yield Problem("warning", str(folder), f"{len(items) - MAX_WARNINGS} {more} (not listed)")
 
 
-def _image_jobs(folder: Path, index: CocoIndex, modality: str) -> list[ImageJob]:
-    """One job per distinct file: ``(path, (height, width), modality)`` as coco.json declares it."""
+def _image_jobs(folder: Path, index: CocoIndex, modality: str, within: Path) -> list[ImageJob]:
+    """One job per distinct file: ``(path, (height, width), modality, within)`` as coco.json declares it."""
     jobs: dict[Path, tuple[int, int]] = {}
     for k in range(len(index)):
         jobs.setdefault(folder / index.file_name(k), (int(index.heights[k]), int(index.widths[k])))
-    return [(path, hw, modality) for path, hw in jobs.items()]
+    return [(path, hw, modality, within) for path, hw in jobs.items()]
 
 
 def _check_image(job: ImageJob) -> str | None:
     """``None`` if the image decodes at the declared size and channels, else what is wrong with it."""
-    path, expect_hw, modality = job
-    try:
-        read_image(path, expect_hw, modality)
+    path, expect_hw, modality, within = job
+    try:  # stat before open: a FIFO or device is reported without being read, so the scan never hangs
+        read_image(path, expect_hw, modality, within=within)
     except ImageError as exc:
         return _strip_path(str(exc), path)
     except OSError as exc:  # permission denied, I/O error: the file is as unusable as a corrupt one
@@ -283,14 +287,14 @@ def check_dataset(
         if index is not None:
             for problem in _reference_warnings(folder, index):
                 note(problem)
-            folder_jobs = _image_jobs(folder, index, report.modalities[str(folder)])
+            folder_jobs = _image_jobs(folder, index, report.modalities[str(folder)], dataset_folder(root, folder))
             jobs += [(report.splits[str(folder)], job) for job in folder_jobs]
     workers = _default_workers() if workers is None else workers
     with tqdm(
         total=len(jobs), desc="checking images", unit="img", file=sys.stderr, disable=not progress
     ) as bar:
         results = _map_bounded(_check_image, (job for _, job in jobs), workers)
-        for (counts, (path, _, _)), message in zip(jobs, results, strict=True):
+        for (counts, (path, *_)), message in zip(jobs, results, strict=True):
             bar.update()
             if message is not None:
                 counts["bad_images"] += 1
@@ -304,7 +308,8 @@ EPILOG = """\
 exit status:
   0  every image and coco.json is usable (warnings may have been printed)
   1  at least one image or coco.json is missing, empty, truncated, corrupt, of the wrong size,
-     or of the wrong channels (a colour image in a thermal split, a grey one in an RGB split)
+     or of the wrong channels (a colour image in a thermal split, a grey one in an RGB split),
+     or an image lies outside the dataset folder, is not a regular file or is over the size limit
   2  usage error, or the dataset / a requested split folder does not exist
 
 Boxes repaired on load (degenerate boxes dropped, boxes past the frame clipped, unknown

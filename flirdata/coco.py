@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
-from flirdata.boxes import clean_coco_boxes, corrupt_coco_boxes
+from flirdata.boxes import OFF_FRAME_SLIP, clean_coco_boxes, corrupt_coco_boxes
 from flirdata.errors import AnnotationError
 
 __all__ = ["FLIR_CLASSES", "CocoIndex", "load_coco", "parse_coco"]
@@ -143,10 +143,15 @@ def _parse_categories(categories: list, path: str) -> dict[int, str]:
 def _parse_images(images: list, path: str) -> dict[str, Any]:
     ids, names, widths, heights = [], [], [], []
     for k, img in enumerate(images):
-        name = _file_name(img.get("file_name")) if isinstance(img, dict) else None
-        ok = name is not None and _integer(img.get("id"))
-        _require(ok, path, f"images[{k}] needs an integer 'id' (|id| < 2**63) and a non-empty string 'file_name' "
-                 f"(UTF-8, no NUL), got {img!r}")  # fmt: skip
+        _require(isinstance(img, dict), path, f"images[{k}] is not an object")
+        image_id = img.get("id")
+        _require(_integer(image_id), path, f"images[{k}] needs an integer 'id' (|id| < 2**63), got {image_id!r}")
+        name = _file_name(img.get("file_name"))
+        _require(name is not None, path, f"images[{k}] needs a non-empty string 'file_name' (UTF-8, no NUL), "
+                 f"got {img.get('file_name')!r}")  # fmt: skip
+        _require(_inside_split(img["file_name"]), path, f"image id {img['id']}: file_name {img['file_name']!r} must "
+                 "be a relative path inside the split folder (not absolute, no '..' part)",
+                 problem="image file outside the split folder")  # fmt: skip
         w, h = img.get("width"), img.get("height")
         ok = _integer(w, 1, _SIDE_MAX) and _integer(h, 1, _SIDE_MAX)
         _require(ok, path, f"image id {img['id']} ({img['file_name']}) needs integer width and height in "
@@ -165,6 +170,13 @@ def _parse_images(images: list, path: str) -> dict[str, Any]:
         "heights": np.asarray(heights, dtype=np.int32),
         "row": {image_id: row for row, image_id in enumerate(ids)},
     }
+
+
+def _inside_split(name: str) -> bool:
+    """Whether ``file_name`` stays below the split folder: not absolute and no '..' part, read
+    with both POSIX and Windows separators, so a coco.json is as safe on either system."""
+    parts = name.replace("\\", "/").split("/")
+    return not (name.startswith(("/", "\\")) or PureWindowsPath(name).drive or ".." in parts)
 
 
 def _file_name(value: Any) -> bytes | None:
@@ -190,8 +202,8 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
         ann_id = ann.get("id", k)
         for key in ("id", "image_id", "category_id"):
             value = ann.get(key, k)
-            what = f"annotations[{k}] (id {ann_id!r}): {key!r} must be an integer with |value| < 2**63"
-            _require(_integer(value), path, f"{what}, got {value!r}")
+            _require(_integer(value), path, f"annotations[{k}] (id {ann_id!r}): {key!r} must be an integer "
+                     f"with |value| < 2**63, got {value!r}")  # fmt: skip
         bbox = ann.get("bbox")
         ok = isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)
         _require(ok, path, f"annotation id {ann_id}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
@@ -200,7 +212,7 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
         _require(ann.get("category_id") in cat_ids, path,
                  f"annotation id {ann_id}: category_id {ann.get('category_id')!r} is not declared")  # fmt: skip
         iscrowd = ann.get("iscrowd", 0)
-        _require(iscrowd in (0, 1) and not isinstance(iscrowd, float), path,
+        _require(type(iscrowd) is int and iscrowd in (0, 1), path,
                  f"annotation id {ann_id}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")  # fmt: skip
         rows[k], cats[k], ids[k], crowd[k] = row, ann["category_id"], ann_id, iscrowd
         try:
@@ -213,18 +225,19 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
 def _check_boxes(raw: list, path: str, anns: dict[str, np.ndarray], images: dict) -> None:
     """Fail on the first box no clipping can honestly repair (see ``corrupt_coco_boxes``);
     checked on the packed arrays at once, as a Python test per box would slow the parse."""
-    w, h = images["widths"][anns["row"]], images["heights"][anns["row"]]
-    reasons = corrupt_coco_boxes(anns["box"], w, h)
+    widths, heights = images["widths"][anns["row"]], images["heights"][anns["row"]]
+    reasons = corrupt_coco_boxes(anns["box"], widths, heights)
     bad = np.logical_or.reduce(list(reasons.values()))
     if not bad.any():
         return
     k = int(np.argmax(bad))
     reason = next(name for name, mask in reasons.items() if mask[k])
-    row, w, h = anns["row"][k], int(w[k]), int(h[k])
+    row, w, h = anns["row"][k], int(widths[k]), int(heights[k])
     image = f"image id {images['ids'][row]} ({images['names'][row].decode('utf-8')}, {w}x{h})"
+    mw, mh = OFF_FRAME_SLIP * w, OFF_FRAME_SLIP * h
     _require(False, path, f"annotation id {anns['id'][k]} on {image}: bbox {raw[k]['bbox']!r} {reason}; expected "
-             f"finite numbers, a box overlapping the frame, x and x + w in {-w}..{2 * w}, y and y + h in {-h}..{2 * h}",
-             problem="corrupt box")  # fmt: skip
+             f"finite numbers, a box reaching into x {-mw:g}..{w + mw:g}, y {-mh:g}..{h + mh:g} and staying within "
+             f"x {-w}..{2 * w}, y {-h}..{2 * h}", problem="corrupt box")  # fmt: skip
 
 
 def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images: dict, anns: dict) -> CocoIndex:

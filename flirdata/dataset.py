@@ -16,7 +16,15 @@ from torch.utils.data import Dataset
 from flirdata.boxes import box_area, clip_xyxy, coco_to_xyxy, valid_mask
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.errors import DataError, ImageError
-from flirdata.images import MODALITIES, as_chw, check_modality, infer_modality, read_image
+from flirdata.images import (
+    MAX_IMAGE_BYTES,
+    MODALITIES,
+    as_chw,
+    check_modality,
+    dataset_folder,
+    infer_modality,
+    read_image,
+)
 from flirdata.seeding import reseed_transform, sample_seed_sequence
 from flirdata.transforms import ensure_detection_compose
 
@@ -92,6 +100,8 @@ class FlirDetection(Dataset):
         modality: "thermal" (grey frames) or "rgb" (colour frames); default inferred from
             the split folder's name (``images_rgb_*``, ``video_rgb_*`` are RGB). A file whose
             channels do not match raises ``ImageError``.
+        max_image_bytes: the largest image file read (default ``MAX_IMAGE_BYTES``, 64 MiB); a
+            larger one raises ``ImageError`` after at most this many bytes plus one were read.
     """
 
     def __init__(
@@ -104,6 +114,7 @@ class FlirDetection(Dataset):
         classes: Sequence[str] | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         modality: str | None = None,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -111,6 +122,9 @@ class FlirDetection(Dataset):
         self.root = Path(root)
         self.split_dir = resolve_split(root, split)
         self.modality = infer_modality(self.split_dir) if modality is None else check_modality(modality)
+        if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be a positive int, got {max_image_bytes!r}")
+        self.max_image_bytes = max_image_bytes
         self.index: CocoIndex = load_coco(self.split_dir / "coco.json", classes)
         self.transform = None if transform is None else ensure_detection_compose(transform)
         self.seed = seed
@@ -176,7 +190,9 @@ class FlirDetection(Dataset):
         """
         k = self._check_index(i)
         expect_hw = (int(self.index.heights[k]), int(self.index.widths[k]))
-        image = read_image(self.image_path(k), expect_hw, self.modality)
+        # Files and symlink targets must stay in the dataset folder: coco.json is data, not a licence to read /etc.
+        within = dataset_folder(self.root, self.split_dir)
+        image = read_image(self.image_path(k), expect_hw, self.modality, within=within, max_bytes=self.max_image_bytes)
         boxes, labels = self.index.annotations(k)
         return image, boxes, labels
 

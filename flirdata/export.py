@@ -49,7 +49,7 @@ from flirdata.export_batch import (
 )
 from flirdata.export_output import VERSION, finish_output, pending_batches, prepare_output, yolo_record
 from flirdata.loader import make_loader
-from flirdata.transforms import build_transform
+from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
 from flirdata.yolo import YOLO_SPLITS
 
 __all__ = ["EVAL_SPLITS", "FORMATS", "WORK_DIR", "BatchResult", "CopyView", "ExportError", "ExportItem",
@@ -244,7 +244,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--format", dest="fmt", choices=FORMATS, default="coco", help="output layout (default: coco)")
     add("--quality", type=int, default=95, help="JPEG quality (default: 95)")
     add("--seed", type=int, default=0, help="augmentation seed (default: 0)")
-    add("--preset", default="thermal", help="augmentation preset or pipeline file (default: thermal)")
+    add("--preset", default=None,
+        help="augmentation preset or pipeline file (default: the split's own, thermal or rgb)")  # fmt: skip
     add("--resume", action="store_true", help="finish an interrupted export into OUT")
     add("--backend", choices=sorted(BACKENDS), default="sequential", help="loader backend")
     add("--workers", type=int, default=1, help="loader workers (default: 1)")
@@ -286,11 +287,12 @@ def _plain(split: str, args: argparse.Namespace) -> bool:
 def _split_datasets(args: argparse.Namespace, splits: list[str]) -> list[FlirDetection]:
     """One dataset per split, all with the same classes (the ones already in OUT's data.yaml first)."""
     try:
-        transform = build_transform(args.preset)
 
         def build(split: str, classes: Sequence[str] | None = None) -> FlirDetection:
-            return FlirDetection(args.data, split, transform=None if _plain(split, args) else transform,
-                                 seed=args.seed, classes=classes)  # fmt: skip
+            ds = FlirDetection(args.data, split, seed=args.seed, classes=classes)
+            if not _plain(split, args):
+                ds.transform = ensure_detection_compose(build_transform(args.preset or MODALITY_PRESETS[ds.modality]))
+            return ds
 
         datasets = [build(split) for split in splits]
     except FlirdataError:

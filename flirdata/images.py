@@ -1,4 +1,4 @@
-"""Decoding of one image file to a uint8 array of its split's modality, with loud failures.
+"""Reading and decoding of one image file to a uint8 array of its split's modality, with loud failures.
 
 A thermal split holds grey frames (``uint8 [H, W]``), an RGB split colour frames (``uint8
 [H, W, 3]`` in R, G, B order, as torchvision expects; OpenCV decodes B, G, R). A file is grey
@@ -6,33 +6,52 @@ when it has one channel, or three equal ones (some tools save grey frames as RGB
 a JPEG round trip keeps equal channels exactly equal). A colour file in a thermal split or a
 grey one in an RGB split is an error: silently converting it would train on the wrong data.
 
-OpenCV half-decodes a truncated JPEG with only a warning on stderr (the missing rows come
-out grey), so truncation is detected from the file's end marker before decoding.
+JPEGs are decoded by libjpeg-turbo through ``simplejpeg`` in strict mode, so damaged
+entropy-coded data, a missing end of image or any other libjpeg warning is an error the
+decoder itself reports. OpenCV only prints such warnings on stderr and returns the damaged
+pixels (the missing rows grey), so it decodes every other format only (PNG, TIFF, ...), whose
+libraries fail on truncated or damaged data. Bytes after a JPEG's end-of-image marker are
+ignored, as cameras append metadata there.
+
+Reading a file (``read_image_bytes``) checks, before opening it, that it resolves inside the
+dataset folder (a symlink may point anywhere inside it, not outside), that it is a regular
+file (a FIFO, device or socket is refused without opening it, so nothing hangs) and that it
+is at most ``MAX_IMAGE_BYTES`` long; it never reads more than the limit plus one byte.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from flirdata.errors import ImageError
 
 __all__ = [
+    "MAX_IMAGE_BYTES",
     "MODALITIES",
     "as_chw",
     "as_hwc",
     "check_modality",
+    "dataset_folder",
     "decode_gray",
     "decode_image",
     "infer_modality",
     "read_gray",
     "read_image",
+    "read_image_bytes",
 ]
 
 # Modality -> channels of its images.
 MODALITIES: dict[str, int] = {"thermal": 1, "rgb": 3}
+# The largest image file read, in bytes. FLIR ADAS v2 frames are well under 2 MB, and even a raw
+# 16-bit 2048x1536 colour TIFF is 18 MiB; the limit bounds the memory a stray huge file (or a
+# file that keeps growing) can take in every worker at once.
+MAX_IMAGE_BYTES = 64 * 2**20
 # Folder-name prefixes of the FLIR ADAS v2 download's RGB splits.
 _RGB_PREFIXES = ("images_rgb_", "video_rgb_")
 # A colour frame differs between channels almost everywhere, so a sparse grid finds it
@@ -40,9 +59,12 @@ _RGB_PREFIXES = ("images_rgb_", "video_rgb_")
 _PROBE_STEP = 7
 
 _JPEG_START = b"\xff\xd8"
-_JPEG_END = b"\xff\xd9"
-_PNG_START = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"IEND\xaeB`\x82"
+# libjpeg's words for a file that ends before its image does (JWRN_JPEG_EOF).
+_JPEG_EOF = "Premature end of JPEG file"
+# O_NONBLOCK: opening a FIFO that appeared after the stat must not wait for a writer.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+_SPECIAL_FILES = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                  stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}  # fmt: skip
 
 
 def check_modality(modality: str) -> str:
@@ -57,16 +79,98 @@ def infer_modality(folder: str | Path) -> str:
     return "rgb" if Path(folder).name.startswith(_RGB_PREFIXES) else "thermal"
 
 
-def _check_complete(data: bytes, name: str) -> None:
-    if not data:
-        raise ImageError(f"{name}: image file is empty")
-    if data.startswith(_JPEG_START):
-        # Some encoders pad after EOI; a truncated file has no EOI near its end at all.
-        if _JPEG_END not in data[-64:]:
-            raise ImageError(f"{name}: truncated JPEG (no end-of-image marker)")
-    elif data.startswith(_PNG_START):
-        if _PNG_END not in data[-64:]:
-            raise ImageError(f"{name}: truncated PNG (no IEND chunk)")
+def _inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or below it, both already resolved."""
+    return os.path.commonpath([path, folder]) == str(folder)
+
+
+def dataset_folder(root: str | Path, split_dir: str | Path) -> Path:
+    """The folder a split's image files, and the targets of symlinks among them, must stay in.
+
+    ``root`` when the split folder lies below it (``root/images_thermal_train``), else the
+    folder holding the split folder (a split given by a path elsewhere, or ``root`` being the
+    split folder itself), so ``flirdata check ROOT`` and ``check ROOT/images_thermal_train``
+    accept the same files.
+    """
+    real_root, real_split = os.path.realpath(root), os.path.realpath(split_dir)
+    if real_split != real_root and _inside(real_split, real_root):
+        return Path(root)
+    return Path(split_dir).parent
+
+
+def _stat_regular(path: str | Path, within: str | Path | None) -> os.stat_result:
+    """``os.stat(path)`` of a regular file inside ``within``; anything else is an ImageError."""
+    if within is not None:
+        real, folder = os.path.realpath(path), os.path.realpath(within)
+        if not _inside(real, folder):
+            raise ImageError(f"{path}: resolves to {real}, outside the dataset folder {within}; image files, "
+                             "and the targets of symlinks among them, must stay inside it")  # fmt: skip
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path}: is a directory, expected an image file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = _SPECIAL_FILES.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise ImageError(f"{path}: is {kind}, expected a regular image file")
+    return info
+
+
+def _too_large(path: str | Path, size: int, limit: int) -> ImageError:
+    return ImageError(f"{path}: {size} bytes, over the limit of {limit} bytes per image file "
+                      "(max_image_bytes, default flirdata.images.MAX_IMAGE_BYTES)")  # fmt: skip
+
+
+def read_image_bytes(path: str | Path, within: str | Path | None = None, max_bytes: int | None = None) -> bytes:
+    """The contents of one image file, checked before it is opened.
+
+    Args:
+        path: image file.
+        within: the dataset folder (see ``dataset_folder``); ``path`` must resolve inside it,
+            symlinks included. ``None`` skips this check.
+        max_bytes: the largest file read; default ``MAX_IMAGE_BYTES``.
+
+    Raises:
+        ImageError: the file is missing, outside ``within``, a directory, FIFO, device or
+            socket, or longer than ``max_bytes`` (at most ``max_bytes + 1`` bytes are read).
+    """
+    limit = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
+    info = _stat_regular(path, within)
+    if info.st_size > limit:
+        raise _too_large(path, info.st_size, limit)
+    fd = os.open(path, _OPEN_FLAGS)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else since the stat
+            raise ImageError(f"{path}: not a regular file, expected an image file")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew since the stat
+        raise _too_large(path, len(data), limit)
+    return data
+
+
+def _decode_jpeg(data: bytes, name: str) -> np.ndarray:
+    """Grey ``[H, W]`` or R, G, B ``[H, W, 3]``; a warning of libjpeg-turbo is an error here."""
+    try:
+        grey = simplejpeg.decode_jpeg_header(data)[2] == "Gray"
+        image = simplejpeg.decode_jpeg(data, colorspace="GRAY" if grey else "RGB", strict=True)
+    except ValueError as exc:
+        reason = str(exc).split("(): ", 1)[-1]  # "tjDecompressHeader3(): ..." names an internal call
+        what = "truncated JPEG" if _JPEG_EOF in reason else "corrupt JPEG"
+        raise ImageError(f"{name}: {what} (the decoder reports: {reason})") from None
+    return image[:, :, 0] if grey else image
+
+
+def _decode_other(data: bytes, name: str) -> np.ndarray:
+    """A non-JPEG file through OpenCV, as ``[H, W]`` or R, G, B ``[H, W, 3]``."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(f"{name}: cannot decode image (corrupt or unsupported format)")
+    if image.ndim == 3 and image.shape[2] in (1, 2):  # grey, or grey + alpha
+        return image[:, :, 0]
+    if image.ndim == 3:  # alpha carries no scene content
+        return cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
+    return image
 
 
 def _equal_channels(image: np.ndarray) -> bool:
@@ -91,18 +195,14 @@ def decode_image(data: bytes, name: str = "<bytes>", modality: str = "thermal") 
     """Decode encoded image bytes to ``uint8 [H, W]`` (thermal) or ``uint8 [H, W, 3]`` RGB (rgb).
 
     Raises:
-        ImageError: empty, truncated or undecodable bytes, or channels that do not match
-            ``modality`` (a colour file for "thermal", a grey one for "rgb").
+        ImageError: empty, truncated or undecodable bytes (for a JPEG: anything its decoder
+            warns about), or channels that do not match ``modality`` (a colour file for
+            "thermal", a grey one for "rgb").
     """
     check_modality(modality)
-    _check_complete(data, name)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageError(f"{name}: cannot decode image (corrupt or unsupported format)")
-    if image.ndim == 3 and image.shape[2] in (1, 2):  # grey, or grey + alpha
-        image = image[:, :, 0]
-    elif image.ndim == 3:
-        image = image[:, :, :3]  # alpha carries no scene content
+    if not data:
+        raise ImageError(f"{name}: image file is empty")
+    image = _decode_jpeg(data, name) if data.startswith(_JPEG_START) else _decode_other(data, name)
     grey = image.ndim == 2 or _equal_channels(image)
     if modality == "thermal":
         if not grey:
@@ -113,8 +213,6 @@ def decode_image(data: bytes, name: str = "<bytes>", modality: str = "thermal") 
         what = "1 channel" if image.ndim == 2 else "3 equal channels"
         raise ImageError(f"{name}: grey image ({what}) in an RGB split; expected a colour frame "
                          "(for a thermal split: modality='thermal', --modality thermal)")  # fmt: skip
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(_to_uint8(image, modality))
 
 
@@ -123,7 +221,14 @@ def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return decode_image(data, name, "thermal")
 
 
-def read_image(path: str | Path, expect_hw: tuple[int, int] | None = None, modality: str = "thermal") -> np.ndarray:
+def read_image(
+    path: str | Path,
+    expect_hw: tuple[int, int] | None = None,
+    modality: str = "thermal",
+    *,
+    within: str | Path | None = None,
+    max_bytes: int | None = None,
+) -> np.ndarray:
     """Read one image file as ``uint8 [H, W]`` (thermal) or ``[H, W, 3]`` RGB; errors name the file.
 
     Args:
@@ -131,16 +236,11 @@ def read_image(path: str | Path, expect_hw: tuple[int, int] | None = None, modal
         expect_hw: the ``(height, width)`` the annotation file declares, checked when given,
             since boxes are only right for the image size they were drawn on.
         modality: a key of ``MODALITIES``; the file's channels must match it.
+        within: the dataset folder ``path`` must resolve inside (see ``read_image_bytes``).
+        max_bytes: the largest file read; default ``MAX_IMAGE_BYTES``.
     """
     check_modality(modality)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, expected an image file") from None
-    image = decode_image(data, str(path), modality)
+    image = decode_image(read_image_bytes(path, within, max_bytes), str(path), modality)
     if expect_hw is not None and image.shape[:2] != tuple(expect_hw):
         raise ImageError(
             f"{path}: image is {image.shape[1]}x{image.shape[0]} but coco.json declares {expect_hw[1]}x{expect_hw[0]}"

@@ -39,6 +39,7 @@ SIZES: dict[str, int] = {"small": 500, "medium": 2000, "big": 10000}
 # Images per split at most: hundreds of times the frames FLIR ADAS v2 ships, so anything larger
 # is a typo, which would otherwise fail deep in numpy with an OverflowError.
 MAX_IMAGES = 10_000_000
+MAX_WORKERS = 1024  # rendering processes: far beyond any machine, small enough for the OS
 # Split -> (folder in the FLIR download, code in the seeds of its images). Kept here rather
 # than imported from flirdata.dataset so that ``flirdata synth`` does not import torch.
 SPLIT_FOLDERS: dict[str, tuple[str, int]] = {
@@ -369,7 +370,7 @@ def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, te
     counts = {"train": train, "val": val, "test": _check_count("test", test, 0, MAX_IMAGES)}
     counts.update({f"rgb_{split}": n for split, n in counts.items()} if rgb else {})
     seed = _check_count("seed", seed, 0, 2**32 - 1)
-    workers = None if workers is None else _check_count("workers", workers, 1)
+    workers = None if workers is None else _check_count("workers", workers, 1, MAX_WORKERS)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: not a directory")

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from flirdata.boxes import (
+    OFF_FRAME_SLIP,
     box_iou,
     clean_coco_boxes,
     clip_xyxy,
@@ -62,7 +63,7 @@ def test_iou_is_symmetric_and_bounded(boxes: np.ndarray) -> None:
 
 
 def test_corrupt_masks_name_what_is_wrong_per_frame() -> None:
-    boxes = np.array([[10, 10, 20, 20], [700, 10, 5, 5], [0, 0, 1e300, 1], [np.inf, 0, 1, 1], [900, 10, 5, 5]])
+    boxes = np.array([[10, 10, 20, 20], [710, 10, 5, 5], [0, 0, 1e300, 1], [np.inf, 0, 1, 1], [900, 10, 5, 5]])
     masks = corrupt_coco_boxes(boxes, np.array([640, 640, 640, 640, 1000]), 512)
     assert [mask.nonzero()[0].tolist() for mask in masks.values()] == [[3], [1], [2]]
     assert "not finite" in list(masks)[0] and "outside" in list(masks)[1] and "frame's own size" in list(masks)[2]
@@ -71,11 +72,12 @@ def test_corrupt_masks_name_what_is_wrong_per_frame() -> None:
 
 
 @given(box_arrays, st.integers(1, 1000), st.integers(1, 1000))
-def test_corrupt_exactly_when_off_the_frame_or_past_its_own_size(boxes: np.ndarray, w: int, h: int) -> None:
+def test_corrupt_exactly_when_far_off_the_frame_or_past_its_own_size(boxes: np.ndarray, w: int, h: int) -> None:
     bad = np.logical_or.reduce(list(corrupt_coco_boxes(boxes, w, h).values()))
     xyxy = coco_to_xyxy(boxes)
     xs, ys = np.sort(xyxy[:, [0, 2]], axis=1), np.sort(xyxy[:, [1, 3]], axis=1)
-    touches = (xs[:, 1] >= 0) & (xs[:, 0] <= w) & (ys[:, 1] >= 0) & (ys[:, 0] <= h)
+    mx, my = OFF_FRAME_SLIP * w, OFF_FRAME_SLIP * h
+    touches = (xs[:, 1] >= -mx) & (xs[:, 0] <= w + mx) & (ys[:, 1] >= -my) & (ys[:, 0] <= h + my)
     near = (xs[:, 0] >= -w) & (xs[:, 1] <= 2 * w) & (ys[:, 0] >= -h) & (ys[:, 1] <= 2 * h)
     np.testing.assert_array_equal(bad, ~(touches & near))
     inside = np.abs(boxes) % [w, h, 1, 1]  # a corner in the frame, less than 1 px across

@@ -1,6 +1,6 @@
 """coco.json values out of range or of the wrong type are AnnotationErrors, never tracebacks.
 
-Corrupt boxes (NaN, inf, 1e300, wholly off the frame) must not be "repaired" into frame-wide
+Corrupt boxes (NaN, inf, 1e300, far off the frame) must not be "repaired" into frame-wide
 ones, ids and sizes must fit what the packed index stores, and ``flirdata synth`` rejects image
 counts numpy cannot hold with one line.
 """
@@ -47,8 +47,8 @@ CORRUPT_BOXES = {
     "beyond float64": ([0, 0, 10**400, 20], "is not finite"),
     "1e300": ([0, 0, 1e300, 1e300], "reaches past the frame by more than the frame's own size"),
     "far left": ([-700, 10, 750, 20], "reaches past the frame by more than the frame's own size"),
-    "right of the frame": ([641, 10, 5, 5], "lies wholly outside the frame"),
-    "above the frame": ([10, -30, 20, 20], "lies wholly outside the frame"),
+    "right of the frame": ([705, 10, 5, 5], "lies wholly outside the frame, more than 10% of its size away"),
+    "above the frame": ([10, -80, 20, 20], "lies wholly outside the frame, more than 10% of its size away"),
 }
 
 
@@ -61,17 +61,24 @@ def test_corrupt_box_is_an_error_naming_file_annotation_value_and_limits(tmp_pat
     )
     with pytest.raises(AnnotationError, match=re.escape(expected)) as info:
         _load(tmp_path, _coco(ann={"bbox": bbox}))
-    assert "x and x + w in -640..1280, y and y + h in -512..1024" in str(info.value)
+    assert "a box reaching into x -64..704, y -51.2..563.2 and staying within x -640..1280, y -512..1024" in str(
+        info.value
+    )
 
 
-def test_boxes_a_little_past_the_frame_are_clipped_and_past_the_limit_fail(tmp_path: Path) -> None:
-    near = [[600, 10, 680, 5], [-640, 10, 700, 5], [640, 10, 5, 5]]  # at the limits; the last touches the edge
+@pytest.mark.parametrize(
+    ("k", "further", "reason"),
+    [(1, [600, 10, 680.5, 5], "reaches past the frame"), (3, [704.5, 10, 5, 5], "lies wholly outside")],
+)
+def test_boxes_up_to_the_limits_are_clipped_or_dropped_and_past_them_fail(k: int, further: list, reason: str) -> None:
+    # reaching to 2 x the frame; from -1 x; a slip lying 10% of the width off; synth's zero-width slip
+    near = [[600, 10, 680, 5], [-640, 10, 700, 5], [704, 10, 5, 5], [-5, 0, 0, 20]]
     coco = _coco()
-    coco["annotations"] += [{"id": 8 + k, "image_id": 1, "category_id": 3, "bbox": b} for k, b in enumerate(near)]
+    coco["annotations"] += [{"id": 8 + j, "image_id": 1, "category_id": 3, "bbox": b} for j, b in enumerate(near)]
     stats = parse_coco(coco, "coco.json").stats
-    assert (stats["boxes"], stats["clipped"], stats["degenerate_dropped"]) == (3, 2, 1)
-    coco["annotations"][1]["bbox"] = [600, 10, 680.5, 5]  # half a pixel further
-    with pytest.raises(AnnotationError, match=r"annotation id 8 .* reaches past the frame"):
+    assert (stats["boxes"], stats["clipped"], stats["degenerate_dropped"]) == (3, 2, 2)
+    coco["annotations"][k]["bbox"] = further  # half a pixel further
+    with pytest.raises(AnnotationError, match=rf"annotation id {7 + k} .* {reason}"):
         parse_coco(coco, "coco.json")
 
 
@@ -80,7 +87,7 @@ def test_boxes_a_little_past_the_frame_are_clipped_and_past_the_limit_fail(tmp_p
 BAD_FIELDS = {
     "image id 2**70": ({"image": {"id": 2**70}}, r"images\[0\] needs an integer 'id' \(\|id\| < 2\*\*63\)"),
     "width 2**40": ({"image": {"width": 2**40}}, r"width and height in 1\.\.65535 \(the JPEG limit\), got width 1099"),
-    "empty file_name": ({"image": {"file_name": ""}}, r"non-empty string 'file_name'.*'file_name': ''"),
+    "empty file_name": ({"image": {"file_name": ""}}, r"images\[0\] needs a non-empty string 'file_name' .*, got ''$"),
     "NUL in file_name": ({"image": {"file_name": "a.jpg\0"}}, r"no NUL"),
     "lone surrogate": ({"image": {"file_name": "a\ud800.jpg"}}, r"images\[0\] needs .* 'file_name' \(UTF-8"),
     "annotation id 2**63": ({"ann": {"id": 2**63}}, r"'id' must be an integer with \|value\| < 2\*\*63, got 9223"),
@@ -101,7 +108,7 @@ def test_out_of_range_or_mistyped_field_is_an_error(case: str) -> None:
 def test_image_id_true_is_not_reported_as_a_duplicate_of_1() -> None:
     coco = _coco()
     coco["images"].append({"id": True, "file_name": "data/b.jpg", "width": 640, "height": 512})
-    with pytest.raises(AnnotationError, match=r"images\[1\] needs an integer 'id'.*'id': True"):
+    with pytest.raises(AnnotationError, match=r"images\[1\] needs an integer 'id' \(\|id\| < 2\*\*63\), got True$"):
         parse_coco(coco, "coco.json")
 
 
@@ -177,7 +184,7 @@ def test_check_reports_a_corrupt_box_in_one_line_and_fails(tmp_path: Path, capsy
     assert errors == [
         f"error: {split / 'coco.json'}: corrupt box: annotation id 2 on image id 100 (data/image-0000.png, 640x512): "
         "bbox [0, 0, 1e+300, 1e+300] reaches past the frame by more than the frame's own size; expected finite "
-        "numbers, a box overlapping the frame, x and x + w in -640..1280, y and y + h in -512..1024"
+        "numbers, a box reaching into x -64..704, y -51.2..563.2 and staying within x -640..1280, y -512..1024"
     ]
     assert lines[-1].startswith("FAILED: 0 bad image(s), 1 bad annotation file(s)")
 
