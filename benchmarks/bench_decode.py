@@ -149,7 +149,7 @@ def flip_bits(data: bytes, offset: int = 0) -> bytes:
 DAMAGES = {
     "half the scan zeroed": zero_tail,
     "one 512-byte sector zeroed": zero_sector,
-    "64 bytes bit-flipped": flip_bits,
+    "bits flipped in 16 bytes": flip_bits,
 }
 OFFSETS = range(-2000, 2000, 200)  # where in the scan the damage starts, around its middle
 

@@ -126,6 +126,7 @@ def check_backend(dataset: Any, backend: str, workers: int, epochs: tuple[int, .
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.filterwarnings("ignore::flirdata.loader.WorkerCountWarning")  # 3 workers on a 2-core machine
 @pytest.mark.parametrize("workers", [1, 2, 3])
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_contract(flir: FlirDetection, backend: str, workers: int) -> None:

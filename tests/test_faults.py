@@ -140,7 +140,8 @@ def test_killed_worker_raises_instead_of_hanging(backend: str) -> None:
             assert len(workers) == 2
             os.kill(min(workers), signal.SIGKILL)
             start = time.monotonic()
-            with pytest.raises(WorkerCrashError, match=rf"'{backend}' backend: worker pid \d+ was killed by SIGKILL") as caught:
+            killed = rf"'{backend}' backend: worker pid \d+ was killed by SIGKILL"
+            with pytest.raises(WorkerCrashError, match=killed) as caught:
                 for _ in batches:
                     pass
             assert time.monotonic() - start < 15

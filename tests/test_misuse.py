@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 import pytest
 import torch
+from hazards import WorkerHazard
 
 import flirdata as fd
 from flirdata.backends import WorkerCrashError
@@ -200,23 +201,10 @@ def test_a_sigbus_names_a_full_dev_shm() -> None:
     assert "OOM killer" in describe_exit(-signal.SIGKILL)
 
 
-class Bus:
-    def __init__(self) -> None:
-        self.owner = os.getpid()
-
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        if i == 2 and os.getpid() != self.owner:
-            os.kill(os.getpid(), signal.SIGBUS)  # what a write into a full /dev/shm does
-        return torch.zeros((1, 2, 2), dtype=torch.uint8), {"image_id": i}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_worker_killed_by_sigbus_is_reported_as_a_full_dev_shm() -> None:
-    with fd.make_loader(Bus(), backend="process", workers=2, batch_size=1) as loader:
+    with fd.make_loader(WorkerHazard(8, at=2, ending="sigbus"), backend="process", workers=2, batch_size=1) as loader:
         with pytest.raises(WorkerCrashError, match=r"was killed by SIGBUS \(usually /dev/shm is full"):
             list(loader)
 

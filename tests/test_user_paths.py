@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 import torch
+from hazards import WorkerHazard
 from torch.utils.data import DataLoader
 
 import flirdata as fd
@@ -232,26 +231,12 @@ def test_main_defined_collate_works_where_main_can_be_rerun(synth_root: Path, tm
 # -- dead processes ----------------------------------------------------------------------------
 
 
-class DiesAfterSending:
-    """Samples whose worker kills itself at sample ``die_at``, after it sent the batches before."""
-
-    def __init__(self, size: int, die_at: int) -> None:
-        self.size, self.die_at, self.owner = size, die_at, os.getpid()
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        if i == self.die_at and os.getpid() != self.owner:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return torch.full((1, 256, 256), i % 256, dtype=torch.uint8), {"image_id": i}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 def test_worker_killed_after_sending_a_batch_raises_worker_crash(backend: str) -> None:
-    with fd.make_loader(DiesAfterSending(64, die_at=9), backend=backend, workers=2, batch_size=4, prefetch=1) as loader:
+    dataset = WorkerHazard(64, at=9, side=256)
+    with fd.make_loader(dataset, backend=backend, workers=2, batch_size=4, prefetch=1) as loader:
         batches = iter(loader)
         next(batches)
         time.sleep(1.5)  # the killed worker's last batch waits, unreceived, for the consumer
@@ -261,26 +246,11 @@ def test_worker_killed_after_sending_a_batch_raises_worker_crash(backend: str) -
         assert loader.backend is None  # the broken pool is gone; the next epoch starts a new one
 
 
-class ExitsWithStatus:
-    """A worker that exits with status 7 at sample 5, as a library calling ``sys.exit`` would."""
-
-    def __init__(self) -> None:
-        self.owner = os.getpid()
-
-    def __len__(self) -> int:
-        return 16
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        if i == 5 and os.getpid() != self.owner:
-            os._exit(7)
-        return torch.zeros((1, 4, 4), dtype=torch.uint8), {"image_id": i}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 def test_crash_message_names_the_real_cause(backend: str) -> None:
-    with fd.make_loader(ExitsWithStatus(), backend=backend, workers=2, batch_size=2) as loader:
+    with fd.make_loader(WorkerHazard(ending="exit7"), backend=backend, workers=2, batch_size=2) as loader:
         with pytest.raises(WorkerCrashError, match=r"worker pid \d+ exited with status 7") as caught:
             list(loader)
     assert "OOM" not in str(caught.value)

@@ -86,10 +86,12 @@ class ThreadsBackend:
             raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
 
     def _abandon(self) -> None:
-        """Drop a pool whose thread is stuck: a thread cannot be killed, only left behind."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            cv2.setNumThreads(self._cv2_threads)
+        """Drop a pool whose thread is stuck: a thread cannot be killed, only left to finish.
+
+        ``terminate`` stops the pool's handler threads without joining its workers, so it
+        returns at once; the stuck thread ends whenever its call returns.
+        """
+        self.close()
 
     def close(self) -> None:
         """Join the threads and give OpenCV its thread count back (idempotent)."""
