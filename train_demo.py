@@ -1,7 +1,7 @@
 """Train a tiny detector on FLIR-like thermal images and show what the data loader costs.
 
 ``python train_demo.py`` needs no argument: it makes (once, then reuses) a synthetic dataset
-in the cache folder, trains ``flirdata.model.TinyDetector`` for a few hundred steps through
+in the cache folder, trains ``demo_model.TinyDetector`` for a few hundred steps through
 ``make_loader`` and prints the loader's own rate, the whole loop's rate and the share of the
 loop spent waiting for data. ``--interactive`` asks the seed report's three questions.
 
@@ -214,7 +214,7 @@ class RowsView:
 
 def save_samples(dataset: Any, loader: Any, out: str) -> None:
     """Write the epoch-0 images of the loader's first batches, with their boxes, as COCO."""
-    from flirdata.export import export_augmented
+    from flirdata.tools.export import export_augmented
 
     rows = tuple(i for _, batch in loader.tasks(0)[:SAMPLE_BATCHES] for i in batch)
     # A handful of images: the main thread writes them, no pool to start.
@@ -278,7 +278,7 @@ def probe_loader(loader: Any, result: DemoResult) -> None:
 def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: int | None,
           result: DemoResult) -> None:  # fmt: skip
     """The training loop, split into time waiting for batches and time in ``train_step``."""
-    from flirdata.model import train_step
+    from demo_model import train_step
 
     start = time.perf_counter()
     epoch = 0
@@ -311,8 +311,8 @@ def run_demo(dataset: Any, backend: str, workers: int, batch_size: int, steps: i
     """Probe the loader alone, then train a fresh ``TinyDetector`` through it (DDP if ``distributed``)."""
     import torch
 
+    from demo_model import TinyDetector
     from flirdata.loader import make_loader
-    from flirdata.model import TinyDetector
 
     # No rank or world_size: under --distributed, make_loader takes this rank's shard from the group.
     with make_loader(dataset, backend=backend, workers=workers, batch_size=batch_size, shuffle=True,

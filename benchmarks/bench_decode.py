@@ -3,8 +3,8 @@
     python benchmarks/bench_decode.py [--grey 200] [--rgb 30] [--repeats 5] [--no-write]
 
 Frames, encoded in memory at JPEG quality 95: ``--grey`` thermal-like 640x512 grey frames
-(``flirdata.thermal.render_frame``) and ``--rgb`` 2048x1536 colour frames painted from them
-(``flirdata.rgb_synth.colour_frame``), FLIR ADAS v2's two kinds of frame at their usual sizes.
+(``flirdata.synth.thermal.render_frame``) and ``--rgb`` 2048x1536 colour frames painted from them
+(``flirdata.synth.rgb.colour_frame``), FLIR ADAS v2's two kinds of frame at their usual sizes.
 Every decoder decodes every frame ``--repeats`` times on one thread (``cv2.setNumThreads(1)``);
 a repeat is one pass over all frames of a kind, and the table gives the median ms per image
 over repeats and the spread. Decoders take turns within each repeat, so drift of this shared
@@ -37,8 +37,8 @@ import numpy as np
 import simplejpeg
 
 from flirdata.images import decode_image
-from flirdata.rgb_synth import colour_frame, make_palette
-from flirdata.thermal import make_scene, render_frame
+from flirdata.synth.rgb import colour_frame, make_palette
+from flirdata.synth.thermal import make_scene, render_frame
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## Decode"

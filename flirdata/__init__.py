@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
     "LoaderOptions": "flirdata.loader",
     "make_loader": "flirdata.loader",
     "synthesize": "flirdata.synth",
-    "export_augmented": "flirdata.export",
+    "export_augmented": "flirdata.tools.export",
 }
 
 __all__ = [
@@ -102,9 +102,9 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
         LoaderTimeoutError,
         WorkerError,
     )
-    from flirdata.export import export_augmented
     from flirdata.loader import Loader, LoaderOptions, make_loader
     from flirdata.outputs import OUTPUTS
     from flirdata.sampler import BatchSampler
     from flirdata.synth import synthesize
+    from flirdata.tools.export import export_augmented
     from flirdata.transforms import PRESETS, build_transform

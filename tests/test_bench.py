@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from flirdata import FlirDetection, build_transform
-from flirdata.bench import take_prefix
 from flirdata.cli import main
-from flirdata.memory import MemorySampler, tree_memory_mb
-from flirdata.report import BEST_COLUMNS, POINT_COLUMNS, add_ratios, best_per_size, format_table
+from flirdata.tools.bench import take_prefix
+from flirdata.tools.bench.memory import MemorySampler, tree_memory_mb
+from flirdata.tools.bench.report import BEST_COLUMNS, POINT_COLUMNS, add_ratios, best_per_size, format_table
 
 RECORD_FIELDS = {
     "backend", "workers", "runs_as", "size", "images", "images_timed", "images_per_s", "images_per_s_min",

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from torch.utils.data import DistributedSampler
 
 from flirdata import FlirDetection, build_transform
-from flirdata.export import export_augmented
 from flirdata.loader import make_loader
 from flirdata.sampler import BatchSampler, resolve_shard
+from flirdata.tools.export import export_augmented
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train_demo.py"
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

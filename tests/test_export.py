@@ -20,12 +20,13 @@ import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import flirdata.export
-import flirdata.export_batch
+import flirdata.tools.export
+import flirdata.tools.export.batch
 from flirdata.cli import main
 from flirdata.dataset import FlirDetection
 from flirdata.errors import AnnotationError
-from flirdata.export import (
+from flirdata.synth import synthesize
+from flirdata.tools.export import (
     WORK_DIR,
     BatchResult,
     CopyView,
@@ -36,9 +37,8 @@ from flirdata.export import (
     output_stem,
     write_batch,
 )
-from flirdata.synth import synthesize
+from flirdata.tools.export.yolo import parse_yolo_labels
 from flirdata.transforms import build_transform
-from flirdata.yolo import parse_yolo_labels
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = (128, 160)  # small frames keep the tests fast; the CLI test uses the full 512x640
@@ -206,7 +206,7 @@ def test_interrupted_export_resumes_and_refuses_other_settings(
 ) -> None:
     out = tmp_path / "out"
     with monkeypatch.context() as patch:  # interrupted after every batch was written, before the merge
-        patch.setattr(flirdata.export, "finish_output", functools.partial(_raise, KeyboardInterrupt))
+        patch.setattr(flirdata.tools.export, "finish_output", functools.partial(_raise, KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             export_augmented(_dataset(source), out, copies=2, batch_size=5, progress=False)
     (out / "data" / output_stem(_dataset(source).index.file_name(3), 1)).with_suffix(".jpg").unlink()
@@ -265,7 +265,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary(
             return open("/dev/full", mode, **kwargs)
         return open(path, mode, **kwargs)
 
-    monkeypatch.setattr(flirdata.export_batch, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(flirdata.tools.export.batch, "open", full_disk_open, raising=False)
     out = tmp_path / "out"
     assert main(["export", "--data", str(source), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err

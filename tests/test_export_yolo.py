@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import yaml
 
-import flirdata.export
+import flirdata.tools.export
 from flirdata.cli import main
 from flirdata.dataset import FlirDetection
-from flirdata.export import WORK_DIR, ExportError, ExportPlan, export_augmented, output_stem
 from flirdata.synth import synthesize
+from flirdata.tools.export import WORK_DIR, ExportError, ExportPlan, export_augmented, output_stem
+from flirdata.tools.export.yolo import parse_yolo_labels
 from flirdata.transforms import build_transform
-from flirdata.yolo import parse_yolo_labels
 
 SEED = 7
 COUNTS = {"train": 6, "val": 3, "test": 2}
@@ -157,7 +157,7 @@ def test_each_split_resumes_on_its_own(
     assert main(_args(source, out, "train", "--copies", "2")) == 0
     assert "has no val split yet" in capsys.readouterr().out
     with monkeypatch.context() as patch:  # val interrupted after its batches, before data.yaml lists it
-        patch.setattr(flirdata.export, "finish_output", functools.partial(_raise, KeyboardInterrupt))
+        patch.setattr(flirdata.tools.export, "finish_output", functools.partial(_raise, KeyboardInterrupt))
         assert main(_args(source, out, "val")) == 130
     assert (out / WORK_DIR / "val" / "params.json").is_file() and "val" not in (out / "data.yaml").read_text()
     assert main(_args(source, out, "val,test")) == 2

@@ -28,8 +28,8 @@ from flirdata.check import check_dataset
 from flirdata.cli import main
 from flirdata.errors import AnnotationError
 from flirdata.images import MAX_IMAGE_BYTES, decode_image, read_image_bytes
-from flirdata.rgb_synth import colour_frame, make_palette
-from flirdata.thermal import make_scene, render_frame
+from flirdata.synth.rgb import colour_frame, make_palette
+from flirdata.synth.thermal import make_scene, render_frame
 
 FRAMES = 4
 SPLIT = "images_thermal_train"

@@ -11,8 +11,8 @@ import torch
 
 from flirdata.cli import main
 from flirdata.dataset import FlirDetection
-from flirdata.preview import GAP, OUTLINE, choose_indices, class_colour, draw_boxes, render_preview
 from flirdata.synth import synthesize
+from flirdata.tools.preview import GAP, OUTLINE, choose_indices, class_colour, draw_boxes, render_preview
 from flirdata.transforms import build_transform
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

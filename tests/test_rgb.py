@@ -18,10 +18,10 @@ from flirdata import BACKENDS, FlirDetection, ImageError, build_transform, colla
 from flirdata.boxes import box_iou
 from flirdata.check import check_dataset
 from flirdata.cli import main
-from flirdata.export import export_augmented
 from flirdata.images import infer_modality
-from flirdata.preview import render_tile
 from flirdata.synth import FramePlan, RenderJob, synthesize
+from flirdata.tools.export import export_augmented
+from flirdata.tools.preview import render_tile
 
 RED = (slice(10, 20), slice(30, 50))  # rows, columns of the pure red patch
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flirdata import cli, synth, thermal
+from flirdata import cli, synth
 from flirdata.coco import load_coco
 from flirdata.errors import DataError
 from flirdata.synth import (
@@ -28,6 +28,7 @@ from flirdata.synth import (
     parse_size,
     render_job,
     synthesize,
+    thermal,
 )
 
 NAME = re.compile(r"^data/video-[A-Za-z0-9]{17}-frame-\d{6}-[A-Za-z0-9]{17}\.jpg$")

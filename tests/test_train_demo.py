@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from demo_model import TinyDetector, assign_targets, detection_loss, train_step
 from flirdata import FlirDetection, build_transform
 from flirdata.loader import make_loader
-from flirdata.model import TinyDetector, assign_targets, detection_loss, train_step
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train_demo.py"
 FAST = ["--steps", "3", "--batch-size", "4"]

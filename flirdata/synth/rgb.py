@@ -1,10 +1,10 @@
 """Synthetic colour frames for ``flirdata synth --rgb``: the thermal scene painted in colour.
 
 FLIR ADAS v2's RGB frames come from a separate colour camera, at several resolutions. A
-synthetic colour frame reuses a scene ``flirdata.thermal.render_frame`` drew (at 640x512,
+synthetic colour frame reuses a scene ``flirdata.synth.thermal.render_frame`` drew (at 640x512,
 with its objects and tight boxes), paints the sky, the ground and each object in colours of
 its own, and scales the frame, boxes and all, to one of those resolutions. Like
-``flirdata.thermal`` this module is pure numpy/OpenCV: no files, no COCO.
+``flirdata.synth.thermal`` this module is pure numpy/OpenCV: no files, no COCO.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from flirdata.thermal import DrawnObject, Scene
+from flirdata.synth.thermal import DrawnObject, Scene
 
 __all__ = ["FRAME_SIZES", "Palette", "frame_size", "make_palette", "colour_frame"]
 

@@ -2,7 +2,7 @@
 
 ``ROOT/images_thermal_{train,val}/`` (and ``video_thermal_test/``), each holding ``data/*.jpg``
 and ``coco.json``; with ``rgb=True`` also ``images_rgb_{train,val}/`` (and ``video_rgb_test/``),
-colour frames of several sizes. Pixels come from ``flirdata.thermal`` (and ``flirdata.rgb_synth``);
+colour frames of several sizes. Pixels come from ``flirdata.synth.thermal`` (and ``flirdata.synth.rgb``);
 this module plans videos and file names, renders images (in worker processes when there are
 many) and writes the COCO file as FLIR's looks, flaws included: frames without boxes, zero-size
 boxes, boxes reaching past the frame.
@@ -29,8 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from flirdata.errors import DataError
-from flirdata.rgb_synth import colour_frame, frame_size, make_palette
-from flirdata.thermal import HEIGHT, WIDTH, DrawnObject, make_scene, render_frame
+from flirdata.synth.rgb import colour_frame, frame_size, make_palette
+from flirdata.synth.thermal import HEIGHT, WIDTH, DrawnObject, make_scene, render_frame
 
 __all__ = ["SIZES", "MAX_IMAGES", "SPLIT_FOLDERS", "CATEGORIES", "GENERATOR", "FramePlan", "RenderJob", "parse_size",
            "default_val", "render_job", "synthesize", "configure_parser", "run_command"]  # fmt: skip

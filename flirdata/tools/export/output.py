@@ -22,8 +22,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from flirdata.export_batch import WORK_DIR, ExportError, ExportPlan, atomic_file, output_stem, shard_path, write_atomic
-from flirdata.yolo import YOLO_SPLITS, data_yaml_text, read_data_yaml
+from flirdata.tools.export.batch import (
+    WORK_DIR,
+    ExportError,
+    ExportPlan,
+    atomic_file,
+    output_stem,
+    shard_path,
+    write_atomic,
+)
+from flirdata.tools.export.yolo import YOLO_SPLITS, data_yaml_text, read_data_yaml
 
 __all__ = ["VERSION", "finish_output", "pending_batches", "prepare_output", "yolo_record"]
 

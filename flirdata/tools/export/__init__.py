@@ -36,7 +36,8 @@ from tqdm import tqdm
 from flirdata.backends import BACKENDS
 from flirdata.dataset import SPLITS, FlirDetection
 from flirdata.errors import FlirdataError, WorkerError
-from flirdata.export_batch import (
+from flirdata.loader import make_loader
+from flirdata.tools.export.batch import (
     WORK_DIR,
     BatchResult,
     CopyView,
@@ -47,10 +48,9 @@ from flirdata.export_batch import (
     write_atomic,
     write_batch,
 )
-from flirdata.export_output import VERSION, finish_output, pending_batches, prepare_output, yolo_record
-from flirdata.loader import make_loader
+from flirdata.tools.export.output import VERSION, finish_output, pending_batches, prepare_output, yolo_record
+from flirdata.tools.export.yolo import YOLO_SPLITS
 from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
-from flirdata.yolo import YOLO_SPLITS
 
 __all__ = ["EVAL_SPLITS", "FORMATS", "WORK_DIR", "BatchResult", "CopyView", "ExportError", "ExportItem",
            "ExportPlan", "ExportSummary", "configure_parser", "export_augmented", "output_stem", "run_command",

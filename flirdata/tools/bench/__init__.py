@@ -25,7 +25,7 @@ splits shared pages between the processes sharing them, so workers are not count
 the libraries they share), read after the first batch and right after the timed window;
 ``peak_rss_mb`` is the peak sum of RSS, read by a thread every 0.1 s throughout. PSS is not
 read inside the timed window because reading it costs ~20 ms of CPU per process (see
-``flirdata.memory``).
+``flirdata.tools.bench.memory``).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from flirdata import report
 from flirdata.errors import FlirdataError
-from flirdata.memory import MemorySampler
+from flirdata.tools.bench import report
+from flirdata.tools.bench.memory import MemorySampler
 
 __all__ = ["BenchConfig", "configure_parser", "run_command", "run_bench", "take_prefix"]
 

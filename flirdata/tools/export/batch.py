@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from flirdata.errors import FlirdataError
-from flirdata.yolo import yolo_label_text
+from flirdata.tools.export.yolo import yolo_label_text
 
 __all__ = ["DECIMALS", "WORK_DIR", "BatchResult", "CopyView", "ExportError", "ExportItem", "ExportPlan",
            "atomic_file", "output_stem", "shard_path", "write_atomic", "write_batch"]  # fmt: skip
