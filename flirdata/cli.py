@@ -19,7 +19,7 @@ __all__ = ["COMMANDS", "main"]
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("flirdata.synth", "write a synthetic dataset in the FLIR ADAS v2 layout"),
-    "check": ("flirdata.check", "scan a dataset: every image and annotation"),
+    "check": ("flirdata.tools.check", "scan a dataset: every image and annotation"),
     "preview": ("flirdata.tools.preview", "draw a grid of augmented samples with their boxes"),
     "bench": ("flirdata.tools.bench", "sweep backends x workers x dataset sizes"),
     "export": ("flirdata.tools.export", "write augmented copies with their annotations"),

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from flirdata.check import _map_bounded, check_dataset
+from flirdata.tools.check import _map_bounded, check_dataset
 from flirdata.cli import main
 from flirdata.dataset import BadImageWarning, FlirDetection
 from flirdata.errors import AnnotationError, ImageError

@@ -24,7 +24,7 @@ import pytest
 
 import flirdata.images
 from flirdata import BACKENDS, BadImageWarning, FlirDetection, ImageError, make_loader
-from flirdata.check import check_dataset
+from flirdata.tools.check import check_dataset
 from flirdata.cli import main
 from flirdata.errors import AnnotationError
 from flirdata.images import MAX_IMAGE_BYTES, decode_image, read_image_bytes

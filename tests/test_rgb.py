@@ -16,7 +16,7 @@ from conftest import RGB_SIZES, write_split
 
 from flirdata import BACKENDS, FlirDetection, ImageError, build_transform, collate_detection, make_loader
 from flirdata.boxes import box_iou
-from flirdata.check import check_dataset
+from flirdata.tools.check import check_dataset
 from flirdata.cli import main
 from flirdata.images import infer_modality
 from flirdata.synth import FramePlan, RenderJob, synthesize
