@@ -3,7 +3,9 @@
 ``python train_demo.py`` needs no argument: it makes (once, then reuses) a synthetic dataset
 in the cache folder, trains ``demo_model.TinyDetector`` for a few hundred steps through
 ``make_loader`` and prints the loader's own rate, the whole loop's rate and the share of the
-loop spent waiting for data. ``--interactive`` asks the seed report's three questions.
+loop spent waiting for data. ``python train_demo.py ROOT`` trains on a FLIR ADAS v2 folder instead
+(``--data ROOT`` is the deprecated spelling). Its arguments and ``--interactive``'s questions (the seed
+report's three) live in ``demo_cli.py``; its errors go through ``flirdata.cli.run_translated``.
 
 ``torchrun --standalone --nproc_per_node=2 train_demo.py --distributed`` trains with DDP (gloo,
 CPU): every rank runs its own loader on its shard (``make_loader`` reads the rank from the
@@ -22,18 +24,18 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demo_cli import DEFAULT_STEPS, PROG, ask_interactive, build_parser, cores, parse_args
+from flirdata.cli import run_translated
 from flirdata.errors import FlirdataError
 
-__all__ = ["DemoError", "DemoResult", "RowsView", "ask_interactive", "build_parser", "cache_root", "main", "run_demo",
+__all__ = ["DemoError", "DemoResult", "ask_interactive", "build_parser", "cache_root", "main", "run_demo",
            "start_distributed"]  # fmt: skip
 
-DEFAULT_STEPS = 200
-DEFAULT_BATCH = 16
 PROBE_BATCHES = 20  # batches timed with the loader alone, before training
 SAMPLE_BATCHES = 2  # batches --save-samples writes
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what init_process_group("gloo") reads
@@ -43,114 +45,6 @@ class DemoError(FlirdataError, ValueError):
     """Arguments that do not fit together, or a dataset too small for them."""
 
 
-def _cores() -> int:
-    """This process's share of the cores: torchrun's processes on one node split them evenly."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    return max(1, cores // int(local)) if local.isdigit() and int(local) > 0 else cores
-
-
-class _Parser(argparse.ArgumentParser):
-    """A bad argument is one line on stderr (and exit 2), not the whole usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return int(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from flirdata.backends import BACKENDS
-
-    parser = _Parser(
-        prog="train_demo.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=f"Defaults ({DEFAULT_STEPS} steps of {DEFAULT_BATCH} images, the small synthetic dataset) "
-        "finish in about two minutes on 2 cores, the first run included (it writes the dataset: "
-        "~30 s). Cache folder: $FLIRDATA_CACHE, else ~/.cache/flirdata.",
-    )
-    add = parser.add_argument
-    add("--data", metavar="ROOT", help="FLIR ADAS v2 folder (default: a synthetic dataset in the cache)")
-    add("--split", default="train", help="train, val, test or a folder holding coco.json (default: train)")
-    add("--size", help="synthetic dataset: small (500, the default), medium (2000), big (10000) or N")
-    add("--backend", default="process", choices=list(BACKENDS), help="how batches are made (default: process)")
-    add("--workers", type=_positive, default=_cores(), metavar="N",
-        help=f"worker processes or threads; 1 = in the training thread (default: {_cores()}, the cores)")
-    add("--batch-size", type=_positive, default=DEFAULT_BATCH, metavar="N", help=f"default: {DEFAULT_BATCH}")
-    add("--epochs", type=_positive, metavar="N", help="stop after N epochs (default: as many as --steps needs)")
-    add("--steps", type=_positive, metavar="N",
-        help=f"stop after N steps (default: {DEFAULT_STEPS}, or unlimited with --epochs)")
-    add("--seed", type=_seed, default=0, help="data, shuffle and model seed (default: 0)")
-    add("--save-samples", metavar="DIR", help="write the first batches' augmented images with their boxes (COCO)")
-    add("--compare", action="store_true", help="also run the sequential baseline; print speedup and efficiency")
-    add("--interactive", action="store_true", help="ask for dataset size, technique and cores")
-    add("--distributed", action="store_true",
-        help="DDP (gloo) over the processes torchrun starts; each rank runs its own loader on its shard")
-    add("--record", metavar="DIR", help="write DIR/rank-R.json: each step's image ids and losses, per rank")
-    return parser
-
-
-# -- interactive -------------------------------------------------------------------------------
-def _ask(question: str, default: str, check: Callable[[str], Any], read: Callable[[str], str]) -> Any:
-    """Ask until ``check`` accepts the answer; Enter takes the default, end of input too."""
-    while True:
-        try:
-            answer = read(f"{question} [{default}]: ").strip() or default
-        except EOFError:
-            answer = default
-        if not sys.stdin.isatty():  # piped answers are not echoed: keep the transcript readable
-            print(answer)
-        try:
-            return check(answer)
-        except (ValueError, argparse.ArgumentTypeError) as exc:
-            print(f"  {exc}; try again", file=sys.stderr)
-            if answer == default:  # a bad default cannot get better by asking again
-                raise
-
-
-def _choice(options: Sequence[str]) -> Callable[[str], str]:
-    def check(answer: str) -> str:
-        if answer.lower() not in options:
-            raise ValueError(f"{answer!r} is not one of {', '.join(options)}")
-        return answer.lower()
-
-    return check
-
-
-def ask_interactive(args: argparse.Namespace, read: Callable[[str], str] = input) -> argparse.Namespace:
-    """The seed program's questions: dataset size, technique, cores (if not sequential)."""
-    from flirdata.backends import BACKENDS
-    from flirdata.synth import parse_size
-
-    def size(answer: str) -> str:
-        parse_size(answer)  # DataError is a ValueError
-        return answer.lower()
-
-    changes: dict[str, Any] = {}
-    if args.data is None:
-        changes["size"] = _ask("Dataset size (small/medium/big or a number of images)", args.size or "small",
-                               size, read)
-    backend = _ask(f"Technique ({'/'.join(BACKENDS)})", args.backend, _choice(list(BACKENDS)), read)
-    changes["backend"] = backend
-    if backend != "sequential":
-        changes["workers"] = _ask(f"Number of cores (1-{_cores()} recommended)", str(args.workers), _positive, read)
-    return argparse.Namespace(**{**vars(args), **changes})
-
-
 # -- data ----------------------------------------------------------------------------------------
 def cache_root() -> Path:
     """Where synthetic datasets live: ``$FLIRDATA_CACHE``, else ``~/.cache/flirdata``."""
@@ -158,11 +52,11 @@ def cache_root() -> Path:
 
 
 def resolve_data(args: argparse.Namespace) -> Path:
-    """``--data``, or the synthetic dataset of ``--size`` in the cache (written on first use)."""
+    """ROOT (``--data``), or the synthetic dataset of ``--size`` in the cache (written on first use)."""
     from flirdata.synth import SIZES, parse_size, synthesize
 
-    if args.data is not None:
-        return Path(args.data)
+    if args.root is not None:
+        return Path(args.root)
     n = parse_size(args.size or "small")
     label = next((name for name, count in SIZES.items() if count == n), str(n))
     root = cache_root() / f"synth-{label}-seed{args.seed}"
@@ -171,54 +65,14 @@ def resolve_data(args: argparse.Namespace) -> Path:
     return root
 
 
-def _subset_index(index: Any, rows: Sequence[int]) -> Any:
-    import numpy as np
-
-    rows = np.asarray(rows, dtype=np.int64)
-    starts, ends = index.box_start[rows], index.box_start[rows + 1]
-    boxes = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)] + [np.zeros(0, np.int64)])
-    return replace(index, image_ids=index.image_ids[rows], file_names=index.file_names[rows],
-                   widths=index.widths[rows], heights=index.heights[rows],
-                   box_start=np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64),
-                   boxes=index.boxes[boxes], labels=index.labels[boxes], ann_ids=index.ann_ids[boxes])  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RowsView:
-    """Some images of a ``FlirDetection``, as ``export_augmented`` reads a dataset.
-
-    ``sample(i, epoch)`` is the full dataset's ``sample(rows[i], epoch)``: the augmentation
-    is keyed by the image's index in the full dataset, so what is saved is exactly what the
-    loader fed the model (a dataset cut to these rows would re-key, and draw others).
-    """
-
-    dataset: Any
-    rows: tuple[int, ...]
-    index: Any = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "index", _subset_index(self.dataset.index, self.rows))
-
-    seed = property(lambda self: self.dataset.seed)
-    transform = property(lambda self: self.dataset.transform)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def sample(self, i: int, epoch: int | None = None) -> Any:
-        return self.dataset.sample(self.rows[i], epoch)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.sample(i)
-
-
 def save_samples(dataset: Any, loader: Any, out: str) -> None:
     """Write the epoch-0 images of the loader's first batches, with their boxes, as COCO."""
     from flirdata.tools.export import export_augmented
 
     rows = tuple(i for _, batch in loader.tasks(0)[:SAMPLE_BATCHES] for i in batch)
     # A handful of images: the main thread writes them, no pool to start.
-    summary = export_augmented(RowsView(dataset, rows), out, progress=False)
+    # subset keeps each image's augmentation key: what is saved is what the loader fed the model.
+    summary = export_augmented(dataset.subset(rows), out, progress=False)
     print(f"samples: {summary}")
 
 
@@ -319,7 +173,7 @@ def run_demo(dataset: Any, backend: str, workers: int, batch_size: int, steps: i
                      seed=seed, drop_last=True) as loader:  # fmt: skip
         runs_as = loader.options.effective_backend  # workers <= 1 runs in this thread
         # Worker threads and processes need cores too: training takes what they leave.
-        threads = _cores() if runs_as == "sequential" else max(1, _cores() - workers)
+        threads = cores() if runs_as == "sequential" else max(1, cores() - workers)
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         model = TinyDetector(num_classes=len(dataset.classes) - 1)
@@ -344,7 +198,7 @@ def report(result: DemoResult) -> str:
     tail = r.losses[-5:] or [float("nan")]
     lines = [
         f"loader    : {r.backend}, " + (f"{r.workers} workers" if r.workers else "in the training thread")
-        + f"; training at {r.torch_threads} torch thread(s) on {_cores()} cores",
+        + f"; training at {r.torch_threads} torch thread(s) on {cores()} cores",
         f"start-up  : {r.startup_s:.2f} s to the first batch",
         f"data only : {r.data_images_per_s:.1f} images/s (the loader alone, {PROBE_BATCHES} batches)",
         f"whole loop: {r.loop_images_per_s:.1f} images/s ({r.steps} steps, {r.images} images in {r.loop_s:.1f} s)",
@@ -462,8 +316,8 @@ def _run(args: argparse.Namespace) -> int:
         raise DemoError("--interactive asks on a terminal, which torchrun's ranks do not share; use the flags")
     if args.interactive:
         args = ask_interactive(args)
-    if args.data is not None and args.size is not None:
-        raise DemoError("--size chooses the synthetic dataset; with --data the whole split is used")
+    if args.root is not None and args.size is not None:
+        raise DemoError("--size chooses the synthetic dataset; with ROOT (--data) the whole split is used")
     if not args.distributed:
         return _train(args, 0, 1)
     import torch.distributed as dist
@@ -479,16 +333,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; a user error is one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        print("train_demo.py: interrupted", file=sys.stderr)
-        return 130
-    except (FlirdataError, OSError) as exc:
-        print(f"train_demo.py: error: {exc}", file=sys.stderr)
-        return 2
+    """Run the demo; failures are translated as ``flirdata``'s are: one line on stderr, exit 2 (1, 130)."""
+    return run_translated(PROG, lambda: _run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,37 +1,35 @@
-"""Benchmark of the loader backends against the ideal, a plain DataLoader and the seed's map.
+"""Benchmark of the loader backends against the ideal, a plain DataLoader and the course report's map.
 
     python benchmarks/bench_backends.py [--cache data/bench] [--repeats 3] [--workers 2]
 
 Measured in one run, on a synthetic "medium" dataset (2,000 train images, synthesized into
-``--cache`` if missing), thermal preset, batch 32:
+``--cache`` if missing), thermal preset, batch 32, OpenCV and torch at one thread:
 
 * ideal: ``workers`` x the single-thread rate of a tight loop doing the same work
   (``dataset[i]`` = decode + augment, then ``collate_detection``), no framework;
 * every backend, the peer (a plain ``DataLoader`` over the Dataset a user would write) and
-  the seed's approach (``ProcessPoolExecutor.map`` over samples returning numpy arrays);
-  each repeat builds a new loader, skips ``workers`` batches (pool start, first wave) and
-  times the rest of the epoch; repeats are interleaved round robin so drift spreads evenly;
+  the course report's approach (``ProcessPoolExecutor.map`` over samples returning numpy
+  arrays); each repeat builds a new loader, skips ``workers`` batches (pool start, first
+  wave) and times the rest of the epoch; repeats are interleaved round robin so drift
+  spreads evenly;
 * the per-image cost of the shared-memory transport (worker write + consumer copy) against
   pickling the batch;
 * peak PSS of the process tree (a thread reads it every 0.25 s) for the best backend on
   10,000 vs 500 images, and for 2 process workers vs sequential.
 
-The tables replace the generated block of the "Backends" section of ``benchmarks/RESULTS.md``
-(the analysis written around it stays).
+What is unique to this script lives here (the peer Dataset, the course report's map, the
+transport, the targets); the timing, memory sampling, machine description and tables are the
+benchmark engine's (``flirdata.tools.bench``). The tables replace the generated block of the
+"Backends" section of ``benchmarks/RESULTS.md`` (the analysis written around it stays).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import itertools
 import json
 import math
 import multiprocessing
-import os
 import pickle
-import platform
 import statistics
 import sys
 import threading
@@ -43,22 +41,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import albumentations
 import cv2
-import joblib
 import numpy as np
-import psutil
 import torch
 
-from flirdata import FlirDetection, build_transform, collate_detection
+from flirdata import FlirDetection, build_transform
 from flirdata.backends import BACKENDS, shm
 from flirdata.backends.worker import forkserver_context, tune_malloc
 from flirdata.loader import make_loader
 from flirdata.synth import synthesize
+from flirdata.tools.bench.machine import load_average, machine_info, machine_line
+from flirdata.tools.bench.memory import MemorySampler
+from flirdata.tools.bench.report import markdown_table, replace_block, text_columns
+from flirdata.tools.bench.timing import single_threaded, tight_batches, timed_window
 
 BATCH = 32
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## Backends"
+COURSE = "course report's ProcessPoolExecutor.map"  # was "seed ProcessPoolExecutor.map" (see RESULTS.md)
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -67,26 +67,6 @@ def dataset(cache: Path, name: str, images: int) -> FlirDetection:
     root = cache / name
     synthesize(root, train=images, val=0, seed=0, progress=False)  # a no-op when cached
     return FlirDetection(root, "train", transform=build_transform("thermal"), seed=0)
-
-
-class Prefix:
-    """The first ``size`` samples of a dataset (picklable, keeps ``set_epoch``)."""
-
-    def __init__(self, base: Any, size: int) -> None:
-        self.base, self.size = base, size
-
-    def __len__(self) -> int:
-        return self.size
-
-    @property
-    def epoch(self) -> int:
-        return self.base.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.base.set_epoch(epoch)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.base[i]
 
 
 class PeerDataset(torch.utils.data.Dataset):
@@ -121,7 +101,8 @@ def peer_collate(batch: list[Any]) -> tuple[torch.Tensor, list[Any]]:
     return torch.stack(images), list(targets)
 
 
-def seed_sample(ds: Any, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def course_sample(ds: Any, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The course report's per-sample task: one sample as numpy arrays, pickled back to the parent."""
     image, target = ds[i]
     return image.numpy(), target["boxes"].numpy(), target["labels"].numpy(), target["image_id"]
 
@@ -129,54 +110,18 @@ def seed_sample(ds: Any, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, in
 # -- throughput ---------------------------------------------------------------------------
 MAX_OTHERS = 0.15  # cores other processes may use during a timed window before it is retried
 
-
-def busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy (all processes, /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_sum(read: Callable[[psutil.Process], float]) -> float:
-    """``read(process)`` summed over this process and its live children."""
-    me, total = psutil.Process(), 0.0
-    for proc in [me, *me.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += read(proc)
-    return total
-
-
-def tree_seconds() -> float:
-    """CPU seconds used by this process and its live children."""
-    return tree_sum(lambda proc: sum(proc.cpu_times()[:2]))
-
-
 Measure = tuple[float, float, float]  # (images/s, cores other processes used, CPU ms per image)
 Rates = dict[str, list[Measure]]
 
 
 def timed_rate(batches: Iterator[Any], skip: int, total: int) -> Measure:
-    """Time batches ``skip`` to ``total`` of an epoch (the last one ends the window).
-
-    Besides the rate: the CPU time of this process tree per image, and how many cores other
-    processes of this shared machine took meanwhile (a parallel run suffers from them, a
-    serial one on 2 cores hardly does). ``total`` stops the clock before the iterator ends,
-    since a DataLoader stops its workers (and loses their CPU times) at the end of an epoch.
-    """
-    for _ in range(skip):
-        next(batches)
-    start, busy, mine, images = time.perf_counter(), busy_seconds(), tree_seconds(), 0
-    for images_batch, _ in itertools.islice(batches, total - skip):
-        images += len(images_batch)
-    elapsed, used = time.perf_counter() - start, tree_seconds() - mine
-    others = (busy_seconds() - busy - used) / elapsed
-    return images / elapsed, max(others, 0.0), used / images * 1e3
+    """Time batches ``skip`` to ``total`` of an epoch (the last one ends the window)."""
+    window = timed_window(batches, skip, total - skip)
+    return window.images_per_s, window.others_cores, window.cpu_ms_per_image
 
 
 def tight_loop(ds: Any, workers: int) -> Measure:
-    order = np.random.default_rng(0).permutation(len(ds))
-    return timed_rate((collate_detection([ds[int(i)] for i in order[k:k + BATCH]])
-                       for k in range(0, len(order), BATCH)), workers, math.ceil(len(ds) / BATCH))  # fmt: skip
+    return timed_rate(tight_batches(ds, BATCH, 0), workers, math.ceil(len(ds) / BATCH))
 
 
 def backend_rate(ds: Any, backend: str, workers: int) -> Measure:
@@ -194,31 +139,29 @@ def peer_rate(ds: Any, workers: int) -> Measure:
     return timed_rate(iter(loader), workers, len(loader))
 
 
-def seed_batches(results: Iterator[Any]) -> Iterator[tuple[torch.Tensor, list[Any]]]:
+def course_batches(results: Iterator[Any]) -> Iterator[tuple[torch.Tensor, list[Any]]]:
     while chunk := [r for _, r in zip(range(BATCH), results, strict=False)]:
         images = torch.stack([torch.from_numpy(image) for image, *_ in chunk])
         yield images, [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(lab), "image_id": i}
                        for _, b, lab, i in chunk]  # fmt: skip
 
 
-def seed_rate(ds: Any, workers: int) -> Measure:
+def course_rate(ds: Any, workers: int) -> Measure:
     order = np.random.default_rng(0).permutation(len(ds)).tolist()
     chunksize = math.ceil(len(order) / (workers * 25))
     with ProcessPoolExecutor(workers, mp_context=forkserver_context()) as pool:
-        results = pool.map(partial(seed_sample, ds), order, chunksize=chunksize)
-        return timed_rate(seed_batches(iter(results)), workers, math.ceil(len(order) / BATCH))
+        results = pool.map(partial(course_sample, ds), order, chunksize=chunksize)
+        return timed_rate(course_batches(iter(results)), workers, math.ceil(len(order) / BATCH))
 
 
 def throughput(ds: Any, workers: int, repeats: int, retries: int) -> Rates:
-    cv2.setNumThreads(1)  # the tight loop and "sequential" are single-threaded work
-    torch.set_num_threads(1)
     tune_malloc()  # as every backend does: the ideal is the same work at its best
-    runs: dict[str, Callable[[], float]] = {
+    runs: dict[str, Callable[[], Measure]] = {
         "tight loop": partial(tight_loop, ds, 1),
         "sequential": partial(backend_rate, ds, "sequential", 1),
         **{name: partial(backend_rate, ds, name, workers) for name in BACKENDS if name != "sequential"},
         "peer DataLoader": partial(peer_rate, ds, workers),
-        "seed ProcessPoolExecutor.map": partial(seed_rate, ds, workers),
+        COURSE: partial(course_rate, ds, workers),
     }
     rates: Rates = defaultdict(list)
     for repeat in range(repeats):
@@ -268,9 +211,7 @@ def transport(repeats: int = 30) -> dict[str, float]:
     finally:
         reader.close()
         writer.close()
-        for segment in shm._ATTACHED.values():
-            segment.close()
-        shm._ATTACHED.clear()
+        shm.close_attached()  # the sender thread attached to the ring as a worker would
         ring.close()
     return out
 
@@ -286,38 +227,21 @@ def _per_image_us(fn: Callable[[], Any], repeats: int) -> float:
 
 
 # -- memory -------------------------------------------------------------------------------
-@contextlib.contextmanager
-def peak_pss_mb(interval: float = 0.25) -> Iterator[list[float]]:
-    """Yields a one-element list holding, on exit, the peak PSS (MB) of this process tree."""
-    peak, stop = [0.0], threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], tree_sum(lambda proc: proc.memory_full_info().pss) / 2**20)
-            stop.wait(interval)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        thread.join()
-
-
 def epoch_peak(ds: Any, backend: str, workers: int) -> float:
-    with peak_pss_mb() as peak:
+    """Peak PSS (MB) of this process tree over one epoch, read every 0.25 s."""
+    with MemorySampler(interval=0.25, sample_pss=True) as memory:
         with make_loader(
             ds, backend=backend, workers=workers, batch_size=BATCH, shuffle=True, rank=0, world_size=1
         ) as loader:
             for _ in loader:
                 pass
-    return peak[0]
+    return memory.peak_pss_mb
 
 
 def memory(medium: Any, large: Any, best: str, workers: int) -> dict[str, float]:
+    small = min(500, len(large) // 2)  # a tiny --large still compares two sizes
     return {
-        f"{best}, {workers} workers, 500 images": epoch_peak(Prefix(large, 500), best, workers),
+        f"{best}, {workers} workers, {small:,} images": epoch_peak(large.subset(range(small)), best, workers),
         f"{best}, {workers} workers, {len(large):,} images": epoch_peak(large, best, workers),
         f"sequential, {len(medium):,} images": epoch_peak(medium, "sequential", 1),
         f"process, {workers} workers, {len(medium):,} images": epoch_peak(medium, "process", workers),
@@ -325,36 +249,31 @@ def memory(medium: Any, large: Any, best: str, workers: int) -> dict[str, float]
 
 
 # -- report -------------------------------------------------------------------------------
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())  # fmt: skip
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "albumentations": albumentations.__version__, "opencv": cv2.__version__,
-                "numpy": np.__version__, "joblib": joblib.__version__}  # fmt: skip
-    return (f"{datetime.date.today().isoformat()}; {multiprocessing.cpu_count()} cores ({model}); "
-            + ", ".join(f"{k} {v}" for k, v in versions.items()))  # fmt: skip
-
-
 def medians(rates: Rates, field: int = 0) -> dict[str, float]:
     return {name: statistics.median(m[field] for m in runs) for name, runs in rates.items()}
 
 
-def throughput_table(rates: Rates, workers: int) -> list[str]:
+THROUGHPUT = text_columns("run", "workers", "images/s (median)", "min–max", "speedup", "efficiency")
+THROUGHPUT += text_columns("of ideal", "CPU ms / image", "others (cores)")
+
+
+def throughput_table(rates: Rates, workers: int) -> str:
     med, cpu = medians(rates), medians(rates, 2)
     single, base = med["tight loop"], med["sequential"]
-    rows = ["| run | workers | images/s (median) | min–max | speedup | efficiency | of ideal | CPU ms / image "
-            "| others (cores) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            f"| ideal ({workers} × tight loop) | {workers} | {workers * single:.1f} | | | | 1.00 | | |"]  # fmt: skip
+    rows = [[f"ideal ({workers} × tight loop)", workers, f"{workers * single:.1f}", "", "", "", "1.00", "", ""]]
     for name, runs in rates.items():
         n = 1 if name in ("tight loop", "sequential") else workers
-        values, others = [m[0] for m in runs], max(m[1] for m in runs)
-        rows.append(f"| {name} | {n} | {med[name]:.1f} | {min(values):.1f}–{max(values):.1f} | "
-                    f"{med[name] / base:.2f} | {med[name] / base / n:.2f} | {med[name] / (workers * single):.2f} | "
-                    f"{cpu[name]:.2f} | {others:.2f} |")  # fmt: skip
-    return rows
+        values, rate = [m[0] for m in runs], med[name]
+        spread, others = f"{min(values):.1f}–{max(values):.1f}", f"{max(m[1] for m in runs):.2f}"
+        speedup, of_ideal = f"{rate / base:.2f}", f"{rate / (workers * single):.2f}"
+        rows.append(
+            [name, n, f"{rate:.1f}", spread, speedup, f"{rate / base / n:.2f}", of_ideal, f"{cpu[name]:.2f}", others]
+        )
+    records = [{column: str(cell) for (column, _), cell in zip(THROUGHPUT, row, strict=True)} for row in rows]
+    return markdown_table(records, THROUGHPUT, align="l" + "r" * (len(THROUGHPUT) - 1))
 
 
-def targets(rates: Rates, peaks: dict[str, float], workers: int) -> list[str]:
+def targets(rates: Rates, peaks: dict[str, float], workers: int) -> str:
     med = medians(rates)
     ideal = workers * med["tight loop"]
     best = max((n for n in BACKENDS if n != "sequential"), key=med.__getitem__)
@@ -362,48 +281,37 @@ def targets(rates: Rates, peaks: dict[str, float], workers: int) -> list[str]:
     checks = [
         (f"best backend ({best}) >= 0.9 of ideal", med[best] / ideal, 0.9),
         (f"best backend ({best}) / peer DataLoader > 1", med[best] / med["peer DataLoader"], 1.0),
-        ("process / seed ProcessPoolExecutor.map > 1", med["process"] / med["seed ProcessPoolExecutor.map"], 1.0),
+        (f"process / {COURSE} > 1", med["process"] / med[COURSE], 1.0),
         ("threads efficiency > 0.77", med["threads"] / med["sequential"] / workers, 0.77),
         ("sequential / tight loop >= 0.95", med["sequential"] / med["tight loop"], 0.95),
         ("peak PSS, large / 500 images <= 1.10", mem[1] / mem[0], -1.10),
         (f"peak PSS, {workers} process workers / sequential <= 1.5", mem[3] / mem[2], -1.5),
     ]
-    rows = ["| target | measured | met |", "| --- | ---: | :---: |"]
+    rows = []
     for label, value, bound in checks:  # a negative bound is an upper bound
         met = value <= -bound if bound < 0 else value >= bound
-        rows.append(f"| {label} | {value:.2f} | {'yes' if met else '**no**'} |")
-    return rows
+        rows.append({"target": label, "measured": f"{value:.2f}", "met": "yes" if met else "**no**"})
+    return markdown_table(rows, text_columns("target", "measured", "met"), align="lrc")
 
 
-def render(result: dict[str, Any], workers: int) -> list[str]:
-    lines = [BEGIN, f"Measured {result['machine']}; {result['load']}.", "", "Throughput (thermal preset, batch 32, "
-             f"{len(result['rates']['tight loop'])} repeats, medium dataset):", ""]  # fmt: skip
-    lines += throughput_table(result["rates"], workers)
-    lines += ["", f"(others: the most CPU other processes of this shared machine took during a timed window; "
-              f"windows above {MAX_OTHERS} cores were measured again, up to the retry budget.)"]  # fmt: skip
-    lines += ["", "Transport per 512×640 uint8 image, sender thread to consumer through a pipe "
-              "(median of 30 batches of 32):", "",
-              "| path | µs / image |", "| --- | ---: |"]  # fmt: skip
-    lines += [f"| {name} | {us:.0f} |" for name, us in result["transport_us"].items()]
-    lines += ["", "Peak PSS of all processes over one epoch (sampled every 0.25 s):", "",
-              "| run | peak PSS (MB) |", "| --- | ---: |"]  # fmt: skip
-    lines += [f"| {name} | {mb:.0f} |" for name, mb in result["peak_pss_mb"].items()]
-    lines += ["", "Targets:", ""] + targets(result["rates"], result["peak_pss_mb"], workers) + [END]
-    return lines
-
-
-BEGIN, END = "<!-- bench_backends.py: begin -->", "<!-- bench_backends.py: end -->"
-
-
-def write_section(lines: list[str]) -> None:
-    """Replace the generated block of the Backends section (the prose around it stays)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = "\n".join(lines)
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-    RESULTS.write_text(text)
+def render(result: dict[str, Any], workers: int) -> str:
+    transport_rows = [{"path": name, "µs / image": f"{us:.0f}"} for name, us in result["transport_us"].items()]
+    memory_rows = [{"run": name, "peak PSS (MB)": f"{mb:.0f}"} for name, mb in result["peak_pss_mb"].items()]
+    repeats = len(result["rates"]["tight loop"])
+    parts = [
+        f"Measured {result['machine']}.",
+        f"Throughput (thermal preset, batch 32, {repeats} repeats, medium dataset):",
+        throughput_table(result["rates"], workers),
+        "(others: the most CPU other processes of this shared machine took during a timed window; "
+        f"windows above {MAX_OTHERS} cores were measured again, up to the retry budget.)",
+        "Transport per 512×640 uint8 image, sender thread to consumer through a pipe (median of 30 batches of 32):",
+        markdown_table(transport_rows, text_columns("path", "µs / image"), align="lr"),
+        "Peak PSS of all processes over one epoch (sampled every 0.25 s):",
+        markdown_table(memory_rows, text_columns("run", "peak PSS (MB)"), align="lr"),
+        "Targets:",
+        targets(result["rates"], result["peak_pss_mb"], workers),
+    ]
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,19 +323,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=6, help="re-measurements of disturbed windows, in all")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the markdown file whose block is replaced")
     args = parser.parse_args(argv)
+    if min(args.images, args.large, args.repeats, args.workers) < 1 or args.retries < 0:
+        parser.error("--images, --large, --repeats and --workers must be at least 1, --retries at least 0")
+    if args.images <= args.workers * BATCH:  # every run skips `workers` batches before its timed window
+        parser.error(f"--images must be more than --workers x {BATCH} = {args.workers * BATCH}")
+    if args.large <= args.images:
+        parser.error("--large must be more than --images: the memory run compares a large dataset with smaller ones")
     medium = dataset(args.cache, "medium", args.images)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
-    rates = throughput(medium, args.workers, args.repeats, args.retries)
-    costs = transport()
-    best = max((n for n in BACKENDS if n != "sequential"), key=medians(rates).__getitem__)
-    peaks = memory(medium, dataset(args.cache, "large", args.large), best, args.workers)
-    load_after = Path("/proc/loadavg").read_text().split()[:3]
-    load = f"load average {' '.join(load_before)} before, {' '.join(load_after)} after"
-    result = {"machine": machine(), "load": load, "rates": rates, "transport_us": costs, "peak_pss_mb": peaks}
+    load_before = load_average()
+    with single_threaded():  # the tight loop and "sequential" are single-threaded work
+        rates = throughput(medium, args.workers, args.repeats, args.retries)
+        costs = transport()
+        best = max((n for n in BACKENDS if n != "sequential"), key=medians(rates).__getitem__)
+        peaks = memory(medium, dataset(args.cache, "large", args.large), best, args.workers)
+    meta = {**machine_info(), "load_before": load_before, "load_after": load_average()}
+    result = {"machine": machine_line(meta), "rates": rates, "transport_us": costs, "peak_pss_mb": peaks}
     print(json.dumps(result, indent=1))
     if not args.no_write:
-        write_section(render(result, args.workers))
+        replace_block(args.results, "bench_backends.py", render(result, args.workers), HEADING)
     return 0
 
 

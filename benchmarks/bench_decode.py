@@ -23,9 +23,7 @@ Decoders that are not installed are left out. The tables replace the generated b
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import platform
 import statistics
 import sys
 import time
@@ -39,10 +37,12 @@ import simplejpeg
 from flirdata.images import decode_image
 from flirdata.synth.rgb import colour_frame, make_palette
 from flirdata.synth.thermal import make_scene, render_frame
+from flirdata.tools.bench.machine import load_average, machine_info, machine_line
+from flirdata.tools.bench.report import markdown_table, replace_block, text_columns
+from flirdata.tools.bench.timing import single_threaded
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## Decode"
-BEGIN, END = "<!-- bench_decode.py: begin -->", "<!-- bench_decode.py: end -->"
 QUALITY = 95
 RGB_SIZE = (2048, 1536)  # (width, height): the largest of FLIR's colour frames
 
@@ -187,9 +187,12 @@ def measure(decoders: dict[str, Decoder], sets: dict[str, list[bytes]], repeats:
     return rows
 
 
-def detection(decoders: dict[str, Decoder], images: list[bytes]) -> dict[str, dict[str, tuple[int, int]]]:
+Raised = dict[str, dict[str, tuple[int, int]]]  # {decoder: {damage: (raised, tried)}}
+
+
+def detection(decoders: dict[str, Decoder], images: list[bytes]) -> Raised:
     """``{decoder: {damage: (raised, tried)}}`` over ``images`` (grey) x ``OFFSETS``."""
-    rates: dict[str, dict[str, tuple[int, int]]] = {}
+    rates: Raised = {}
     for name, fn in decoders.items():
         for damage, make in DAMAGES.items():
             raised = sum(reports(fn, make(data, offset), False) == "raises" for data in images for offset in OFFSETS)
@@ -198,51 +201,29 @@ def detection(decoders: dict[str, Decoder], images: list[bytes]) -> dict[str, di
 
 
 # -- report -------------------------------------------------------------------------------
-def versions() -> str:
-    found = {"python": platform.python_version(), "opencv": cv2.__version__, "simplejpeg": simplejpeg.__version__,
-             "numpy": np.__version__}  # fmt: skip
-    for module in ("PIL", "imagecodecs"):
-        try:
-            found[module] = __import__(module).__version__
-        except ImportError:
-            pass
-    return ", ".join(f"{k} {v}" for k, v in found.items())
+LIBRARIES = (("cv2", "opencv"), ("simplejpeg", "simplejpeg"), ("numpy", "numpy"), ("PIL", "PIL"))
+LIBRARIES += (("imagecodecs", "imagecodecs"),)
+TIMES = text_columns("frames", "decoder", "ms / image", "min–max", "damaged", "truncated")
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())  # fmt: skip
-    return f"{datetime.date.today().isoformat()}; {model}, {platform.system()} {platform.release()}; {versions()}"
+def _times_row(r: dict[str, object]) -> dict[str, object]:
+    cells = [f"{r['kind']} ({r['images']})", r["decoder"], f"{r['ms']:.2f}", f"{r['min']:.2f}–{r['max']:.2f}"]
+    return dict(zip((name for name, _ in TIMES), [*cells, r["damaged"], r["truncated"]], strict=True))
 
 
-def render(rows: list[dict[str, object]], rates: dict[str, dict[str, tuple[int, int]]], repeats: int,
-           load: str) -> list[str]:  # fmt: skip
-    lines = [BEGIN, f"Measured {machine()}; {load}.", "",
-             f"One thread, JPEG quality {QUALITY}, median of {repeats} passes over each set (min–max of the passes); "
-             "damaged: the second half of the entropy-coded data zeroed; truncated: the file cut in half:", "",
-             "| frames | decoder | ms / image | min–max | damaged | truncated |",
-             "| --- | --- | ---: | ---: | :---: | :---: |"]  # fmt: skip
-    for r in rows:
-        lines.append(f"| {r['kind']} ({r['images']}) | {r['decoder']} | {r['ms']:.2f} | {r['min']:.2f}–{r['max']:.2f} "
-                     f"| {r['damaged']} | {r['truncated']} |")  # fmt: skip
+def render(rows: list[dict[str, object]], rates: Raised, repeats: int, meta: dict[str, object]) -> str:
+    raised = [{"decoder": name, **{damage: f"{n}" for damage, (n, _) in by.items()}} for name, by in rates.items()]
     tried = next(iter(next(iter(rates.values())).values()))[1]
-    lines += ["", f"Damaged grey frames the decoder raises on, of {tried} ({tried // len(OFFSETS)} frames x "
-              f"{len(OFFSETS)} places around the middle of the scan):", "",
-              "| decoder | " + " | ".join(DAMAGES) + " |", "| --- |" + " ---: |" * len(DAMAGES)]  # fmt: skip
-    for name, by_damage in rates.items():
-        lines.append(f"| {name} | " + " | ".join(f"{raised}" for raised, _ in by_damage.values()) + " |")
-    return [*lines, END]
-
-
-def write_section(lines: list[str]) -> None:
-    """Replace the generated block of the Decode section (the prose around it stays)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = "\n".join(lines)
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-    RESULTS.write_text(text)
+    parts = [
+        f"Measured {machine_line(meta, LIBRARIES)}.",
+        f"One thread, JPEG quality {QUALITY}, median of {repeats} passes over each set (min–max of the passes); "
+        "damaged: the second half of the entropy-coded data zeroed; truncated: the file cut in half:",
+        markdown_table([_times_row(r) for r in rows], TIMES, align="llrrcc"),
+        f"Damaged grey frames the decoder raises on, of {tried} ({tried // len(OFFSETS)} frames x "
+        f"{len(OFFSETS)} places around the middle of the scan):",
+        markdown_table(raised, text_columns("decoder", *DAMAGES), align="l" + "r" * len(DAMAGES)),
+    ]
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,20 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="passes over each set per decoder")
     parser.add_argument("--damaged", type=int, default=20, help="grey frames damaged at each place, per damage")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the markdown file whose block is replaced")
     args = parser.parse_args(argv)
     if min(args.grey, args.rgb, args.repeats, args.damaged) < 1:
         parser.error("--grey, --rgb, --repeats and --damaged must be at least 1")
-    cv2.setNumThreads(1)
     sets = frames(args.grey, args.rgb)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
-    rows = measure(installed(), sets, args.repeats)
-    load_after = Path("/proc/loadavg").read_text().split()[:3]
-    rates = detection(installed(), sets["grey 640x512"][: args.damaged])
-    load = f"load average {' '.join(load_before)} before, {' '.join(load_after)} after"
-    lines = render(rows, rates, args.repeats, load)
-    print("\n".join(lines))
+    load_before = load_average()
+    with single_threaded():
+        rows = measure(installed(), sets, args.repeats)
+        meta = {**machine_info(LIBRARIES), "load_before": load_before, "load_after": load_average()}
+        rates = detection(installed(), sets["grey 640x512"][: args.damaged])
+    text = render(rows, rates, args.repeats, meta)
+    print(text)
     if not args.no_write:
-        write_section(lines)
+        replace_block(args.results, "bench_decode.py", text, HEADING)
     return 0
 
 

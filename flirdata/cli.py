@@ -1,8 +1,11 @@
-"""The ``flirdata`` command line: one ``main(argv) -> int`` dispatching to subcommands.
+"""The ``flirdata`` command line: one ``main(argv) -> int`` dispatching to subcommands, and its error translator.
 
 Each subcommand lives in the module that owns the concept and exposes two functions,
 ``configure_parser(parser)`` and ``run_command(args) -> int``. Modules are imported only
 when their subcommand runs, so ``flirdata synth`` does not pay for importing torch.
+
+``run_translated`` is the one place where failures become what a user reads (the idea of
+httpx's ``map_exceptions``): one line on stderr and an exit code. ``train_demo.py`` uses it too.
 """
 
 from __future__ import annotations
@@ -10,20 +13,68 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from flirdata.cliargs import OneLineParser, UsageError, resolve_root
 from flirdata.errors import FlirdataError, WorkerError
 
-__all__ = ["COMMANDS", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "build_parser",
+    "error_line",
+    "main",
+    "run_translated",
+]
+
+EXIT_FAILED = 1  # the run failed (a worker crashed or hung; check found bad files), the input was fine
+EXIT_USAGE = 2  # the user's input: arguments, files, folders, disk
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("flirdata.synth", "write a synthetic dataset in the FLIR ADAS v2 layout"),
+    "synth": ("flirdata.synth.cli", "write a synthetic dataset in the FLIR ADAS v2 layout"),
     "check": ("flirdata.tools.check", "scan a dataset: every image and annotation"),
     "preview": ("flirdata.tools.preview", "draw a grid of augmented samples with their boxes"),
     "bench": ("flirdata.tools.bench", "sweep backends x workers x dataset sizes"),
     "export": ("flirdata.tools.export", "write augmented copies with their annotations"),
 }
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def error_line(prog: str, exc: BaseException) -> tuple[str, int] | None:
+    """The line and exit code an expected failure maps to; ``None`` for a bug (let it raise)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"{prog}: interrupted", EXIT_INTERRUPTED
+    if isinstance(exc, UsageError):  # the parser that refused it names the subcommand
+        return f"{exc.prog or prog}: error: {_one_line(str(exc))}", EXIT_USAGE
+    if isinstance(exc, WorkerError):
+        return f"{prog}: error: {_one_line(str(exc))}", EXIT_FAILED
+    # FlirdataError covers our own checks; a plain ValueError is a library refusing a value the
+    # user gave (make_loader(workers=-1), build_transform("nope")), so it is user input too.
+    if isinstance(exc, (FlirdataError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)):
+        return f"{prog}: error: {_one_line(str(exc)) or type(exc).__name__}", EXIT_USAGE
+    if isinstance(exc, OSError):  # disk full, read-only file system, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{prog}: error: {_one_line(exc.strerror or str(exc))}{where}", EXIT_USAGE
+    return None
+
+
+def run_translated(prog: str, run: Callable[[], int | None]) -> int:
+    """Call ``run``; an expected failure becomes one line on stderr and its exit code (``error_line``)."""
+    try:
+        return int(run() or 0)
+    except (KeyboardInterrupt, Exception) as exc:
+        mapped = error_line(prog, exc)
+        if mapped is None:
+            raise
+        print(mapped[0], file=sys.stderr)
+        return mapped[1]
 
 
 def _selected(argv: Sequence[str]) -> str | None:
@@ -33,9 +84,10 @@ def _selected(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser; only the selected subcommand's module is imported to configure it."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="flirdata",
-        description="On-the-fly detection data pipeline for FLIR ADAS v2 thermal images.",
+        description="On-the-fly detection data pipeline for FLIR ADAS v2 thermal images. "
+        "Every command reads `flirdata COMMAND ROOT [options]`; `flirdata COMMAND --help` lists its options.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     selected = _selected(argv)
@@ -47,22 +99,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; user errors become one line on stderr and exit code 2."""
+    """Run one subcommand; every user error is one line on stderr and exit code 2 (see ``error_line``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
-    try:
-        return int(module.run_command(args) or 0)
-    except KeyboardInterrupt:
-        print("flirdata: interrupted", file=sys.stderr)
-        return 130
-    except WorkerError as exc:  # the run failed (a worker died or hung), not the user's input
-        print(f"flirdata {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except (FlirdataError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print(f"flirdata {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # disk full, read-only file system, ...
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"flirdata {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
+    selected = _selected(argv)
+    prog = f"flirdata {selected}" if selected else "flirdata"
+
+    def run() -> int | None:
+        args = resolve_root(build_parser(argv).parse_args(argv), prog)
+        return importlib.import_module(COMMANDS[args.command][0]).run_command(args)
+
+    return run_translated(prog, run)

@@ -1,15 +1,16 @@
-"""Parsing of a FLIR ``coco.json`` into a packed, read-only annotation index.
+"""COCO files: a FLIR ``coco.json`` parsed into a packed, read-only index, and the COCO writer.
 
 The index holds only numpy arrays (no Python list of dicts per image): DataLoader workers
 read it by copy-on-write pages, and a dict per image would be copied into every worker as
-soon as reference counts are touched ("copy-on-read").
+soon as reference counts are touched ("copy-on-read"). ``write_coco`` streams a COCO file
+record by record (export merges millions of records without holding them) and atomically.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
@@ -17,8 +18,9 @@ import numpy as np
 
 from flirdata.boxes import OFF_FRAME_SLIP, clean_coco_boxes, corrupt_coco_boxes
 from flirdata.errors import AnnotationError
+from flirdata.files import atomic_file
 
-__all__ = ["FLIR_CLASSES", "CocoIndex", "load_coco", "parse_coco"]
+__all__ = ["COCO_LAYOUTS", "FLIR_CLASSES", "CocoIndex", "load_coco", "parse_coco", "write_coco"]
 
 # The classes FLIR ADAS v2 annotates, in the order of their (non-contiguous) FLIR ids. Labels
 # are assigned by *name* in this order, so train, val and test agree on them, whatever ids a
@@ -70,6 +72,23 @@ class CocoIndex:
     def crowd_flags(self, k: int) -> np.ndarray:
         """``iscrowd [N]`` of image ``k``, aligned with ``annotations(k)`` (a view)."""
         return self.crowd[self.box_start[k] : self.box_start[k + 1]]
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> CocoIndex:
+        """The index of images ``rows`` (in that order, repeats allowed) with their boxes.
+
+        ``rows`` must already be valid non-negative positions; ``path``, ``classes`` and
+        ``stats`` stay those of the file.
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        starts, ends = self.box_start[rows], self.box_start[rows + 1]
+        spans = [np.arange(lo, hi) for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)]
+        boxes = np.concatenate([*spans, np.zeros(0, np.int64)])
+        box_start = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=box_start[1:])
+        return replace(self, image_ids=self.image_ids[rows], file_names=self.file_names[rows],
+                       widths=self.widths[rows], heights=self.heights[rows], box_start=box_start,
+                       boxes=self.boxes[boxes], labels=self.labels[boxes], ann_ids=self.ann_ids[boxes],
+                       crowd=self.crowd[boxes])  # fmt: skip
 
     @property
     def nbytes(self) -> int:
@@ -272,3 +291,44 @@ def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images
         labels=labels[keep][order], ann_ids=anns["id"][keep][order], crowd=anns["crowd"][keep][order],
         stats=stats,
     )  # fmt: skip
+
+
+# layout -> (between top-level keys, before the first record, between records, after the records,
+# end of file). "compact" is exactly ``json.dumps(coco)``; "lines" puts one record per line, so
+# a file of millions of records diffs and greps line by line.
+COCO_LAYOUTS: dict[str, tuple[str, str, str, str, str]] = {
+    "compact": (", ", "", ", ", "", "}"),
+    "lines": (",\n", "\n", ",\n", "\n", "}\n"),
+}
+
+
+def write_coco(
+    path: str | Path,
+    header: Mapping[str, Any],
+    images: Iterable[Mapping[str, Any]],
+    annotations: Iterable[Mapping[str, Any]],
+    layout: str = "compact",
+) -> None:
+    """Write a COCO file atomically, streaming ``images`` then ``annotations`` (each consumed once).
+
+    Args:
+        path: the file to write; it appears complete or not at all.
+        header: the top-level keys before the records (``info``, ``licenses``, ``categories``).
+        images, annotations: the records, any iterables (generators keep memory flat).
+        layout: a key of ``COCO_LAYOUTS``.
+    """
+    if layout not in COCO_LAYOUTS:
+        raise ValueError(f"unknown COCO layout {layout!r}; expected one of {sorted(COCO_LAYOUTS)}")
+    between_keys, first, between, last, end = COCO_LAYOUTS[layout]
+    with atomic_file(path, "w") as f:
+        f.write("{")
+        for key, value in header.items():
+            f.write(f"{json.dumps(key)}: {json.dumps(value)}{between_keys}")
+        for key, records in (("images", images), ("annotations", annotations)):
+            f.write(f"{json.dumps(key)}: [")
+            sep = first
+            for record in records:
+                f.write(sep + json.dumps(record))
+                sep = between
+            f.write(last + "]" + (between_keys if key == "images" else ""))
+        f.write(end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 import threading
 import warnings
 from collections.abc import Sequence
@@ -49,6 +50,17 @@ def _shared_epoch(epoch: int) -> torch.Tensor:
     return torch.tensor(epoch, dtype=torch.int64).share_memory_()
 
 
+def _row_indices(rows: Any) -> list[int]:
+    """``rows`` as ints; bools are refused (True would silently mean row 1)."""
+    try:
+        values = list(rows)
+        if any(isinstance(r, (bool, np.bool_)) for r in values):
+            raise TypeError("bool row")
+        return [operator.index(r) for r in values]
+    except TypeError:
+        raise TypeError(f"rows must be a sequence of integer indices, got {rows!r}") from None
+
+
 class BadImageWarning(UserWarning):
     """A bad image was replaced by another sample (``on_error="skip"``)."""
 
@@ -79,7 +91,9 @@ class FlirDetection(Dataset):
     ``ds[i]`` returns ``(image, target)``: ``image`` is ``uint8 [C, H, W]`` (``C = ds.channels``:
     1 for thermal, 3 for RGB in R, G, B order); ``target`` holds
     ``boxes`` (``float32 [N, 4]`` xyxy pixels), ``labels`` (``int64 [N]``, 1..K, names in
-    ``classes``) and ``image_id`` (the COCO id), as torchvision detection models take them.
+    ``classes``), ``area`` (``float32 [N]``, each box's area after augmentation), ``iscrowd``
+    (``int64 [N]``, from ``coco.json``) and ``image_id`` (the COCO id), as torchvision's
+    detection models and references read them.
 
     The augmentation of sample ``i`` is a pure function of ``(seed, epoch, i)``: the same bytes
     in the main process, a thread or any worker, in any order. Each thread runs its own copy
@@ -134,6 +148,7 @@ class FlirDetection(Dataset):
         self._warned: set[str] = set()
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._keys: np.ndarray | None = None  # seeding key of each row (None: its own index); see subset
 
     # -- pickling: thread-local caches and locks do not cross process boundaries --------
     def __getstate__(self) -> dict[str, Any]:
@@ -208,7 +223,7 @@ class FlirDetection(Dataset):
         k = self._check_index(i)
         epoch = self.epoch if epoch is None else epoch
         image, boxes, labels, source = self._load_or_skip(k)
-        image, xyxy, kept = self._augment(image, boxes, k, epoch)
+        image, xyxy, kept = self._augment(image, boxes, k if self._keys is None else int(self._keys[k]), epoch)
         target = {
             "boxes": torch.from_numpy(xyxy.astype(np.float32, copy=False)),
             "labels": torch.from_numpy(labels[kept].astype(np.int64, copy=False)),
@@ -217,6 +232,27 @@ class FlirDetection(Dataset):
             "iscrowd": torch.from_numpy(self.index.crowd_flags(source)[kept].astype(np.int64)),
         }
         return torch.from_numpy(as_chw(image)), target
+
+    def subset(self, rows: Sequence[int]) -> FlirDetection:
+        """A dataset of the images ``rows`` (in that order) that keeps each image's augmentation.
+
+        ``ds.subset(rows).sample(j, e)`` is ``ds.sample(rows[j], e)``, byte for byte: the
+        augmentation stays keyed by the image's index in the full split (a dataset cut to
+        those rows would re-key them and draw others). Transform, seed, classes, modality and
+        ``on_error`` are shared; the subset has its own epoch (starting at this one's) and its
+        own ``skipped`` count. A subset of a subset keeps the keys of the full split.
+
+        Raises:
+            TypeError: ``rows`` is not a sequence of integers.
+            IndexError: a row is out of range (negative rows count from the end).
+        """
+        local = np.asarray([self._check_index(r) for r in _row_indices(rows)], dtype=np.int64)
+        part = copy.copy(self)  # through __getstate__/__setstate__: fresh locks and thread-local caches
+        part.index = self.index.subset(local)
+        part._keys = local if self._keys is None else self._keys[local]
+        part._epoch = _shared_epoch(self.epoch)
+        part.skipped, part._warned = 0, set()
+        return part
 
     def _check_index(self, i: int) -> int:
         n = len(self)

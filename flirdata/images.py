@@ -81,7 +81,10 @@ def infer_modality(folder: str | Path) -> str:
 
 def _inside(path: str | Path, folder: str | Path) -> bool:
     """Whether ``path`` is ``folder`` or below it, both already resolved."""
-    return os.path.commonpath([path, folder]) == str(folder)
+    try:
+        return os.path.commonpath([path, folder]) == str(folder)
+    except ValueError:  # on Windows, paths on two drives have no common path
+        return False
 
 
 def dataset_folder(root: str | Path, split_dir: str | Path) -> Path:

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from flirdata.backends import BACKENDS, Backend, Fetcher, Task
+from flirdata.backends.protocol import TaskFunction
 from flirdata.collate import collate_detection
 from flirdata.errors import DataError, WorkerError
 from flirdata.outputs import OUTPUTS, convert_batch
 from flirdata.sampler import BatchSampler, resolve_shard
 
-__all__ = ["LoaderOptions", "Loader", "WorkerCountWarning", "make_loader", "usable_cores"]
+__all__ = ["LoaderOptions", "Loader", "WorkerCountWarning", "make_loader", "open_backend", "usable_cores",
+           "warn_if_oversubscribed"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class LoaderOptions:
     @property
     def effective_backend(self) -> str:
         """The backend that runs: ``workers <= 1`` is always the in-thread "sequential" path."""
-        return self.backend if self.workers > 1 else "sequential"
+        return _effective_backend(self.backend, self.workers)
 
     def sampler(self, size: int) -> BatchSampler:
         return BatchSampler(size, self.batch_size, self.shuffle, self.seed, self.drop_last,
@@ -138,9 +140,9 @@ class Loader:
 
     def _ensure_backend(self) -> Backend:
         if self._backend is None:
-            factory = BACKENDS[self.options.effective_backend]
-            fetcher = Fetcher(self.dataset, self.options.collate_fn)
-            self._backend = factory(fetcher, self.options.workers, self.options.prefetch, self.options.timeout)
+            o = self.options
+            fetcher = Fetcher(self.dataset, o.collate_fn)
+            self._backend = open_backend(o.backend, fetcher, o.workers, o.prefetch, o.timeout)
         return self._backend
 
     def _close_active(self) -> None:
@@ -184,6 +186,26 @@ class Loader:
         o = self.options
         return (f"Loader(backend={o.backend!r}, workers={o.workers}, batch_size={o.batch_size}, "
                 f"batches={len(self)}, epoch={self.epoch})")  # fmt: skip
+
+
+def _effective_backend(name: str, workers: int) -> str:
+    return name if workers > 1 else "sequential"
+
+
+def open_backend(
+    name: str, fn: TaskFunction, workers: int, prefetch: int = 2, timeout: float | None = None
+) -> Backend:
+    """``BACKENDS[name]`` running ``fn`` (picklable, for process backends) over the tasks given to its ``imap``.
+
+    ``workers <= 1`` is always the in-thread "sequential" path, as in ``make_loader``. The
+    caller closes the backend (its pool lives until then).
+
+    Raises:
+        ValueError: an unknown backend name.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
+    return BACKENDS[_effective_backend(name, workers)](fn, workers, prefetch, timeout)
 
 
 def make_loader(
@@ -237,7 +259,7 @@ def make_loader(
     rank, world_size = resolve_shard(rank, world_size)  # in the main process: workers get plain ints
     options = LoaderOptions(backend, workers, batch_size, shuffle, seed, drop_last, rank, world_size,
                             collate_fn, prefetch, output, timeout)  # fmt: skip
-    _warn_oversubscribed(options)
+    warn_if_oversubscribed(options.backend, options.workers, stacklevel=2)
     return Loader(dataset, options)
 
 
@@ -253,15 +275,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _warn_oversubscribed(options: LoaderOptions) -> None:
+def warn_if_oversubscribed(backend: str, workers: int, stacklevel: int = 2) -> None:
+    """``WorkerCountWarning`` if ``workers`` parallel workers of ``backend`` exceed the usable cores."""
     cores = usable_cores()
-    if options.effective_backend != "sequential" and options.workers > cores:
+    if _effective_backend(backend, workers) != "sequential" and workers > cores:
         warnings.warn(
-            f"flirdata: workers={options.workers} is more than the {cores} cores this process may use; "
-            f"every {options.backend!r} worker holds its own copy of the dataset and pipeline, so workers "
+            f"flirdata: workers={workers} is more than the {cores} cores this process may use; "
+            f"every {backend!r} worker holds its own copy of the dataset and pipeline, so workers "
             "beyond the cores add memory and start-up time, not speed",
             WorkerCountWarning,
-            stacklevel=3,
+            stacklevel=stacklevel + 1,
         )
 
 

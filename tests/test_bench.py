@@ -15,7 +15,7 @@ import torch
 
 from flirdata import FlirDetection, build_transform
 from flirdata.cli import main
-from flirdata.tools.bench import take_prefix
+from flirdata.tools.bench import BenchConfig, _open_sizes
 from flirdata.tools.bench.memory import MemorySampler, tree_memory_mb
 from flirdata.tools.bench.report import BEST_COLUMNS, POINT_COLUMNS, add_ratios, best_per_size, format_table
 
@@ -68,7 +68,7 @@ def test_bench_every_backend(synth_root, capsys):
     ("args", "message"),
     [
         (["--backends", "gpu"], "unknown backend 'gpu'"),
-        (["--workers", "0"], "--workers: expected an integer >= 1, got 0"),
+        (["--workers", "0"], "--workers: expected an integer >= 1, got '0'"),
         (["--workers", "two"], "--workers: expected an integer >= 1, got 'two'"),
         (["--sizes", "huge"], "size 'huge'"),
         (["--sizes", "500"], "needs 500 train images but the split has 24"),
@@ -84,19 +84,20 @@ def test_bad_arguments_are_one_line(synth_root, capsys, args, message):
 
 def test_missing_data_is_one_line(tmp_path, capsys):
     assert main(["bench"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "flirdata bench: error: --data ROOT is required: the dataset to measure (make one with `flirdata synth`)")
+    err = capsys.readouterr().err.strip()
+    assert err == "flirdata bench: error: the following arguments are required: ROOT (see --help)"
     assert main(["bench", "--data", str(tmp_path / "nowhere"), "--sizes", "8", "--batch-size", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere: dataset folder not found" in err[0]
 
 
-def test_take_prefix_keeps_samples_and_pickles(synth_root):
+def test_sizes_are_the_first_images_with_their_augmentation(synth_root):
     full = FlirDetection(synth_root, transform=build_transform("thermal"), seed=3)
-    part = pickle.loads(pickle.dumps(take_prefix(full, 5)))
-    assert len(part) == 5 and len(full) == 24
+    config = BenchConfig(str(synth_root), ("sequential",), (1,), ("5", "24"), batch_size=2, seed=3)
+    sizes = {label: pickle.loads(pickle.dumps(ds)) for label, ds in _open_sizes(config).items()}
+    assert [len(ds) for ds in sizes.values()] == [5, 24] and sizes["5"].index.nbytes < full.index.nbytes
     for i in range(5):
-        (a, ta), (b, tb) = full[i], part[i]
+        (a, ta), (b, tb) = full[i], sizes["5"][i]
         assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"]) and ta["image_id"] == tb["image_id"]
 
 

@@ -7,21 +7,24 @@ JSON in one split and JSON but not COCO in another.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from flirdata.tools.check import _map_bounded, check_dataset
 from flirdata.cli import main
 from flirdata.dataset import BadImageWarning, FlirDetection
 from flirdata.errors import AnnotationError, ImageError
+from flirdata.mapping import executor_map
 from flirdata.synth import synthesize
+from flirdata.tools.check import check_dataset
 
 # Bad images sit at odd indices, so the replacement of each (the next index) is a good one.
 BREAKS = {1: "missing", 3: "truncated", 5: "empty", 7: "garbage", 9: "wrong size"}
@@ -167,7 +170,8 @@ def test_missing_root_or_split_is_a_one_line_usage_error(
 
 def test_stopping_a_bounded_map_leaves_no_thread() -> None:
     jobs = ((Path(f"{k}.jpg"), (1, 1)) for k in range(1000))
-    results = _map_bounded(lambda job: job[0].name, jobs, workers=3)
+    pool = functools.partial(ThreadPoolExecutor, 3, thread_name_prefix="flirdata-check")
+    results = executor_map(pool, lambda job: job[0].name, jobs, 12)
     assert next(results) == "0.jpg"
     results.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("flirdata-check")]

@@ -20,8 +20,8 @@ import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+import flirdata.files
 import flirdata.tools.export
-import flirdata.tools.export.batch
 from flirdata.cli import main
 from flirdata.dataset import FlirDetection
 from flirdata.errors import AnnotationError
@@ -29,13 +29,13 @@ from flirdata.synth import synthesize
 from flirdata.tools.export import (
     WORK_DIR,
     BatchResult,
-    CopyView,
+    BatchWriter,
     ExportError,
     ExportPlan,
     ExportSummary,
     export_augmented,
+    export_item,
     output_stem,
-    write_batch,
 )
 from flirdata.tools.export.yolo import parse_yolo_labels
 from flirdata.transforms import build_transform
@@ -265,7 +265,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary(
             return open("/dev/full", mode, **kwargs)
         return open(path, mode, **kwargs)
 
-    monkeypatch.setattr(flirdata.tools.export.batch, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(flirdata.files, "open", full_disk_open, raising=False)
     out = tmp_path / "out"
     assert main(["export", "--data", str(source), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -291,17 +291,23 @@ def test_bad_arguments_name_the_value(source: Path, tmp_path: Path, kwargs: dict
 def test_what_crosses_the_process_boundary_pickles(source: Path, tmp_path: Path) -> None:
     ds = _dataset(source)
     plan = ExportPlan(str(tmp_path), "coco", 95, 5, tuple(int(c) for c in ds.index.category_ids))
-    view = CopyView(ds, total=24, batch_size=5, batches=(1, 4))
-    assert len(view) == 5 + 4 and [view[p].index for p in (0, 4, 5, 8)] == [5, 9, 20, 23]
+    writer = BatchWriter(ds, plan, total=24)
+    assert [list(writer.items(b)) for b in (1, 4)] == [[5, 6, 7, 8, 9], [20, 21, 22, 23]]
     for obj in (plan, BatchResult(0, 1, 2, 3), ExportSummary(str(tmp_path), "coco", 1, 1, 0, 0, 0.5)):
         assert pickle.loads(pickle.dumps(obj)) == obj
-    collate = pickle.loads(pickle.dumps(functools.partial(write_batch, plan=plan)))
-    assert collate.func is write_batch and collate.keywords == {"plan": plan}
-    copied = pickle.loads(pickle.dumps(view))
-    item, again = view[6], copied[6]
+    copied = pickle.loads(pickle.dumps(writer))
+    assert copied.plan == plan and copied.total == 24
+    item, again = export_item(ds, 21), export_item(copied.dataset, 21)
     assert (item.index, item.copy, item.stem) == (again.index, again.copy, again.stem) == (
         21, 1, output_stem(ds.index.file_name(9), 1))  # fmt: skip
     assert np.array_equal(item.image, again.image) and np.array_equal(item.xyxy, again.xyxy)
+    for folder in (tmp_path / "data", tmp_path / WORK_DIR / "shards"):
+        folder.mkdir(parents=True)
+    result = copied(4)  # in this process, as a worker runs it: files on disk, counts back
+    assert (result.batch, result.images) == (4, 4)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(
+        f"{output_stem(ds.index.file_name(j % 12), j // 12)}.jpg" for j in range(20, 24))  # fmt: skip
+    assert json.loads((tmp_path / WORK_DIR / "shards" / "00000004.json").read_text())["kept"] == result.kept
 
 
 def test_output_names_keep_sub_folders() -> None:

@@ -45,3 +45,27 @@ def test_public_api_is_lazy_and_complete() -> None:
         "missing = [n for n in fd.__all__ if getattr(fd, n, None) is None]; assert not missing, missing"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _command_rows() -> dict[str, str]:
+    """The command table of the README's "Command line" section: first column by command name."""
+    section = (ROOT / "README.md").read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {cell.split()[1]: cell for cell in cells}
+
+
+def test_readme_command_table_follows_the_cli() -> None:
+    import argparse
+
+    from flirdata.cli import build_parser
+
+    rows = _command_rows()
+    assert set(COMMANDS) | {"train_demo.py"} == set(rows)
+    for name in COMMANDS:
+        assert rows[name].startswith(f"flirdata {name} ROOT "), rows[name]
+        sub = next(a for a in build_parser([name])._actions if isinstance(a, argparse._SubParsersAction))
+        known = {option for action in sub.choices[name]._actions for option in action.option_strings}
+        assert set(re.findall(r"--[a-z-]+", rows[name])) <= known, name
+    assert rows["train_demo.py"].startswith("python train_demo.py [ROOT] ")
+    section = (ROOT / "README.md").read_text().split("## Command line", 1)[1]
+    assert "`--data ROOT`" in section and "deprecated alias" in section and "`--no-progress`" in section

@@ -73,7 +73,7 @@ def test_saved_samples_are_the_first_batches(synth_root, tmp_path):
         images, targets = next(iter(loader))
         rows = tuple(i for _, batch in loader.tasks(0)[:2] for i in batch)
         demo.save_samples(ds, loader, str(tmp_path / "out"))
-    view = demo.RowsView(ds, rows)
+    view = ds.subset(rows)
     for k in range(4):
         image, target = view.sample(k, 0)
         assert torch.equal(image, images[k]) and torch.equal(target["boxes"], targets[k]["boxes"])

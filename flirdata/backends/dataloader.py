@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flirdata.backends.protocol import Fetcher, Task, WorkerCrashError
+from flirdata.backends.protocol import TaskFunction, WorkerCrashError
 from flirdata.backends.shm import dumps
 from flirdata.backends.spawning import plan_worker_start
 from flirdata.backends.worker import forkserver_context, portable_exception, setup_worker
@@ -87,10 +87,10 @@ class Shipment:
 class _TaskDataset(Dataset):
     """``dataset[task]`` is the task's batch as a ``Shipment``, or a ``RemoteFailure``."""
 
-    def __init__(self, fetcher: Fetcher) -> None:
+    def __init__(self, fetcher: TaskFunction) -> None:
         self.fetcher = fetcher
 
-    def __getitem__(self, task: Task) -> Any:  # type: ignore[override]
+    def __getitem__(self, task: Any) -> Any:  # type: ignore[override]
         try:
             batch = self.fetcher(task)
         except Exception as exc:
@@ -102,9 +102,9 @@ class _TaskSource:
     """The DataLoader's sampler: the current epoch's tasks (read in the main process)."""
 
     def __init__(self) -> None:
-        self.tasks: list[Task] = []
+        self.tasks: list[Any] = []
 
-    def __iter__(self) -> Iterator[Task]:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.tasks)
 
     def __len__(self) -> int:
@@ -128,7 +128,7 @@ class DataLoaderBackend:
 
     name = "dataloader"
 
-    def __init__(self, fetcher: Fetcher, workers: int, prefetch: int, timeout: float | None = None) -> None:
+    def __init__(self, fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._source = _TaskSource()
         self._start = plan_worker_start(fetcher, self.name)  # before any process starts
         with _more_workers_than_cores_is_fine():
@@ -145,7 +145,7 @@ class DataLoaderBackend:
                 timeout=timeout or 0,
             )
 
-    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
+    def imap(self, tasks: Sequence[Any]) -> Iterator[Any]:
         if self._loader is None:
             raise RuntimeError("flirdata 'dataloader' backend is closed")
         self._source.tasks = list(tasks)

@@ -14,7 +14,7 @@ from concurrent.futures import Executor
 from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
 
 from flirdata.backends.pool import PoolBackend
-from flirdata.backends.protocol import Fetcher
+from flirdata.backends.protocol import TaskFunction
 from flirdata.backends.worker import THREAD_ENV, install_fetcher
 
 __all__ = ["make_loky_backend"]
@@ -27,7 +27,7 @@ def _shutdown(executor: Executor) -> None:
     executor.shutdown(wait=True)
 
 
-def make_loky_backend(fetcher: Fetcher, workers: int, prefetch: int, timeout: float | None = None) -> PoolBackend:
+def make_loky_backend(fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> PoolBackend:
     """Loky workers (no idle timeout: they live until ``close``), one thread per library."""
     executor = LokyExecutor(
         max_workers=workers,

@@ -1,4 +1,4 @@
-"""``PoolBackend``: an ordered, bounded map over a process-pool executor with a shared ring.
+"""``PoolBackend``: ``flirdata.mapping.bounded_map`` over a process-pool executor with a shared ring.
 
 Shared by the "process" (``concurrent.futures``) and "loky" backends, which differ only
 in how their executor is built and shut down. At most ``workers * prefetch`` tasks are in
@@ -8,7 +8,6 @@ flight; each holds one ring slot, so memory does not grow with the dataset.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
 import signal
@@ -23,11 +22,12 @@ from typing import Any
 
 import torch
 
-from flirdata.backends.protocol import Task, WorkerCrashError
+from flirdata.backends.protocol import WorkerCrashError
 from flirdata.backends.shm import SharedRing, Slot, unpack_batch
 from flirdata.backends.spawning import WorkerStart
 from flirdata.backends.worker import run_installed
 from flirdata.errors import LoaderTimeoutError
+from flirdata.mapping import bounded_map
 
 __all__ = ["PoolBackend"]
 
@@ -51,6 +51,13 @@ class _Resources:
             ring, self.ring = self.ring, None
             if ring is not None:
                 ring.close()
+
+
+def _samples(task: Any) -> int:
+    """Samples in a loader task ``(epoch, indices)``: what the ring's slots are scaled by; 1 otherwise."""
+    if type(task) is tuple and len(task) == 2 and isinstance(task[1], tuple):
+        return len(task[1])
+    return 1
 
 
 def _release_when_done(ring: SharedRing, index: int, _: Future) -> None:
@@ -84,21 +91,9 @@ class PoolBackend:
         self._largest_task = 1
         self._finalizer = weakref.finalize(self, self._res.close)
 
-    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
-        todo = iter(tasks)
-        window: deque[InFlight] = deque()
-        self._largest_task = max((len(indices) for _, indices in tasks), default=1)
-        try:
-            for task in itertools.islice(todo, self.depth):
-                window.append(self._submit(task))
-            while window:
-                batch = self._receive(*window.popleft())
-                task = next(todo, None)
-                if task is not None:  # refill before yielding: workers run while the user does
-                    window.append(self._submit(task))
-                yield batch
-        finally:
-            self._abandon(window)
+    def imap(self, tasks: Sequence[Any]) -> Iterator[Any]:
+        self._largest_task = max(map(_samples, tasks), default=1)
+        yield from bounded_map(self._submit, tasks, self.depth, receive=self._receive, abandon=self._abandon)
 
     @property
     def ring(self) -> SharedRing | None:
@@ -114,7 +109,7 @@ class PoolBackend:
             raise RuntimeError(f"flirdata {self.name!r} backend is closed")
         return self._res.executor
 
-    def _submit(self, task: Task) -> InFlight:
+    def _submit(self, task: Any) -> InFlight:
         ring = self._res.ring
         slot = ring.acquire() if ring is not None else None
         try:
@@ -122,7 +117,7 @@ class PoolBackend:
             with self._start.starting():  # submit may start a worker process
                 future = executor.submit(run_installed, task, slot)
             self._note_processes(executor)
-            return future, slot, len(task[1])
+            return future, slot, _samples(task)
         except BaseException as exc:
             if slot is not None and ring is not None:
                 ring.release(slot.index)
@@ -155,7 +150,8 @@ class PoolBackend:
                  if (code in codes if codes else code not in (None, -signal.SIGTERM))}  # fmt: skip
         return WorkerCrashError(self.name, exits=first or exits)
 
-    def _receive(self, future: Future, slot: Slot | None, samples: int) -> Any:
+    def _receive(self, pending: InFlight) -> Any:
+        future, slot, samples = pending
         ring = self._res.ring
         try:
             batch = unpack_batch(future.result(timeout=self.timeout), ring)

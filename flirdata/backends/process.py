@@ -6,7 +6,7 @@ import os
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 from flirdata.backends.pool import PoolBackend
-from flirdata.backends.protocol import Fetcher
+from flirdata.backends.protocol import TaskFunction
 from flirdata.backends.spawning import plan_worker_start
 from flirdata.backends.worker import forkserver_context, install_fetcher
 
@@ -18,7 +18,9 @@ def _shutdown(executor: Executor) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
-def make_process_backend(fetcher: Fetcher, workers: int, prefetch: int, timeout: float | None = None) -> PoolBackend:
+def make_process_backend(
+    fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None
+) -> PoolBackend:
     """Worker processes forked from the fork server (never plain fork: see worker.py).
 
     The fetcher reaches each worker once, through the pool initializer. Workers never

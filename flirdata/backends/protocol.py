@@ -1,9 +1,11 @@
-"""The one protocol every backend implements: an ordered, bounded map of ``Fetcher`` over tasks.
+"""The one protocol every backend implements: an ordered, bounded map of a task function over tasks.
 
-A task is ``(epoch, indices)``; its batch is ``collate([dataset[i] for i in indices])`` with
-the dataset set to ``epoch``. Backends differ only in *who* runs the fetch (the calling
-thread, a thread pool, worker processes), never in *what* it returns, so the same tasks
-give the same batches, byte for byte, on every backend and worker count.
+The task function is any picklable callable (a ``TaskFunction``). The loader's is the
+``Fetcher``: its task is ``(epoch, indices)`` and its result ``collate([dataset[i] for i in
+indices])`` with the dataset set to ``epoch``; export's writes a batch of files. Backends
+differ only in *who* runs the function (the calling thread, a thread pool, worker
+processes), never in *what* it returns, so the same tasks give the same batches, byte for
+byte, on every backend and worker count.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from typing import Any, Protocol
 
 from flirdata.errors import WorkerError
 
-__all__ = ["Task", "Fetcher", "Backend", "BackendFactory", "WorkerCrashError", "add_note", "describe_exit",
-           "item_getter", "sync_epoch"]
+__all__ = ["Task", "TaskFunction", "Fetcher", "Backend", "BackendFactory", "WorkerCrashError", "add_note",
+           "describe_exit", "item_getter", "sync_epoch"]
 
 # (epoch, sample indices of one batch): the epoch travels with every task, so a persistent
 # worker never serves a stale epoch, whichever epoch its previous task belonged to.
 Task = tuple[int, tuple[int, ...]]
+# What a backend runs in its workers: one task in, one result out; picklable for process backends.
+TaskFunction = Callable[[Any], Any]
 
 
 def add_note(exc: BaseException, note: str) -> None:
@@ -91,14 +95,14 @@ class Backend(Protocol):
 
     name: str
 
-    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]: ...
+    def imap(self, tasks: Sequence[Any]) -> Iterator[Any]: ...
 
     def close(self) -> None: ...
 
 
-# factory(fetcher, workers, prefetch, timeout) -> Backend; prefetch = batches in flight per
-# worker; timeout = seconds to wait for one batch (None: for ever), then LoaderTimeoutError.
-BackendFactory = Callable[[Fetcher, int, int, "float | None"], Backend]
+# factory(task function, workers, prefetch, timeout) -> Backend; prefetch = tasks in flight per
+# worker; timeout = seconds to wait for one result (None: for ever), then LoaderTimeoutError.
+BackendFactory = Callable[[TaskFunction, int, int, "float | None"], Backend]
 
 
 def describe_exit(code: int | None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from flirdata.backends.protocol import Fetcher, Task
+from flirdata.backends.protocol import TaskFunction
 from flirdata.backends.worker import tune_malloc
 
 __all__ = ["SequentialBackend"]
@@ -24,11 +24,13 @@ class SequentialBackend:
 
     name = "sequential"
 
-    def __init__(self, fetcher: Fetcher, workers: int = 1, prefetch: int = 1, timeout: float | None = None) -> None:
+    def __init__(
+        self, fetcher: TaskFunction, workers: int = 1, prefetch: int = 1, timeout: float | None = None
+    ) -> None:
         self._fetcher = fetcher
         tune_malloc()  # the augmentation runs in this process
 
-    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
+    def imap(self, tasks: Sequence[Any]) -> Iterator[Any]:
         for task in tasks:
             yield self._fetcher(task)
 

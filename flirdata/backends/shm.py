@@ -34,6 +34,7 @@ __all__ = [
     "dumps",
     "pack_batch",
     "unpack_batch",
+    "close_attached",
     "shm_free_bytes",
 ]
 
@@ -143,6 +144,17 @@ def _attach(name: str) -> SharedMemory:
             segment = SharedMemory(name=name)
         _ATTACHED[name] = segment
     return segment
+
+
+def close_attached() -> None:
+    """Close this process's handles on the segments ``pack_batch`` attached to.
+
+    A worker keeps them for its life; a process that packs batches itself (a test, a
+    benchmark of the transport) calls this before the consumer closes the ring.
+    """
+    for segment in _ATTACHED.values():
+        segment.close()
+    _ATTACHED.clear()
 
 
 def pack_batch(batch: Any, slot: Slot | None) -> Any:

@@ -1,4 +1,4 @@
-"""The "threads" backend: joblib's threading backend, driven by an ordered bounded window.
+"""The "threads" backend: joblib's threading backend, driven by ``flirdata.mapping.bounded_map``.
 
 OpenCV and numpy release the GIL while they work, so threads overlap the augmentation of
 different batches. ``Parallel(return_as="generator")`` is not used: it dispatches a new
@@ -9,7 +9,6 @@ submits a task only when a batch is taken.
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import threading
 from collections import deque
@@ -20,16 +19,17 @@ from typing import Any
 import cv2
 from joblib.parallel import ThreadingBackend  # joblib re-exports its backends here
 
-from flirdata.backends.protocol import Fetcher, Task
+from flirdata.backends.protocol import TaskFunction
 from flirdata.backends.worker import tune_malloc
 from flirdata.errors import LoaderTimeoutError
+from flirdata.mapping import bounded_map
 
 __all__ = ["ThreadsBackend"]
 
 
-def _run_unless_cancelled(fetcher: Fetcher, task: Task, cancelled: threading.Event) -> Any:
+def _run_unless_cancelled(fn: TaskFunction, task: Any, cancelled: threading.Event) -> Any:
     # A pool thread cannot be interrupted, but a queued task can skip its work.
-    return None if cancelled.is_set() else fetcher(task)
+    return None if cancelled.is_set() else fn(task)
 
 
 class ThreadsBackend:
@@ -41,7 +41,7 @@ class ThreadsBackend:
 
     name = "threads"
 
-    def __init__(self, fetcher: Fetcher, workers: int, prefetch: int, timeout: float | None = None) -> None:
+    def __init__(self, fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._fetcher = fetcher
         self.timeout = timeout
         self.depth = workers * prefetch
@@ -51,32 +51,26 @@ class ThreadsBackend:
         cv2.setNumThreads(1)
         tune_malloc()
 
-    def imap(self, tasks: Sequence[Task]) -> Iterator[Any]:
+    def imap(self, tasks: Sequence[Any]) -> Iterator[Any]:
         pool = self._pool
         if pool is None:
             raise RuntimeError("flirdata 'threads' backend is closed")
         cancelled = threading.Event()
-        todo = iter(tasks)
-        window: deque[Any] = deque()
 
-        def submit(task: Task) -> None:
-            window.append(pool.submit(partial(_run_unless_cancelled, self._fetcher, task, cancelled)))
+        def submit(task: Any) -> Any:
+            return pool.submit(partial(_run_unless_cancelled, self._fetcher, task, cancelled))
 
-        try:
-            for task in itertools.islice(todo, self.depth):
-                submit(task)
-            while window:
-                batch = pool.retrieve_result_callback(self._result(window.popleft()))
-                task = next(todo, None)
-                if task is not None:
-                    submit(task)
-                yield batch
-        finally:
+        def abandon(window: deque[Any]) -> None:
             # Wait for the abandoned tasks (queued ones return at once): the threads share
             # one dataset, whose epoch the next iteration may change.
             cancelled.set()
             for pending in window:
                 pending.wait(self.timeout)
+
+        def receive(pending: Any) -> Any:
+            return pool.retrieve_result_callback(self._result(pending))
+
+        yield from bounded_map(submit, tasks, self.depth, receive=receive, abandon=abandon)
 
     def _result(self, pending: Any) -> Any:
         try:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from flirdata.backends.protocol import Fetcher, Task, add_note
+from flirdata.backends.protocol import TaskFunction, add_note
 from flirdata.backends.shm import Slot, pack_batch
 
 __all__ = [
@@ -53,7 +53,7 @@ _ORPHAN_EXIT = 3  # exit status of a worker whose parent died
 _WATCH_LOCK = threading.Lock()
 _WATCHING = 0  # pid of the process whose parent watch runs (a forked child must start its own)
 
-_FETCHER: Fetcher | None = None
+_FETCHER: TaskFunction | None = None
 _LIMITS: Any = None  # threadpoolctl's limiter, kept alive for the worker's lifetime
 
 
@@ -149,7 +149,7 @@ def setup_worker(*_: Any, owner: int | None = None) -> None:
     tune_malloc()
 
 
-def install_fetcher(fetcher: Fetcher, owner: int | None = None) -> None:
+def install_fetcher(fetcher: TaskFunction, owner: int | None = None) -> None:
     """Pool initializer: set the worker up and keep the fetcher (and its dataset) for good."""
     setup_worker(owner=owner)
     global _FETCHER
@@ -172,7 +172,7 @@ def portable_exception(exc: BaseException) -> BaseException:
         return substitute
 
 
-def run_installed(task: Task, slot: Slot | None) -> Any:
+def run_installed(task: Any, slot: Slot | None) -> Any:
     """The task function of process pools: fetch with the installed fetcher, pack for transport."""
     if _FETCHER is None:
         raise RuntimeError("flirdata worker: no fetcher installed (the pool initializer did not run)")

@@ -10,17 +10,16 @@ boxes, boxes reaching past the frame.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
 import shutil
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from flirdata.cliargs import MAX_COUNT, MAX_SEED, MAX_WORKERS
+from flirdata.coco import write_coco
 from flirdata.errors import DataError
+from flirdata.mapping import executor_map
 from flirdata.synth.rgb import colour_frame, frame_size, make_palette
 from flirdata.synth.thermal import HEIGHT, WIDTH, DrawnObject, make_scene, render_frame
 
 __all__ = ["SIZES", "MAX_IMAGES", "SPLIT_FOLDERS", "CATEGORIES", "GENERATOR", "FramePlan", "RenderJob", "parse_size",
-           "default_val", "render_job", "synthesize", "configure_parser", "run_command"]  # fmt: skip
+           "default_val", "render_job", "synthesize"]  # fmt: skip
 
 SIZES: dict[str, int] = {"small": 500, "medium": 2000, "big": 10000}
-# Images per split at most: hundreds of times the frames FLIR ADAS v2 ships, so anything larger
-# is a typo, which would otherwise fail deep in numpy with an OverflowError.
-MAX_IMAGES = 10_000_000
-MAX_WORKERS = 1024  # rendering processes: far beyond any machine, small enough for the OS
+# Images per split at most, and rendering processes: the command line's bounds (see cliargs).
+MAX_IMAGES = MAX_COUNT
 # Split -> (folder in the FLIR download, code in the seeds of its images). Kept here rather
 # than imported from flirdata.dataset so that ``flirdata synth`` does not import torch.
 SPLIT_FOLDERS: dict[str, tuple[str, int]] = {
@@ -167,25 +167,17 @@ def render_job(job: RenderJob) -> list[tuple[int, list[DrawnObject]]]:
     return out
 
 
-def _iter_results(jobs: Iterable[RenderJob], workers: int) -> Iterator[list[tuple[int, list[DrawnObject]]]]:
-    """Run jobs in order, at most ``2 * workers`` in flight; ``workers <= 1`` runs inline."""
-    if workers <= 1:
-        yield from map(render_job, jobs)
-        return
+def _render_pool(workers: int) -> ProcessPoolExecutor:
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)  # not fork: the parent may hold threads
     # One OpenCV thread per worker: the pool is the parallelism, more threads would oversubscribe.
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads, initargs=(1,))
-    try:
-        window: deque = deque()
-        for job in jobs:
-            window.append(pool.submit(render_job, job))
-            if len(window) >= 2 * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads, initargs=(1,))
+
+
+def _iter_results(jobs: Iterable[RenderJob], workers: int) -> Iterator[list[tuple[int, list[DrawnObject]]]]:
+    """Run jobs in order, at most ``2 * workers`` in flight; ``workers <= 1`` runs inline."""
+    make_pool = partial(_render_pool, workers) if workers > 1 else None
+    return executor_map(make_pool, render_job, jobs, 2 * workers)
 
 
 _OCCLUSION = ((0.99, "no_(fully_visible)"), (0.3, "1%_-_70%_occluded_(partially_occluded)"),
@@ -320,9 +312,8 @@ def _write_split(root: Path, split: str, n: int, seed: int, workers: int, progre
             drawn.update(results)
             bar.update(len(results))
     coco = _build_coco(seed, split, plans, drawn)
-    tmp = stage / "coco.json.tmp"
-    tmp.write_text(json.dumps(coco), encoding="utf-8")
-    os.replace(tmp, stage / "coco.json")
+    header = {key: value for key, value in coco.items() if key not in ("images", "annotations")}
+    write_coco(stage / "coco.json", header, coco["images"], coco["annotations"])
     if final.exists():
         shutil.rmtree(final)  # empty, or replaced on purpose (force)
     os.replace(stage, final)
@@ -369,7 +360,7 @@ def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, te
     val = default_val(train) if val is None else _check_count("val", val, 0, MAX_IMAGES)
     counts = {"train": train, "val": val, "test": _check_count("test", test, 0, MAX_IMAGES)}
     counts.update({f"rgb_{split}": n for split, n in counts.items()} if rgb else {})
-    seed = _check_count("seed", seed, 0, 2**32 - 1)
+    seed = _check_count("seed", seed, 0, MAX_SEED)
     workers = None if workers is None else _check_count("workers", workers, 1, MAX_WORKERS)
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -391,38 +382,3 @@ def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, te
     rate = round(made / seconds, 1) if made else 0.0
     summary.update(images=made, seconds=round(seconds, 3), images_per_s=rate)
     return summary
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``flirdata synth``."""
-    add = parser.add_argument
-    add("root", metavar="ROOT", help="dataset folder (created if missing): gets images_thermal_train/ and "
-        "images_thermal_val/ (and video_thermal_test/), each with data/*.jpg and coco.json")
-    add("--size", default="small",
-        help="train images: small (500), medium (2000), big (10000) or a positive integer (default: small)")
-    add("--val", type=int, default=None, metavar="N",
-        help="val images (default: a tenth of the train images, at least 50, or all of them if fewer)")
-    add("--test", type=int, default=0, metavar="N", help="frames in video_thermal_test/ (default: 0, none)")
-    add("--seed", type=int, default=0, help="same seed, byte-identical files (default: 0)")
-    add("--workers", type=int, default=None, metavar="N",
-        help="rendering processes (default: one per CPU; 1 below 1000 images)")
-    add("--force", action="store_true",
-        help="a split already written with the same seed and size is skipped; one holding anything else "
-        "is an error, unless --force, which deletes and rewrites it")
-    add("--rgb", action="store_true", help="also write images_rgb_train/ and images_rgb_val/ (and video_rgb_test/): "
-        "colour frames of several sizes (2048x1536, 1800x1600, 1224x1024), as many as the thermal ones")
-    add("--quiet", action="store_true", help="no progress bar")
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run ``flirdata synth`` and print one line per split and the speed."""
-    summary = synthesize(args.root, train=parse_size(args.size), val=args.val, test=args.test, seed=args.seed,
-                         progress=not args.quiet, workers=args.workers, force=args.force, rgb=args.rgb)  # fmt: skip
-    for split in summary["splits"].values():
-        state = "up to date, skipped" if split["skipped"] else "written"
-        print(f"{Path(summary['root']) / split['folder']}: {split['images']} images, "
-              f"{split['annotations']} boxes ({state})")  # fmt: skip
-    if summary["images"]:
-        speed = f"{summary['images_per_s']:.1f} images/s"
-        print(f"{summary['images']} images in {summary['seconds']:.1f} s ({speed})")
-    return 0

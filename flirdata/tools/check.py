@@ -24,19 +24,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from tqdm import tqdm
 
+from flirdata.cliargs import WORKERS, add_progress, add_root
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.dataset import SPLITS
 from flirdata.errors import AnnotationError, DataError, ImageError
 from flirdata.images import MODALITIES, check_modality, dataset_folder, infer_modality, read_image
+from flirdata.mapping import executor_map
 
 __all__ = ["Problem", "CheckReport", "find_split_dirs", "check_dataset", "configure_parser", "run_command"]
 
@@ -224,26 +227,6 @@ def _check_image(job: ImageJob) -> str | None:
     return None
 
 
-def _map_bounded(
-    fn: Callable[[ImageJob], str | None], jobs: Iterable[ImageJob], workers: int
-) -> Iterator[str | None]:
-    """``map(fn, jobs)`` in order on ``workers`` threads, at most ``4 * workers`` jobs in flight."""
-    if workers <= 1:
-        yield from map(fn, jobs)
-        return
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="flirdata-check")
-    pending: deque[Future[str | None]] = deque()
-    try:
-        for job in jobs:
-            pending.append(pool.submit(fn, job))
-            if len(pending) >= 4 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:  # an interrupted scan must not keep decoding in the background
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _default_workers() -> int:
     return max(1, min(16, 2 * (os.cpu_count() or 1)))
 
@@ -293,7 +276,9 @@ def check_dataset(
     with tqdm(
         total=len(jobs), desc="checking images", unit="img", file=sys.stderr, disable=not progress
     ) as bar:
-        results = _map_bounded(_check_image, (job for _, job in jobs), workers)
+        # Threads: OpenCV releases the GIL while decoding. Closing the map stops the decoding.
+        pool = partial(ThreadPoolExecutor, workers, thread_name_prefix="flirdata-check") if workers > 1 else None
+        results = executor_map(pool, _check_image, (job for _, job in jobs), 4 * workers)
         for (counts, (path, *_)), message in zip(jobs, results, strict=True):
             bar.update()
             if message is not None:
@@ -319,18 +304,10 @@ warnings, which do not fail the check either.
 """
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument(
-        "root", type=Path, metavar="ROOT", help="dataset folder, or a split folder with coco.json"
-    )
+    add_root(parser, "dataset folder, or a split folder with coco.json")
     parser.add_argument(
         "--split",
         default=None,
@@ -340,8 +317,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=WORKERS,
         default=None,
+        metavar="N",
         help="decoding threads, 1 = serial (default: 2 x CPUs, at most 16)",
     )
     parser.add_argument(
@@ -351,7 +329,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="channels every image must have: thermal (grey) or rgb (colour) "
         "(default: rgb for images_rgb_*/video_rgb_* folders, else thermal)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress(parser)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -362,7 +340,7 @@ def run_command(args: argparse.Namespace) -> int:
     def show(problem: Problem) -> None:
         tqdm.write(str(problem), file=sys.stdout)  # above the progress bar, not through it
 
-    report = check_dataset(args.root, splits, progress=not args.no_progress, workers=args.workers,
+    report = check_dataset(args.root, splits, progress=args.progress, workers=args.workers,
                            on_problem=show, modality=args.modality)  # fmt: skip
     for line in report.summary():
         print(line)

@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from flirdata.cliargs import NON_NEGATIVE, POSITIVE, SEED, add_progress, add_root, choices_text
 from flirdata.errors import DataError, ImageError
 from flirdata.images import MODALITIES, as_hwc
 
@@ -292,18 +293,6 @@ def write_image(path: str | Path, rgb: np.ndarray) -> Path:
 # -- command line --------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return int(text)
-
-
 def _image_file(text: str) -> Path:
     if Path(text).suffix.lower() not in IMAGE_SUFFIXES:
         endings = " or ".join(IMAGE_SUFFIXES)
@@ -312,51 +301,46 @@ def _image_file(text: str) -> Path:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, metavar="ROOT", help="dataset folder")
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=_image_file,
-        metavar="FILE.png",
-        help="image to write (parent folders are created)",
+    from flirdata.transforms import PRESETS
+
+    add = parser.add_argument
+    add_root(parser, "dataset folder", data_alias=True)
+    add("--out", required=True, type=_image_file, metavar="FILE.png", help="image to write (parent folders created)")
+    add("--n", type=POSITIVE, default=16, metavar="N", help="number of samples (default: 16)")
+    add("--seed", type=SEED, default=0, help="selects the samples and seeds their augmentation (default: 0)")
+    add(
+        "--split",
+        default="train",
+        help="train, val, test, rgb_train, rgb_val, rgb_test or a folder holding coco.json (default: train)",
     )
-    parser.add_argument("--n", type=_positive_int, default=16, help="number of samples (default: 16)")
-    parser.add_argument(
-        "--seed",
-        type=_non_negative_int,
-        default=0,
-        help="selects the samples and seeds their augmentation (default: 0)",
-    )
-    parser.add_argument(
-        "--split", default="train", help="train, val, test, rgb_train, rgb_val, rgb_test or a folder holding coco.json"
-    )
-    parser.add_argument(
+    add(
         "--modality",
         choices=sorted(MODALITIES),
         default=None,
         help="thermal (grey) or rgb (colour) frames (default: rgb for images_rgb_*/video_rgb_* folders)",
     )
-    parser.add_argument(
+    add(
         "--epoch",
-        type=_non_negative_int,
+        type=NON_NEGATIVE,
         default=0,
-        help="augmentation epoch: same seed, other epoch = same images, new augmentations",
+        metavar="N",
+        help="augmentation epoch: same seed, other epoch = same images, new augmentations (default: 0)",
     )
-    parser.add_argument(
+    add(
         "--preset",
         default=None,
-        help="augmentation preset (thermal, rgb, none) or an albumentations .json/.yaml file "
+        help=f"augmentation preset ({choices_text(sorted(PRESETS))}) or an albumentations .json/.yaml file "
         "(default: thermal, or rgb for an RGB split)",
     )
-    parser.add_argument(
-        "--cols", type=_positive_int, default=None, help="grid columns (default: near-square)"
-    )
-    parser.add_argument(
+    add("--cols", type=POSITIVE, default=None, metavar="N", help="grid columns (default: near-square)")
+    add(
         "--tile-width",
-        type=_non_negative_int,
+        type=NON_NEGATIVE,
         default=480,
+        metavar="PX",
         help="pixel width of each sample in the grid, 0 = unscaled (default: 480)",
     )
+    add_progress(parser, help_text="accepted as by every command; preview draws a few samples and shows no progress")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -365,19 +349,16 @@ def run_command(args: argparse.Namespace) -> int:
     from flirdata.images import infer_modality
     from flirdata.transforms import MODALITY_PRESETS, build_transform
 
-    modality = args.modality or infer_modality(resolve_split(args.data, args.split))
+    modality = args.modality or infer_modality(resolve_split(args.root, args.split))
     preset = args.preset or MODALITY_PRESETS[modality]
-    try:
-        transform = build_transform(preset)
-    except ValueError as exc:  # unknown preset or malformed pipeline file: a user error
-        raise DataError(str(exc)) from None
-    dataset = FlirDetection(args.data, args.split, transform, seed=args.seed, modality=modality)
+    transform = build_transform(preset)  # an unknown preset's ValueError is one line (flirdata.cli)
+    dataset = FlirDetection(args.root, args.split, transform, seed=args.seed, modality=modality)
     caption = f"{dataset.split_dir}  preset={preset}  seed={args.seed}  epoch={args.epoch}"
     try:
         grid = render_preview(dataset, args.n, seed=args.seed, epoch=args.epoch, cols=args.cols,
                               tile_width=args.tile_width or None, caption=caption)  # fmt: skip
     except ImageError as exc:
-        raise ImageError(f"{exc} (run 'flirdata check {args.data}' to list every bad file)") from None
+        raise ImageError(f"{exc} (run 'flirdata check {args.root}' to list every bad file)") from None
     path = write_image(args.out, grid)
     shown = min(args.n, len(dataset))
     print(f"wrote {path} ({shown} samples of {args.split}, {grid.shape[1]}x{grid.shape[0]} px)")

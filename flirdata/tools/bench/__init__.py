@@ -26,28 +26,32 @@ the libraries they share), read after the first batch and right after the timed 
 ``peak_rss_mb`` is the peak sum of RSS, read by a thread every 0.1 s throughout. PSS is not
 read inside the timed window because reading it costs ~20 ms of CPU per process (see
 ``flirdata.tools.bench.memory``).
+
+The engine's parts, which the scripts in ``benchmarks/`` use too: ``machine`` (what a result
+depends on, and how busy the rest of the machine was), ``memory`` (peak PSS/RSS of a process
+tree), ``timing`` (the warmed single-thread calibration and one timed window of batches) and
+``report`` (ratios, text and markdown tables, JSON, the markdown blocks of RESULTS.md, the
+plot). A size is ``FlirDetection.subset`` of the split's first images.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import pickle
 import statistics
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from flirdata.cliargs import NON_NEGATIVE, POSITIVE, SEED, WORKERS, IntList, add_progress, add_root, choices_text
 from flirdata.errors import FlirdataError
 from flirdata.tools.bench import report
+from flirdata.tools.bench.machine import load_average, machine_info
 from flirdata.tools.bench.memory import MemorySampler
+from flirdata.tools.bench.timing import calibrate, timed_window
 
-__all__ = ["BenchConfig", "configure_parser", "run_command", "run_bench", "take_prefix"]
+__all__ = ["BenchConfig", "configure_parser", "run_command", "run_bench"]
 
 BASELINE = report.BASELINE
 
@@ -72,31 +76,33 @@ class BenchConfig:
 
 # -- arguments ---------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options are parsed as text and checked in ``run_command``, so a bad one is one line."""
-    parser.add_argument("--data", metavar="ROOT", help="dataset folder (required; see `flirdata synth`)")
-    parser.add_argument("--backends", metavar="LIST", help="comma-separated backends (default: all)")
-    parser.add_argument("--workers", metavar="LIST", default="1,2,4", help="worker counts (default: 1,2,4)")
-    parser.add_argument("--sizes", metavar="LIST", default="small,medium,big",
-                        help="dataset sizes: small=500, medium=2000, big=10000 or a number of images; "
-                             "each is a prefix of ROOT's train split (default: small,medium,big)")  # fmt: skip
-    parser.add_argument("--batch-size", metavar="N", default="32", help="images per batch (default: 32)")
-    parser.add_argument("--batches", metavar="N", default="20",
-                        help="batches timed per repeat after warm-up, 0 = rest of the epoch (default: 20)")
-    parser.add_argument("--repeats", metavar="N", default="3", help="repeats per point (default: 3)")
-    parser.add_argument("--seed", metavar="N", default="0", help="augmentation and shuffle seed (default: 0)")
-    parser.add_argument("--json", metavar="FILE", help="write one record per point")
-    parser.add_argument("--markdown", metavar="FILE", help="write the tables as markdown")
-    parser.add_argument("--plot", metavar="FILE.png", help="plot speedup against workers")
+    from flirdata.backends import BACKENDS
 
-
-def _int(text: str, what: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise BenchError(f"{what}: expected an integer >= {minimum}, got {text!r}") from None
-    if value < minimum:
-        raise BenchError(f"{what}: expected an integer >= {minimum}, got {value}")
-    return value
+    add = parser.add_argument
+    add_root(parser, "dataset folder to measure (make one with `flirdata synth`)", data_alias=True)
+    add("--backends", metavar="LIST", help=f"comma-separated, from {choices_text(list(BACKENDS))} (default: all)")
+    add("--workers", metavar="LIST", type=IntList(WORKERS), default="1,2,4", help="worker counts (default: 1,2,4)")
+    add(
+        "--sizes",
+        metavar="LIST",
+        default="small,medium,big",
+        help="dataset sizes: small=500, medium=2000, big=10000 or a number of images; "
+        "each is a prefix of ROOT's train split (default: small,medium,big)",
+    )
+    add("--batch-size", metavar="N", type=POSITIVE, default=32, help="images per batch (default: 32)")
+    add(
+        "--batches",
+        metavar="N",
+        type=NON_NEGATIVE,
+        default=20,
+        help="batches timed per repeat after warm-up, 0 = rest of the epoch (default: 20)",
+    )
+    add("--repeats", metavar="N", type=POSITIVE, default=3, help="repeats per point (default: 3)")
+    add("--seed", metavar="N", type=SEED, default=0, help="augmentation and shuffle seed (default: 0)")
+    add("--json", metavar="FILE", help="write one record per point")
+    add("--markdown", metavar="FILE", help="write the tables as markdown")
+    add("--plot", metavar="FILE.png", help="plot speedup against workers")
+    add_progress(parser)
 
 
 def _items(text: str, what: str) -> list[str]:
@@ -107,12 +113,10 @@ def _items(text: str, what: str) -> list[str]:
 
 
 def parse_config(args: argparse.Namespace) -> BenchConfig:
-    """Turn the command line into a ``BenchConfig``; every bad value is one ``BenchError``."""
+    """Turn the parsed command line into a ``BenchConfig``; every bad list is one ``BenchError``."""
     from flirdata.backends import BACKENDS
     from flirdata.synth import parse_size
 
-    if not args.data:
-        raise BenchError("--data ROOT is required: the dataset to measure (make one with `flirdata synth`)")
     backends = _items(args.backends, "--backends") if args.backends else list(BACKENDS)
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -124,39 +128,18 @@ def parse_config(args: argparse.Namespace) -> BenchConfig:
         except (ValueError, FlirdataError) as exc:
             raise BenchError(f"--sizes: {exc}") from None
     return BenchConfig(
-        data=args.data,
+        data=str(args.root),
         backends=tuple([BASELINE] + [b for b in backends if b != BASELINE]),
-        workers=tuple(sorted(_int(w, "--workers", 1) for w in _items(args.workers, "--workers"))),
+        workers=tuple(sorted(args.workers)),
         sizes=tuple(sizes),
-        batch_size=_int(args.batch_size, "--batch-size", 1),
-        batches=_int(args.batches, "--batches", 0),
-        repeats=_int(args.repeats, "--repeats", 1),
-        seed=_int(args.seed, "--seed", 0),
+        batch_size=args.batch_size,
+        batches=args.batches,
+        repeats=args.repeats,
+        seed=args.seed,
     )
 
 
 # -- datasets ----------------------------------------------------------------------------------
-def take_prefix(dataset: Any, n: int) -> Any:
-    """A copy of a ``FlirDetection`` that holds only its first ``n`` images.
-
-    Slicing the packed index (not wrapping in ``Subset``) keeps the result a real
-    ``FlirDetection``: picklable, with ``set_epoch`` and ``sample``, and workers receive an
-    index as small as the prefix, as they would for a dataset of that size.
-    """
-    index = dataset.index
-    if not 0 < n <= len(index):
-        raise BenchError(f"cannot take {n} images from a split of {len(index)}")
-    lo, hi = int(index.box_start[0]), int(index.box_start[n])
-    sliced = replace(
-        index, image_ids=index.image_ids[:n], file_names=index.file_names[:n], widths=index.widths[:n],
-        heights=index.heights[:n], box_start=index.box_start[: n + 1] - lo, boxes=index.boxes[lo:hi],
-        labels=index.labels[lo:hi], ann_ids=index.ann_ids[lo:hi],
-    )  # fmt: skip
-    copy = pickle.loads(pickle.dumps(dataset))  # fresh thread-local pipeline cache
-    copy.index = sliced
-    return copy
-
-
 def _open_sizes(config: BenchConfig) -> dict[str, Any]:
     from flirdata.dataset import FlirDetection
     from flirdata.synth import parse_size
@@ -176,46 +159,11 @@ def _open_sizes(config: BenchConfig) -> dict[str, Any]:
         if -(-n // config.batch_size) < need:
             raise BenchError(f"size {label} ({n} images) gives fewer than {need} batches of {config.batch_size} "
                              "(one to time after the first wave of workers): lower --batch-size")  # fmt: skip
-        out[label] = take_prefix(full, n)
+        out[label] = full.subset(range(n))  # keeps each image's augmentation, ships a small index
     return out
 
 
 # -- measuring ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """OpenCV and torch at one thread, restored after: the 'single-thread' of the ideal."""
-    import cv2
-    import torch
-
-    cv_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(cv_threads)
-        torch.set_num_threads(torch_threads)
-
-
-def calibrate(dataset: Any, batch_size: int, batches: int, seed: int) -> dict[str, float]:
-    """Tight-loop rate of decode + augment + collate on one thread, and a batch's pickle cost."""
-    from flirdata.collate import collate_detection
-
-    order = np.random.default_rng(seed).permutation(len(dataset))
-    chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)][: batches + 1]
-    with single_threaded():
-        batch = collate_detection([dataset[int(i)] for i in chunks[0]])  # warm-up
-        start, images = time.perf_counter(), 0
-        for chunk in chunks[1:]:
-            images += len(collate_detection([dataset[int(i)] for i in chunk])[1])
-        rate = images / (time.perf_counter() - start)
-    start = time.perf_counter()
-    data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-    pickle.loads(data)
-    return {"tight_images_per_s": rate, "pickle_ms_per_batch": (time.perf_counter() - start) * 1e3,
-            "batch_mb": len(data) / 2**20}  # fmt: skip
-
-
 def measure_once(dataset: Any, backend: str, workers: int, config: BenchConfig,
                  memory: MemorySampler) -> dict[str, Any]:  # fmt: skip
     """One repeat of one point: time to first batch, then the steady rate (see module doc)."""
@@ -231,21 +179,14 @@ def measure_once(dataset: Any, backend: str, workers: int, config: BenchConfig,
         memory.checkpoint()  # pool up, first wave in flight
         for _ in range(workers - 1):  # the rest of the first wave
             next(batches, None)
-        limit = config.batches or len(loader)
-        images = 0
         with memory.quiet():
-            tick = time.perf_counter()
-            for timed, (_images, targets) in enumerate(batches, 1):
-                images += len(targets)
-                if timed >= limit:
-                    break
-            elapsed = time.perf_counter() - tick
+            window = timed_window(batches, 0, config.batches or len(loader))
         memory.checkpoint()  # prefetch queue full: the steady state's memory
         closing = time.perf_counter()
-    if images == 0:
+    if window.images == 0:
         raise BenchError(f"size {len(dataset)} leaves no batch to time after warm-up with {workers} workers; "
                          "use a bigger size or a smaller --batch-size")  # fmt: skip
-    return {"first_batch_s": first, "images_timed": images, "seconds": elapsed,
+    return {"first_batch_s": first, "images_timed": window.images, "seconds": window.seconds,
             "shutdown_s": time.perf_counter() - closing, "runs_as": loader.options.effective_backend,
             "peak_pss_mb": memory.peak_pss_mb, "peak_rss_mb": memory.peak_rss_mb}  # fmt: skip
 
@@ -287,7 +228,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> list[report.Record]
     from tqdm import tqdm
 
     datasets = _open_sizes(config)
-    load_before = os.getloadavg()[0]  # other work on the machine skews everything: record it
+    load_before = load_average()
     largest = max(datasets.values(), key=len)
     points = sweep_points(config)
     runs: dict[Point, list[dict[str, Any]]] = {p: [] for p in points}
@@ -303,13 +244,13 @@ def run_bench(config: BenchConfig, progress: bool = True) -> list[report.Record]
                 with MemorySampler() as memory:
                     runs[point].append(measure_once(datasets[point[0]], point[1], point[2], config, memory))
                 bar.update()
-    meta = {**report.machine_info(), "load_before": load_before, "load_after": os.getloadavg()[0]}
+    meta = {**machine_info(), "load_before": load_before, "load_after": load_average()}
     records = [{**_record(p, runs[p], len(datasets[p[0]]), calib, config), **meta} for p in points]
     return report.add_ratios(records, meta["cores"])
 
 
 def _command(config: BenchConfig) -> str:
-    return (f"flirdata bench --data {config.data} --backends {','.join(config.backends)} "
+    return (f"flirdata bench {config.data} --backends {','.join(config.backends)} "
             f"--workers {','.join(map(str, config.workers))} --sizes {','.join(config.sizes)} "
             f"--batch-size {config.batch_size} --batches {config.batches} --repeats {config.repeats}")  # fmt: skip
 
@@ -331,7 +272,7 @@ def _calibration_line(r: report.Record) -> str:
 def run_command(args: argparse.Namespace) -> int:
     config = parse_config(args)
     outputs = _outputs(args)
-    records = run_bench(config)
+    records = run_bench(config, progress=args.progress)
     print(_calibration_line(records[0]))
     print(report.format_table(records, report.POINT_COLUMNS))
     print()

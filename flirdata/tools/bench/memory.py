@@ -7,7 +7,8 @@ count them. Reading it is not free: the kernel walks the page tables of the whol
 2-core machine sampling 5 processes every 0.1 s would eat most of a core. So the sampler
 has a ``quiet()`` mode for timed sections, in which it reads only RSS (``/proc/PID/statm``,
 microseconds) of the processes it already knows, and PSS is read only at checkpoints the
-caller places outside what it times.
+caller places outside what it times. Where nothing is timed (a whole epoch watched for its
+peak), ``sample_pss=True`` has the thread read PSS at every sample instead.
 """
 
 from __future__ import annotations
@@ -19,16 +20,11 @@ from typing import Any
 
 import psutil
 
+from flirdata.tools.bench.machine import process_tree
+
 __all__ = ["MemorySampler", "tree_memory_mb"]
 
 _MB = 2**20
-
-
-def _tree(root: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return [root]
 
 
 def tree_memory_mb(processes: list[psutil.Process], pss: bool) -> float:
@@ -50,11 +46,13 @@ class MemorySampler:
     A background thread reads RSS every ``interval`` seconds (and, outside ``quiet()``,
     looks for new children); PSS is read only at ``checkpoint()``, which the caller places
     outside what it times, at moments when everything is allocated (e.g. right after a
-    timed window, with the prefetch queue full).
+    timed window, with the prefetch queue full). With ``sample_pss=True`` the thread reads
+    PSS at every sample too (outside ``quiet()``): for runs that are watched, not timed.
     """
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, sample_pss: bool = False) -> None:
         self.interval = interval
+        self.sample_pss = sample_pss
         self.peak_pss_mb = 0.0
         self.peak_rss_mb = 0.0
         self._me = psutil.Process()
@@ -67,7 +65,7 @@ class MemorySampler:
     def _sample(self, pss: bool) -> None:
         with self._lock:
             if pss or not self._quiet.is_set():
-                self._known = _tree(self._me)  # scanning /proc for children costs ~5 ms
+                self._known = process_tree(self._me)  # scanning /proc for children costs ~5 ms
             if pss:
                 self.peak_pss_mb = max(self.peak_pss_mb, tree_memory_mb(self._known, pss=True))
             self.peak_rss_mb = max(self.peak_rss_mb, tree_memory_mb(self._known, pss=False))
@@ -78,7 +76,7 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._sample(pss=False)
+            self._sample(pss=self.sample_pss and not self._quiet.is_set())
             self._stop.wait(self.interval)
 
     @contextlib.contextmanager

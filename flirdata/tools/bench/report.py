@@ -6,24 +6,25 @@ speedup, efficiency and fraction of ideal lives in one place and is tested apart
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import os
-import platform
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from flirdata.tools.bench.machine import machine_line
+
 __all__ = [
     "Record",
-    "machine_info",
-    "usable_cores",
+    "Column",
+    "text_columns",
     "add_ratios",
     "best_per_size",
     "format_table",
     "markdown_table",
     "write_json",
     "write_markdown",
+    "replace_block",
     "plot_speedup",
     "POINT_COLUMNS",
     "BEST_COLUMNS",
@@ -31,50 +32,6 @@ __all__ = [
 
 Record = dict[str, Any]
 BASELINE = "sequential"
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str:
-    try:
-        return str(__import__(module).__version__)
-    except ImportError:
-        return "not installed"
-
-
-def machine_info() -> dict[str, Any]:
-    """What a result depends on: date, CPU, cores, memory, OS and library versions."""
-    import psutil
-
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
-        "cores": usable_cores(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "albumentations": _version("albumentations"),
-        "opencv": _version("cv2"),
-        "numpy": _version("numpy"),
-        "joblib": _version("joblib"),
-    }
 
 
 def add_ratios(records: Sequence[Record], cores: int) -> list[Record]:
@@ -121,6 +78,12 @@ def _backend_cell(r: Record) -> str:
 
 Column = tuple[str, Callable[[Record], str]]
 
+
+def text_columns(*names: str) -> list[Column]:
+    """Columns for rows whose cells are already text: ``{column name: cell}``."""
+    return [(name, operator.itemgetter(name)) for name in names]
+
+
 POINT_COLUMNS: list[Column] = [
     ("size", lambda r: f"{r['size']} ({r['images']})"),
     ("backend", _backend_cell),
@@ -135,7 +98,7 @@ POINT_COLUMNS: list[Column] = [
     ("peak PSS MB", lambda r: f"{r['peak_pss_mb']:.0f}"),
 ]
 
-# The seed report's table: best cores per technique and dataset size.
+# The course report's table: best cores per technique and dataset size.
 BEST_COLUMNS: list[Column] = [
     ("size", lambda r: f"{r['size']} ({r['images']})"),
     ("technique", lambda r: r["backend"]),
@@ -161,20 +124,22 @@ def format_table(records: Sequence[Record], columns: Sequence[Column]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(records: Sequence[Record], columns: Sequence[Column]) -> str:
-    """A GitHub markdown table with the same cells as ``format_table``."""
+def markdown_table(records: Sequence[Record], columns: Sequence[Column], align: str | None = None) -> str:
+    """A GitHub markdown table with the same cells as ``format_table``.
+
+    ``align`` has one letter per column: ``l`` left, ``r`` right, ``c`` centred; by default
+    the first two columns are left-aligned and the numbers after them right-aligned.
+    """
+    align = align or ("ll" + "r" * len(columns))[: len(columns)]
+    if len(align) != len(columns) or set(align) - set(_RULES):
+        raise ValueError(f"align {align!r}: expected one of {sorted(_RULES)} per column ({len(columns)})")
     head = "| " + " | ".join(name for name, _ in columns) + " |"
-    rule = "| " + " | ".join("---" if k < 2 else "---:" for k in range(len(columns))) + " |"
+    rule = "| " + " | ".join(_RULES[a] for a in align) + " |"
     body = ["| " + " | ".join(row) + " |" for row in _cells(records, columns)]
     return "\n".join([head, rule, *body])
 
 
-def _machine_line(meta: dict[str, Any]) -> str:
-    return (f"{meta['date']}; {meta['cpu']}, {meta['cores']} cores, {meta['memory_gb']} GB, {meta['os']}; "
-            f"Python {meta['python']}, torch {meta['torch']}, albumentations {meta['albumentations']}, "
-            f"OpenCV {meta['opencv']}, numpy {meta['numpy']}, joblib {meta['joblib']}"
-            + (f"; load average {meta['load_before']:.2f} before, {meta['load_after']:.2f} after"
-               if "load_before" in meta else ""))  # fmt: skip
+_RULES = {"l": "---", "r": "---:", "c": ":---:"}
 
 
 def write_json(path: str | Path, records: Sequence[Record]) -> None:
@@ -187,13 +152,30 @@ def write_markdown(path: str | Path, records: Sequence[Record], meta: dict[str, 
     """Both tables under a header saying where, when and how they were measured."""
     text = [
         "# flirdata bench", "",
-        f"Measured {_machine_line(meta)}.", "",
+        f"Measured {machine_line(meta)}.", "",
         f"Command: `{command}`", "",
         *[f"{note}." for note in notes], "",
         "## Best cores per technique and size", "", markdown_table(best_per_size(records), BEST_COLUMNS), "",
         "## Every point", "", markdown_table(records, POINT_COLUMNS), "",
     ]  # fmt: skip
     Path(path).write_text("\n".join(text))
+
+
+def replace_block(path: str | Path, name: str, text: str, heading: str) -> None:
+    """Put ``text`` between ``name``'s begin/end markers in the markdown file ``path``.
+
+    What stands outside the markers (analysis written by hand) stays; a file without them
+    gets ``heading`` and the block appended, a missing file is started.
+    """
+    path = Path(path)
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
+    path.write_text(new)
 
 
 def plot_speedup(path: str | Path, records: Sequence[Record], cores: int) -> None:

@@ -4,9 +4,10 @@ Flat item ``j`` of an export is copy ``k = j // N`` of image ``i = j % N`` (``N`
 as ``ds.sample(i, epoch=k)``: the first ``N`` items are copy 0 of every image, so ``limit=n``
 saves exactly what ``ds.sample(i, epoch=0)`` gives for the first ``n`` images.
 
-Items go through ``make_loader`` in batches; the batch's collate function (``write_batch``,
-in ``export_batch``) runs in the workers and writes the batch's files, then its shard in the
-hidden work folder. A batch is done when its shard exists, so ``resume=True`` only redoes
+Items are written in batches: ``BatchWriter`` (in ``batch.py``) is the task function of a
+backend of ``BACKENDS``, mapped in order over the pending batch numbers; in the workers it draws
+a batch's items, writes their files, then the batch's shard in the hidden work folder, and
+returns only counts. A batch is done when its shard exists, so ``resume=True`` only redoes
 batches without one. The final ``coco.json`` (or ``data.yaml``) is merged from the shards in
 batch order, streamed (memory stays bounded), and renamed into place last; the work folder is
 then removed. Nothing depends on which worker wrote what, so every file has the same bytes for
@@ -20,7 +21,6 @@ each split has its own work folder and resumes on its own, and finishing a split
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import time
@@ -34,30 +34,33 @@ import albumentations as A
 from tqdm import tqdm
 
 from flirdata.backends import BACKENDS
+from flirdata.cliargs import POSITIVE, SEED, WORKERS, IntRange, add_progress, add_root, choices_text
 from flirdata.dataset import SPLITS, FlirDetection
 from flirdata.errors import FlirdataError, WorkerError
-from flirdata.loader import make_loader
+from flirdata.files import write_atomic
+from flirdata.loader import open_backend, warn_if_oversubscribed
 from flirdata.tools.export.batch import (
     WORK_DIR,
     BatchResult,
-    CopyView,
+    BatchWriter,
     ExportError,
     ExportItem,
     ExportPlan,
+    export_item,
     output_stem,
-    write_atomic,
     write_batch,
 )
 from flirdata.tools.export.output import VERSION, finish_output, pending_batches, prepare_output, yolo_record
 from flirdata.tools.export.yolo import YOLO_SPLITS
 from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
 
-__all__ = ["EVAL_SPLITS", "FORMATS", "WORK_DIR", "BatchResult", "CopyView", "ExportError", "ExportItem",
-           "ExportPlan", "ExportSummary", "configure_parser", "export_augmented", "output_stem", "run_command",
-           "write_atomic", "write_batch"]  # fmt: skip
+__all__ = ["EVAL_SPLITS", "FORMATS", "WORK_DIR", "BatchResult", "BatchWriter", "ExportError", "ExportItem",
+           "ExportPlan", "ExportSummary", "configure_parser", "export_augmented", "export_item", "output_stem",
+           "run_command", "write_atomic", "write_batch"]  # fmt: skip
 
 FORMATS = ("coco", "yolo")
 EVAL_SPLITS = ("val", "test")  # the CLI writes these once, un-augmented, unless --augment-all
+QUALITY = IntRange(0, 100)  # JPEG quality, as OpenCV takes it
 
 
 @dataclass(frozen=True)
@@ -151,18 +154,22 @@ def _check_arguments(dataset: Any, copies: int, fmt: str, quality: int, batch_si
     return total
 
 
-def _run(view: CopyView, plan: ExportPlan, backend: str, workers: int, progress: bool) -> int:
-    """Write the pending batches through ``make_loader``; return the number of images written."""
+def _run(writer: BatchWriter, pending: list[int], backend: str, workers: int, progress: bool) -> int:
+    """Write the pending batches through ``backend``, in order; return the number of images written."""
+    left = sum(len(writer.items(batch)) for batch in pending)
     written = 0
-    with tqdm(total=view.total, initial=view.total - len(view), unit="img", desc=f"export {plan.split or ''}",
+    with tqdm(total=writer.total, initial=writer.total - left, unit="img", desc=f"export {writer.plan.split or ''}",
               disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
-        if len(view) == 0:
+        if not pending:
             return 0
-        collate = functools.partial(write_batch, plan=plan)
-        with make_loader(view, backend, workers, plan.batch_size, rank=0, world_size=1, collate_fn=collate) as loader:
-            for result in loader:
+        warn_if_oversubscribed(backend, workers, stacklevel=3)  # blames export_augmented's caller
+        runner = open_backend(backend, writer, workers)
+        try:
+            for result in runner.imap(pending):
                 written += result.images
                 bar.update(result.images)
+        finally:
+            runner.close()
     return written
 
 
@@ -199,7 +206,8 @@ def export_augmented(
             un-augmented dataset (``transform=None``, ``copies=1``) so validation sees the
             real frames.
         quality: JPEG quality.
-        backend, workers, batch_size: how ``make_loader`` runs the export.
+        backend, workers, batch_size: how the export runs: a key of ``BACKENDS`` (``workers <= 1``
+            writes in the calling thread), and the images per task.
         resume: finish an interrupted export in ``out`` (only missing batches are written).
         progress: show a tqdm progress bar.
         limit: export only the first ``limit`` items (copy 0 of the first images first), e.g.
@@ -219,7 +227,7 @@ def export_augmented(
     written = 0
     if done is None:
         pending = pending_batches(plan, dataset, total)
-        written = _run(CopyView(dataset, total, batch_size, tuple(pending)), plan, backend, workers, progress)
+        written = _run(BatchWriter(dataset, plan, total), pending, backend, workers, progress)
         done = {"totals": finish_output(plan, settings, dataset.index, -(-total // batch_size))}
     totals = done["totals"]
     return ExportSummary(out=plan.out, fmt=fmt, images=totals["images"], written=written,
@@ -229,29 +237,48 @@ def export_augmented(
 
 # -- command line -------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from flirdata.transforms import PRESETS
+
     add = parser.add_argument
-    add("--data", required=True, metavar="ROOT", help="dataset folder (holding images_thermal_train/ ...)")
-    add("--split", default="train", metavar="SPLITS",
+    add_root(parser, "dataset folder (holding images_thermal_train/ ...)", data_alias=True)
+    add(
+        "--split",
+        default="train",
+        metavar="SPLITS",
         help="train, val, test (rgb_train, ...), or a folder holding coco.json (default: train); yolo takes "
-             "several, comma-separated, into one dataset (images/S, labels/S, data.yaml), and a later call "
-             "with another split adds it to the same --out")  # fmt: skip
-    add("--out", required=True, metavar="OUT",
-        help="output folder: new or empty, an interrupted export, or (yolo) a dataset export wrote before")  # fmt: skip
-    add("--copies", type=int, default=1,
+        "several, comma-separated, into one dataset (images/S, labels/S, data.yaml), and a later call "
+        "with another split adds it to the same --out",
+    )
+    add(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="output folder: new or empty, an interrupted export, or (yolo) a dataset export wrote before",
+    )
+    add(
+        "--copies",
+        type=POSITIVE,
+        default=1,
+        metavar="N",
         help="augmented copies of every train image (default: 1); val and test are written once, "
-             "un-augmented (the original frames and boxes), unless --augment-all")  # fmt: skip
+        "un-augmented (the original frames and boxes), unless --augment-all",
+    )
     add("--augment-all", action="store_true", help="augment val and test too, with --preset and --copies")
     add("--format", dest="fmt", choices=FORMATS, default="coco", help="output layout (default: coco)")
-    add("--quality", type=int, default=95, help="JPEG quality (default: 95)")
-    add("--seed", type=int, default=0, help="augmentation seed (default: 0)")
-    add("--preset", default=None,
-        help="augmentation preset or pipeline file (default: the split's own, thermal or rgb)")  # fmt: skip
+    add("--quality", type=QUALITY, default=95, metavar="Q", help="JPEG quality, 0 to 100 (default: 95)")
+    add("--seed", type=SEED, default=0, help="augmentation seed (default: 0)")
+    add(
+        "--preset",
+        default=None,
+        help=f"augmentation preset ({choices_text(sorted(PRESETS))}) or an albumentations .json/.yaml file "
+        "(default: the split's own, thermal or rgb)",
+    )
     add("--resume", action="store_true", help="finish an interrupted export into OUT")
-    add("--backend", choices=sorted(BACKENDS), default="sequential", help="loader backend")
-    add("--workers", type=int, default=1, help="loader workers (default: 1)")
-    add("--batch-size", type=int, default=16, help="images per batch (default: 16)")
-    add("--limit", type=int, default=None, help="export only the first N images (of each split)")
-    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add("--backend", choices=sorted(BACKENDS), default="sequential", help="loader backend (default: sequential)")
+    add("--workers", type=WORKERS, default=1, metavar="N", help="loader workers, 1 = no pool (default: 1)")
+    add("--batch-size", type=POSITIVE, default=16, metavar="N", help="images per batch (default: 16)")
+    add("--limit", type=POSITIVE, default=None, metavar="N", help="export only the first N images (of each split)")
+    add_progress(parser)
 
 
 def _yolo_split(split: str) -> str:
@@ -289,7 +316,7 @@ def _split_datasets(args: argparse.Namespace, splits: list[str]) -> list[FlirDet
     try:
 
         def build(split: str, classes: Sequence[str] | None = None) -> FlirDetection:
-            ds = FlirDetection(args.data, split, seed=args.seed, classes=classes)
+            ds = FlirDetection(args.root, split, seed=args.seed, classes=classes)
             if not _plain(split, args):
                 ds.transform = ensure_detection_compose(build_transform(args.preset or MODALITY_PRESETS[ds.modality]))
             return ds

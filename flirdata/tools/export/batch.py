@@ -1,9 +1,10 @@
 """The worker side of ``flirdata export``: one batch of augmented copies becomes files and a shard.
 
-A worker receives ``ExportItem``s from ``CopyView`` and runs ``write_batch`` as the loader's
-collate function: each image is encoded to JPEG and written (with its YOLO label file) under
-a temporary name and renamed, then the batch's COCO records go to a shard in the work folder.
-The shard is written last, so its presence means the whole batch is on disk.
+``BatchWriter`` is the task function a backend runs (``flirdata.mapping``'s ordered map):
+its task is a batch number, it draws the batch's items (``export_item``) and ``write_batch``
+encodes each image to JPEG and writes it (with its YOLO label file) atomically, then the
+batch's COCO records go to a shard in the work folder and only small counts go back. The
+shard is written last, so its presence means the whole batch is on disk.
 
 Where files go is ``ExportPlan``'s business, relative to the output folder ``out``::
 
@@ -15,23 +16,21 @@ Where files go is ``ExportPlan``'s business, relative to the output folder ``out
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
+from flirdata.backends.protocol import add_note
 from flirdata.errors import FlirdataError
+from flirdata.files import write_atomic
 from flirdata.tools.export.yolo import yolo_label_text
 
-__all__ = ["DECIMALS", "WORK_DIR", "BatchResult", "CopyView", "ExportError", "ExportItem", "ExportPlan",
-           "atomic_file", "output_stem", "shard_path", "write_atomic", "write_batch"]  # fmt: skip
+__all__ = ["DECIMALS", "WORK_DIR", "BatchResult", "BatchWriter", "ExportError", "ExportItem", "ExportPlan",
+           "export_item", "output_stem", "shard_path", "write_batch"]  # fmt: skip
 
 WORK_DIR = ".flirdata-export"  # hidden: tools that glob OUT never see half-finished state
 DECIMALS = 2  # box coordinates in pixels: 0.01 px is far below annotation accuracy
@@ -70,7 +69,7 @@ class ExportPlan:
 
 @dataclass(frozen=True)
 class ExportItem:
-    """One augmented copy on its way from ``CopyView`` to ``write_batch``."""
+    """One augmented copy on its way from ``export_item`` to ``write_batch``."""
 
     index: int  # flat item j
     copy: int
@@ -118,67 +117,20 @@ def _optional(target: dict[str, Any], key: str) -> np.ndarray | None:
     return None if value is None else np.asarray(value)
 
 
-@dataclass(frozen=True)
-class CopyView:
-    """The dataset seen as the export's flat items ``j``, restricted to the pending batches.
-
-    Position ``p`` is item ``batches[p // batch_size] * batch_size + p % batch_size``: the
-    loader's own batches of ``batch_size`` consecutive positions are then exactly the export's
-    pending batches (only the export's last batch can be short, and it stays last).
-    """
-
-    dataset: Any
-    total: int
-    batch_size: int
-    batches: tuple[int, ...]
-
-    def __len__(self) -> int:
-        if not self.batches:
-            return 0
-        last_size = min(self.batch_size, self.total - self.batches[-1] * self.batch_size)
-        return (len(self.batches) - 1) * self.batch_size + last_size
-
-    def __getitem__(self, p: int) -> ExportItem:
-        j = self.batches[p // self.batch_size] * self.batch_size + p % self.batch_size
-        index = self.dataset.index
-        i, k = j % len(index), j // len(index)
-        image, target = self.dataset.sample(i, epoch=k)
-        source_id = int(target["image_id"])
-        # on_error="skip" may have replaced image i by another one: record the real source
-        row = i if index.image_ids[i] == source_id else int(np.flatnonzero(index.image_ids == source_id)[0])
-        return ExportItem(
-            index=j, copy=k, stem=output_stem(index.file_name(i), k), image=_as_hwc_bgr(image.numpy()),
-            xyxy=target["boxes"].numpy(), labels=target["labels"].numpy(), source_id=source_id,
-            source_file=index.file_name(row), source_boxes=int(np.diff(index.box_start[row : row + 2])[0]),
-            area=_optional(target, "area"), iscrowd=_optional(target, "iscrowd"),
-        )  # fmt: skip
-
-
-# -- files: temporary name, then rename -------------------------------------------------------
-@contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """A file that appears at ``path`` complete or not at all (kill -9 leaves a hidden ``.tmp``).
-
-    No fsync: this protects against a killed process, not a power cut, and an fsync per
-    image would cost more than the encoding. Write errors (disk full) name the final path.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name and rename it into place."""
-    with atomic_file(Path(path)) as f:
-        f.write(data)
+def export_item(dataset: Any, j: int) -> ExportItem:
+    """Flat item ``j`` of an export: copy ``k = j // N`` of image ``i = j % N``, ``dataset.sample(i, epoch=k)``."""
+    index = dataset.index
+    i, k = j % len(index), j // len(index)
+    image, target = dataset.sample(i, epoch=k)
+    source_id = int(target["image_id"])
+    # on_error="skip" may have replaced image i by another one: record the real source
+    row = i if index.image_ids[i] == source_id else int(np.flatnonzero(index.image_ids == source_id)[0])
+    return ExportItem(
+        index=j, copy=k, stem=output_stem(index.file_name(i), k), image=_as_hwc_bgr(image.numpy()),
+        xyxy=target["boxes"].numpy(), labels=target["labels"].numpy(), source_id=source_id,
+        source_file=index.file_name(row), source_boxes=int(np.diff(index.box_start[row : row + 2])[0]),
+        area=_optional(target, "area"), iscrowd=_optional(target, "iscrowd"),
+    )  # fmt: skip
 
 
 def shard_path(plan: ExportPlan, batch: int) -> Path:
@@ -223,10 +175,9 @@ def _write_item(item: ExportItem, plan: ExportPlan) -> tuple[dict[str, Any], lis
 
 
 def write_batch(items: list[ExportItem], plan: ExportPlan) -> BatchResult:
-    """Collate function of an export: write a batch's images, labels and shard; return counts.
+    """Write a batch's images, labels and shard; return its counts.
 
-    Runs in a worker, as ``functools.partial(write_batch, plan=plan)``. The shard is written
-    last, so its presence means the whole batch is on disk.
+    The shard is written last, so its presence means the whole batch is on disk.
     """
     images, anns, dropped = [], [], 0
     for item in items:
@@ -238,3 +189,32 @@ def write_batch(items: list[ExportItem], plan: ExportPlan) -> BatchResult:
     shard = {"images": images, "annotations": anns, "kept": len(anns), "dropped": dropped}
     write_atomic(shard_path(plan, batch), json.dumps(shard).encode())
     return BatchResult(batch=batch, images=len(items), kept=len(anns), dropped=dropped)
+
+
+@dataclass(frozen=True)
+class BatchWriter:
+    """The task function of an export: batch number in, files on disk, ``BatchResult`` out.
+
+    Small and picklable (the dataset, the plan, the item count): process backends send it to
+    each worker once. Errors keep their type and message and gain a note naming the item.
+    """
+
+    dataset: Any
+    plan: ExportPlan
+    total: int  # items in the whole export; only the last batch is short
+
+    def items(self, batch: int) -> range:
+        """The flat items of ``batch``."""
+        size = self.plan.batch_size
+        return range(batch * size, min(self.total, (batch + 1) * size))
+
+    def __call__(self, batch: int) -> BatchResult:
+        items = []
+        for j in self.items(batch):
+            try:
+                items.append(export_item(self.dataset, j))
+            except Exception as exc:
+                n = len(self.dataset)
+                add_note(exc, f"flirdata export: while drawing item {j} (copy {j // n} of sample {j % n})")
+                raise
+        return write_batch(items, self.plan)

@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from flirdata.tools.export.batch import (
-    WORK_DIR,
-    ExportError,
-    ExportPlan,
-    atomic_file,
-    output_stem,
-    shard_path,
-    write_atomic,
-)
+from flirdata.coco import write_coco
+from flirdata.files import remove_temporaries, write_atomic
+from flirdata.tools.export.batch import WORK_DIR, ExportError, ExportPlan, output_stem, shard_path
 from flirdata.tools.export.yolo import YOLO_SPLITS, data_yaml_text, read_data_yaml
 
 __all__ = ["VERSION", "finish_output", "pending_batches", "prepare_output", "yolo_record"]
@@ -100,9 +93,7 @@ def _create(plan: ExportPlan, work_settings: dict[str, Any]) -> None:
         folders = [out, out / plan.work, out / plan.work / "shards", out / plan.images]
         for folder in folders + ([out / plan.labels] if plan.labels else []):
             folder.mkdir(parents=True, exist_ok=True)
-            for entry in os.scandir(folder):
-                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                    os.unlink(entry.path)
+            remove_temporaries(folder)
         write_atomic(out / plan.work / "params.json", json.dumps(work_settings, indent=1).encode())
     except OSError as exc:
         raise ExportError(f"{out}: cannot write the output folder ({exc.strerror or exc})") from None
@@ -161,28 +152,17 @@ def _iter_shards(plan: ExportPlan, batches: int) -> Iterator[dict[str, Any]]:
             raise ExportError(f"{path}: shard of batch {batch} is missing; rerun with --resume") from None
 
 
-def _write_records(f: IO[str], records: Iterator[dict[str, Any]]) -> None:
-    sep = "\n"
-    for record in records:
-        f.write(sep + json.dumps(record))
-        sep = ",\n"
-    f.write("\n")
-
-
 def _write_coco(plan: ExportPlan, meta: dict[str, Any], index: Any, batches: int) -> None:
     """Stream ``coco.json`` from the shards (two passes), numbering annotations in order."""
     labels = [label for label in range(1, len(index.classes) + 1) if index.category_ids[label] > 0]
     categories = sorted(({"id": int(index.category_ids[label]), "name": index.classes[label - 1]}
                          for label in labels), key=lambda c: c["id"])  # fmt: skip
     info = {"description": "augmented copies written by flirdata export", "flirdata_export": meta}
-    with atomic_file(Path(plan.out) / "coco.json", "w") as f:
-        f.write(f'{{"info": {json.dumps(info)},\n"licenses": [],\n"categories": {json.dumps(categories)},\n')
-        f.write('"images": [')
-        _write_records(f, (image for shard in _iter_shards(plan, batches) for image in shard["images"]))
-        f.write('],\n"annotations": [')
-        anns = (ann for shard in _iter_shards(plan, batches) for ann in shard["annotations"])
-        _write_records(f, ({"id": n, **ann} for n, ann in enumerate(anns, start=1)))
-        f.write("]}\n")
+    images = (image for shard in _iter_shards(plan, batches) for image in shard["images"])
+    anns = (ann for shard in _iter_shards(plan, batches) for ann in shard["annotations"])
+    numbered = ({"id": n, **ann} for n, ann in enumerate(anns, start=1))
+    header = {"info": info, "licenses": [], "categories": categories}
+    write_coco(Path(plan.out) / "coco.json", header, images, numbered, layout="lines")
 
 
 def _write_data_yaml(plan: ExportPlan, meta: dict[str, Any], names: Sequence[str]) -> None:

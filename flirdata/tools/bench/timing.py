@@ -1,0 +1,98 @@
+"""How the benchmarks time work: one thread for the ideal, one timed window for a rate.
+
+``calibrate`` is the single-thread reference every parallel rate is compared with: a tight
+loop of ``dataset[i]`` (decode + augment) and ``collate_detection``, no framework, OpenCV and
+torch at one thread, after one warm-up batch. ``timed_window`` times a stretch of any batch
+iterator and says how much CPU this process tree used and how many cores other processes of
+a shared machine took meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import pickle
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from flirdata.tools.bench.machine import busy_seconds, tree_cpu_seconds
+
+__all__ = ["Window", "single_threaded", "tight_batches", "calibrate", "timed_window"]
+
+
+class Window(NamedTuple):
+    """One timed stretch of batches."""
+
+    images: int
+    seconds: float
+    cpu_seconds: float  # this process and its children
+    others_cores: float  # CPU other processes took, in cores (0 when the machine was ours)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return self.cpu_seconds / self.images * 1e3
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """OpenCV and torch at one thread, restored after: the 'single-thread' of the ideal."""
+    import cv2
+    import torch
+
+    cv_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(cv_threads)
+        torch.set_num_threads(torch_threads)
+
+
+def tight_batches(dataset: Any, batch_size: int, seed: int) -> Iterator[Any]:
+    """``collate_detection`` over a seeded shuffle of ``dataset``, in this thread, no framework."""
+    from flirdata.collate import collate_detection
+
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    for k in range(0, len(order), batch_size):
+        yield collate_detection([dataset[int(i)] for i in order[k : k + batch_size]])
+
+
+def timed_window(batches: Iterable[Any], skip: int, count: int) -> Window:
+    """Skip ``skip`` batches (warm-up), then time the next ``count`` (fewer if they run out).
+
+    A batch is ``(images, targets, ...)``; its images are ``len(batch[1])``. Stopping after
+    ``count`` rather than at the end matters: a DataLoader stops its workers (and loses their
+    CPU times) when its epoch ends.
+    """
+    batches = iter(batches)
+    for _ in range(skip):
+        next(batches, None)
+    busy, mine = busy_seconds(), tree_cpu_seconds()
+    start, images = time.perf_counter(), 0
+    for batch in itertools.islice(batches, count):
+        images += len(batch[1])
+    elapsed = time.perf_counter() - start
+    used = tree_cpu_seconds() - mine
+    others = (busy_seconds() - busy - used) / elapsed if elapsed > 0 else 0.0
+    return Window(images, elapsed, used, max(others, 0.0))
+
+
+def calibrate(dataset: Any, batch_size: int, batches: int, seed: int) -> dict[str, float]:
+    """Tight-loop rate of decode + augment + collate on one thread, and a batch's pickle cost."""
+    with single_threaded():
+        stream = tight_batches(dataset, batch_size, seed)
+        batch = next(stream)  # warm-up, and the batch whose pickling is timed
+        window = timed_window(stream, 0, batches)
+    start = time.perf_counter()
+    data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.loads(data)
+    pickle_ms = (time.perf_counter() - start) * 1e3
+    return {"tight_images_per_s": window.images_per_s, "pickle_ms_per_batch": pickle_ms, "batch_mb": len(data) / 2**20}
