@@ -47,7 +47,7 @@ import torch
 
 from flirdata import FlirDetection, build_transform
 from flirdata.backends import BACKENDS, shm
-from flirdata.backends.worker import forkserver_context, tune_malloc
+from flirdata.backends._worker import forkserver_context, tune_malloc
 from flirdata.loader import make_loader
 from flirdata.synth import synthesize
 from flirdata.tools.bench.machine import load_average, machine_info, machine_line

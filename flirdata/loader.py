@@ -12,7 +12,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flirdata.backends import BACKENDS, Backend, Fetcher, Task
@@ -32,12 +32,7 @@ class LoaderOptions:
 
     backend: str = "sequential"
     workers: int = 1
-    batch_size: int = 32
-    shuffle: bool = False
-    seed: int = 0
-    drop_last: bool = False
-    rank: int = 0
-    world_size: int = 1
+    batching: BatchSampler = BatchSampler(0, batch_size=32)  # order, shards, batches; sized per dataset
     collate_fn: Callable[[list[Any]], Any] = collate_detection
     prefetch: int = 2
     output: str = "uint8"
@@ -63,8 +58,8 @@ class LoaderOptions:
         return _effective_backend(self.backend, self.workers)
 
     def sampler(self, size: int) -> BatchSampler:
-        return BatchSampler(size, self.batch_size, self.shuffle, self.seed, self.drop_last,
-                            self.rank, self.world_size)  # fmt: skip
+        """The batch sampler of a dataset of ``size`` samples."""
+        return replace(self.batching, size=size)
 
 
 class Loader:
@@ -257,8 +252,8 @@ def make_loader(
     """
     _refuse_empty(dataset)
     rank, world_size = resolve_shard(rank, world_size)  # in the main process: workers get plain ints
-    options = LoaderOptions(backend, workers, batch_size, shuffle, seed, drop_last, rank, world_size,
-                            collate_fn, prefetch, output, timeout)  # fmt: skip
+    batching = BatchSampler(0, batch_size, shuffle, seed, drop_last, rank, world_size)
+    options = LoaderOptions(backend, workers, batching, collate_fn, prefetch, output, timeout)
     warn_if_oversubscribed(options.backend, options.workers, stacklevel=2)
     return Loader(dataset, options)
 

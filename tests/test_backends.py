@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from flirdata import FlirDetection, build_transform
-from flirdata.backends import BACKENDS, Fetcher, PoolBackend, WorkerCrashError
-from flirdata.backends import shm as shm_module
+from flirdata.backends import BACKENDS, Fetcher, WorkerCrashError
+from flirdata.backends import _shm as shm_module
+from flirdata.backends._pool import PoolBackend
+from flirdata.backends._shm import PackedBatch, SharedRing, ShmCapacityWarning, ShmImages, Slot
 from flirdata.backends.dataloader import RemoteFailure, Shipment
-from flirdata.backends.shm import PackedBatch, SharedRing, ShmCapacityWarning, ShmImages, Slot
 from flirdata.loader import Loader, LoaderOptions, make_loader
 
 PARALLEL = ("dataloader", "loky", "process", "threads")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flirdata import FlirDetection, build_transform
-from flirdata.backends import shm
+from flirdata.backends import _shm as shm
 from flirdata.tools.bench.machine import LIBRARIES, busy_seconds, machine_info, machine_line, tree_cpu_seconds
 from flirdata.tools.bench.memory import MemorySampler
 from flirdata.tools.bench.report import markdown_table, replace_block, text_columns

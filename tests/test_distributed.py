@@ -70,7 +70,7 @@ def process_group() -> Iterator[None]:
 
 def shard(loader_or_sampler: object) -> tuple[int, int]:
     options = getattr(loader_or_sampler, "options", loader_or_sampler)
-    return options.rank, options.world_size
+    return options.batching.rank, options.batching.world_size
 
 
 def flat(batches: list[tuple[int, ...]]) -> list[int]:
@@ -131,7 +131,7 @@ import torch.distributed as dist
 from flirdata.loader import make_loader
 dist.init_process_group("gloo", init_method=sys.argv[1], rank=int(sys.argv[2]), world_size=2)
 loader = make_loader(list(range(9)), batch_size=4)
-print(loader.options.rank, loader.options.world_size, len(loader))
+print(loader.sampler.rank, loader.sampler.world_size, len(loader))
 dist.destroy_process_group()
 """
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from flirdata.backends import BACKENDS, WorkerCrashError
-from flirdata.backends.shm import SEGMENT_PREFIX
+from flirdata.backends._shm import SEGMENT_PREFIX
 from flirdata.loader import make_loader
 
 PROCESS_BACKENDS = ("dataloader", "loky", "process")

@@ -16,10 +16,10 @@ from conftest import RGB_SIZES, write_split
 
 from flirdata import BACKENDS, FlirDetection, ImageError, build_transform, collate_detection, make_loader
 from flirdata.boxes import box_iou
-from flirdata.tools.check import check_dataset
 from flirdata.cli import main
 from flirdata.images import infer_modality
 from flirdata.synth import FramePlan, RenderJob, synthesize
+from flirdata.tools.check import check_dataset
 from flirdata.tools.export import export_augmented
 from flirdata.tools.preview import render_tile
 

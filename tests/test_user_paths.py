@@ -207,7 +207,7 @@ def test_main_defined_collate_in_an_unguarded_script_fails_early_with_the_fix(
     result = run_user_code(code, "file", tmp_path)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("flirdata.backends.spawning.MainModuleError: ")
+    assert last.startswith("flirdata.backends._spawning.MainModuleError: ")
     assert "user_script.py, and its line 9 starts this loader outside" in last  # the `for` line
     assert 'if __name__ == "__main__":' in last
     assert "my_collate" in last and "backend='threads' or 'loky'" in last

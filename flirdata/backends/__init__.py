@@ -1,38 +1,47 @@
-"""Parallel backends: interchangeable ways to run one ``Fetcher`` over a loader's tasks.
+"""Parallel backends: interchangeable ways to run one picklable task function over a list of tasks.
 
-``BACKENDS`` maps each name to a factory ``(fetcher, workers, prefetch) -> Backend``:
+``BACKENDS`` maps each name to a factory ``(fn, workers, prefetch, timeout) -> Backend`` whose
+``imap(tasks)`` yields ``fn(task)`` in task order with a bounded number in flight:
 
 * "sequential": the calling thread, the baseline (and the path of ``workers <= 1``);
 * "dataloader": torch ``DataLoader`` workers;
 * "threads": joblib's threading backend;
 * "loky": a joblib loky process pool, images through a shared-memory ring;
 * "process": ``concurrent.futures.ProcessPoolExecutor``, images through the same ring.
+
+The path of one loader batch::
+
+    Loader.__iter__ -> tasks (epoch, indices) from BatchSampler
+      -> backend.imap: mapping.bounded_map submits up to workers * prefetch tasks
+        -> worker: Fetcher(task) = collate([dataset.sample(i, epoch) for i in indices])
+           (process pools: images packed into a shared-memory ring slot, _shm.py)
+      <- results in task order; the consumer converts them (outputs.py) and trains
+
+The modules starting with ``_`` are internals: the process-pool window (``_pool``), the
+shared-memory ring (``_shm``), per-worker set-up (``_worker``) and how workers start from
+any script (``_spawning``).
 """
 
 from __future__ import annotations
 
+from flirdata.backends._shm import ShmCapacityWarning
+from flirdata.backends._spawning import MainModuleError
 from flirdata.backends.dataloader import DataLoaderBackend
 from flirdata.backends.loky import make_loky_backend
-from flirdata.backends.pool import PoolBackend
 from flirdata.backends.process import make_process_backend
-from flirdata.backends.protocol import Backend, BackendFactory, Fetcher, Task, WorkerCrashError
+from flirdata.backends.protocol import Backend, BackendFactory, Fetcher, Task, TaskFunction, WorkerCrashError
 from flirdata.backends.sequential import SequentialBackend
-from flirdata.backends.shm import ShmCapacityWarning
-from flirdata.backends.spawning import MainModuleError
 from flirdata.backends.threads import ThreadsBackend
 
 __all__ = [
     "BACKENDS",
     "Backend",
     "BackendFactory",
-    "DataLoaderBackend",
     "Fetcher",
     "MainModuleError",
-    "PoolBackend",
-    "SequentialBackend",
     "ShmCapacityWarning",
     "Task",
-    "ThreadsBackend",
+    "TaskFunction",
     "WorkerCrashError",
 ]
 

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from flirdata.backends._shm import dumps
+from flirdata.backends._spawning import plan_worker_start
+from flirdata.backends._worker import forkserver_context, portable_exception, setup_worker
 from flirdata.backends.protocol import TaskFunction, WorkerCrashError
-from flirdata.backends.shm import dumps
-from flirdata.backends.spawning import plan_worker_start
-from flirdata.backends.worker import forkserver_context, portable_exception, setup_worker
 from flirdata.errors import LoaderTimeoutError
 
 __all__ = ["DataLoaderBackend", "RemoteFailure", "RemoteTraceback", "Shipment"]

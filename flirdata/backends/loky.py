@@ -13,9 +13,9 @@ from concurrent.futures import Executor
 
 from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
 
-from flirdata.backends.pool import PoolBackend
+from flirdata.backends._pool import PoolBackend
+from flirdata.backends._worker import THREAD_ENV, install_fetcher
 from flirdata.backends.protocol import TaskFunction
-from flirdata.backends.worker import THREAD_ENV, install_fetcher
 
 __all__ = ["make_loky_backend"]
 

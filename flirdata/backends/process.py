@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor
 
-from flirdata.backends.pool import PoolBackend
+from flirdata.backends._pool import PoolBackend
+from flirdata.backends._spawning import plan_worker_start
+from flirdata.backends._worker import forkserver_context, install_fetcher
 from flirdata.backends.protocol import TaskFunction
-from flirdata.backends.spawning import plan_worker_start
-from flirdata.backends.worker import forkserver_context, install_fetcher
 
 __all__ = ["make_process_backend"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from flirdata.backends._worker import tune_malloc
 from flirdata.backends.protocol import TaskFunction
-from flirdata.backends.worker import tune_malloc
 
 __all__ = ["SequentialBackend"]
 

@@ -19,8 +19,8 @@ from typing import Any
 import cv2
 from joblib.parallel import ThreadingBackend  # joblib re-exports its backends here
 
+from flirdata.backends._worker import tune_malloc
 from flirdata.backends.protocol import TaskFunction
-from flirdata.backends.worker import tune_malloc
 from flirdata.errors import LoaderTimeoutError
 from flirdata.mapping import bounded_map
 

@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from flirdata.backends._shm import Slot, pack_batch
 from flirdata.backends.protocol import TaskFunction, add_note
-from flirdata.backends.shm import Slot, pack_batch
 
 __all__ = [
     "THREAD_ENV",
@@ -204,7 +204,7 @@ _FORKSERVER_LOCK = threading.Lock()
 _FORKSERVER_STARTED = False
 # Imported once by the fork server, so each worker forks with torch, cv2 and albumentations
 # loaded (fast start, pages shared copy-on-write) instead of importing them again.
-_PRELOAD = ["flirdata.backends.worker", "flirdata.dataset", "flirdata.collate", "flirdata.transforms"]
+_PRELOAD = ["flirdata.backends._worker", "flirdata.dataset", "flirdata.collate", "flirdata.transforms"]
 
 
 def forkserver_context() -> multiprocessing.context.BaseContext:

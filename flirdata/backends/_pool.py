@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from flirdata.backends._shm import SharedRing, Slot, unpack_batch
+from flirdata.backends._spawning import WorkerStart
+from flirdata.backends._worker import run_installed
 from flirdata.backends.protocol import WorkerCrashError
-from flirdata.backends.shm import SharedRing, Slot, unpack_batch
-from flirdata.backends.spawning import WorkerStart
-from flirdata.backends.worker import run_installed
 from flirdata.errors import LoaderTimeoutError
 from flirdata.mapping import bounded_map
 
