@@ -33,8 +33,16 @@ from demo_cli import DEFAULT_STEPS, PROG, ask_interactive, build_parser, cores, 
 from flirdata.cli import run_translated
 from flirdata.errors import FlirdataError
 
-__all__ = ["DemoError", "DemoResult", "ask_interactive", "build_parser", "cache_root", "main", "run_demo",
-           "start_distributed"]  # fmt: skip
+__all__ = [
+    "DemoError",
+    "DemoResult",
+    "ask_interactive",
+    "build_parser",
+    "cache_root",
+    "main",
+    "run_demo",
+    "start_distributed",
+]
 
 PROBE_BATCHES = 20  # batches timed with the loader alone, before training
 SAMPLE_BATCHES = 2  # batches --save-samples writes
@@ -129,8 +137,7 @@ def probe_loader(loader: Any, result: DemoResult) -> None:
         batches.close()  # cancels what the probe will not read; the pool stays for training
 
 
-def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: int | None,
-          result: DemoResult) -> None:  # fmt: skip
+def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: int | None, result: DemoResult) -> None:
     """The training loop, split into time waiting for batches and time in ``train_step``."""
     from demo_model import train_step
 
@@ -159,9 +166,17 @@ def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: in
     result.ranks = [(result.steps, result.images, result.loop_s)]
 
 
-def run_demo(dataset: Any, backend: str, workers: int, batch_size: int, steps: int | None,
-             epochs: int | None, seed: int, save_to: str | None = None,
-             distributed: bool = False) -> DemoResult:  # fmt: skip
+def run_demo(
+    dataset: Any,
+    backend: str,
+    workers: int,
+    batch_size: int,
+    steps: int | None,
+    epochs: int | None,
+    seed: int,
+    save_to: str | None = None,
+    distributed: bool = False,
+) -> DemoResult:
     """Probe the loader alone, then train a fresh ``TinyDetector`` through it (DDP if ``distributed``)."""
     import torch
 
@@ -169,8 +184,9 @@ def run_demo(dataset: Any, backend: str, workers: int, batch_size: int, steps: i
     from flirdata.loader import make_loader
 
     # No rank or world_size: under --distributed, make_loader takes this rank's shard from the group.
-    with make_loader(dataset, backend=backend, workers=workers, batch_size=batch_size, shuffle=True,
-                     seed=seed, drop_last=True) as loader:  # fmt: skip
+    with make_loader(
+        dataset, backend=backend, workers=workers, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True
+    ) as loader:
         runs_as = loader.options.effective_backend  # workers <= 1 runs in this thread
         # Worker threads and processes need cores too: training takes what they leave.
         threads = cores() if runs_as == "sequential" else max(1, cores() - workers)
@@ -197,7 +213,8 @@ def report(result: DemoResult) -> str:
     head = r.losses[:5] or [float("nan")]
     tail = r.losses[-5:] or [float("nan")]
     lines = [
-        f"loader    : {r.backend}, " + (f"{r.workers} workers" if r.workers else "in the training thread")
+        f"loader    : {r.backend}, "
+        + (f"{r.workers} workers" if r.workers else "in the training thread")
         + f"; training at {r.torch_threads} torch thread(s) on {cores()} cores",
         f"start-up  : {r.startup_s:.2f} s to the first batch",
         f"data only : {r.data_images_per_s:.1f} images/s (the loader alone, {PROBE_BATCHES} batches)",
@@ -205,7 +222,7 @@ def report(result: DemoResult) -> str:
         f"per step  : {r.step_s * per_step:.0f} ms training, {r.wait_s * per_step:.0f} ms waiting for data: "
         f"the loop waited for data {100 * r.wait_share:.0f}% of the time",
         f"loss      : {statistics.mean(head):.3f} (first steps) -> {statistics.mean(tail):.3f} (last steps)",
-    ]  # fmt: skip
+    ]
     if len(r.ranks) > 1:  # the lines above are this rank's, but for the loss
         lines[-1] += f", the mean over {len(r.ranks)} ranks (all-reduced)"
         lines[3:4] = [lines[3] + f", on rank {r.rank}", *_ranks_report(r)]
@@ -227,8 +244,10 @@ def compare(result: DemoResult, base: DemoResult) -> str:
     data = result.data_images_per_s / base.data_images_per_s if base.data_images_per_s else float("nan")
     loop = result.loop_images_per_s / base.loop_images_per_s if base.loop_images_per_s else float("nan")
     w = max(1, result.workers)
-    return (f"speedup over sequential: data loading {data:.2f}x, whole loop {loop:.2f}x; "
-            f"efficiency (speedup / {w} worker(s)): {data / w:.2f}, {loop / w:.2f}")  # fmt: skip
+    return (
+        f"speedup over sequential: data loading {data:.2f}x, whole loop {loop:.2f}x; "
+        f"efficiency (speedup / {w} worker(s)): {data / w:.2f}, {loop / w:.2f}"
+    )
 
 
 # -- distributed -------------------------------------------------------------------------------
@@ -238,8 +257,10 @@ def start_distributed() -> tuple[int, int]:
 
     missing = [name for name in TORCHRUN_ENV if name not in os.environ]
     if missing:
-        raise DemoError(f"--distributed runs under torchrun ({', '.join(missing)} not set): "
-                        "torchrun --standalone --nproc_per_node=N train_demo.py --distributed")  # fmt: skip
+        raise DemoError(
+            f"--distributed runs under torchrun ({', '.join(missing)} not set): "
+            "torchrun --standalone --nproc_per_node=N train_demo.py --distributed"
+        )
     dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
 
@@ -278,8 +299,14 @@ def write_record(result: DemoResult, folder: str) -> None:
     """``folder/rank-R.json``: what this rank trained on, step by step, and the losses it logged."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"rank": result.rank, "world_size": len(result.ranks), "steps": result.steps,
-              "image_ids": result.image_ids, "losses": result.losses, "local_losses": result.local_losses}  # fmt: skip
+    record = {
+        "rank": result.rank,
+        "world_size": len(result.ranks),
+        "steps": result.steps,
+        "image_ids": result.image_ids,
+        "losses": result.losses,
+        "local_losses": result.local_losses,
+    }
     (out / f"rank-{result.rank}.json").write_text(json.dumps(record))
 
 
@@ -294,18 +321,29 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> int:
     if len(dataset) == 0:
         raise DemoError(f"{dataset.split_dir}: the {args.split!r} split has no images; nothing to train on")
     if len(dataset) // world_size < args.batch_size:  # drop_last: a shard holds floor(n / world) images
-        raise DemoError(f"{root}: {len(dataset)} images make no full batch of {args.batch_size}{each}; "
-                        "lower --batch-size")  # fmt: skip
+        raise DemoError(
+            f"{root}: {len(dataset)} images make no full batch of {args.batch_size}{each}; lower --batch-size"
+        )
     print(f"training TinyDetector on {len(dataset)} images ({args.split}), batches of {args.batch_size}{each}")
-    result = run_demo(dataset, args.backend, args.workers, args.batch_size, steps, args.epochs, args.seed,
-                      args.save_samples if rank == 0 else None, args.distributed)  # fmt: skip
+    result = run_demo(
+        dataset,
+        args.backend,
+        args.workers,
+        args.batch_size,
+        steps,
+        args.epochs,
+        args.seed,
+        args.save_samples if rank == 0 else None,
+        args.distributed,
+    )
     print(report(result))
     if args.record is not None:
         write_record(result, args.record)
     if args.compare:
         print("\nsequential baseline, same steps:")
-        base = run_demo(dataset, "sequential", 1, args.batch_size, steps, args.epochs, args.seed,
-                        distributed=args.distributed)  # fmt: skip
+        base = run_demo(
+            dataset, "sequential", 1, args.batch_size, steps, args.epochs, args.seed, distributed=args.distributed
+        )
         print(report(base))
         print(compare(result, base))
     return 0

@@ -77,8 +77,10 @@ class PeerDataset(torch.utils.data.Dataset):
         boxes = defaultdict(list)
         for ann in coco["annotations"]:
             boxes[ann["image_id"]].append((ann["bbox"], ann["category_id"]))
-        self.items = [{"path": str(split_dir / img["file_name"]), "id": img["id"], "anns": boxes[img["id"]]}
-                      for img in coco["images"]]  # fmt: skip
+        self.items = [
+            {"path": str(split_dir / img["file_name"]), "id": img["id"], "anns": boxes[img["id"]]}
+            for img in coco["images"]
+        ]
         self.transform = build_transform("thermal")
 
     def __len__(self) -> int:
@@ -91,8 +93,11 @@ class PeerDataset(torch.utils.data.Dataset):
         out = self.transform(image=image, bboxes=bboxes, labels=[c for _, c in item["anns"]])
         xyxy = np.array(out["bboxes"], np.float32).reshape(-1, 4)
         xyxy[:, 2:] += xyxy[:, :2]
-        target = {"boxes": torch.from_numpy(xyxy), "labels": torch.as_tensor(out["labels"], dtype=torch.int64),
-                  "image_id": item["id"]}  # fmt: skip
+        target = {
+            "boxes": torch.from_numpy(xyxy),
+            "labels": torch.as_tensor(out["labels"], dtype=torch.int64),
+            "image_id": item["id"],
+        }
         return torch.from_numpy(out["image"])[None], target
 
 
@@ -134,16 +139,24 @@ def backend_rate(ds: Any, backend: str, workers: int) -> Measure:
 def peer_rate(ds: Any, workers: int) -> Measure:
     # forkserver rather than torch's default fork: only the pool start differs, which is not timed.
     peer = PeerDataset(ds.split_dir)
-    loader = torch.utils.data.DataLoader(peer, batch_size=BATCH, shuffle=True, num_workers=workers,
-                                         collate_fn=peer_collate, multiprocessing_context="forkserver")  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        peer,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=peer_collate,
+        multiprocessing_context="forkserver",
+    )
     return timed_rate(iter(loader), workers, len(loader))
 
 
 def course_batches(results: Iterator[Any]) -> Iterator[tuple[torch.Tensor, list[Any]]]:
     while chunk := [r for _, r in zip(range(BATCH), results, strict=False)]:
         images = torch.stack([torch.from_numpy(image) for image, *_ in chunk])
-        yield images, [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(lab), "image_id": i}
-                       for _, b, lab, i in chunk]  # fmt: skip
+        yield (
+            images,
+            [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(lab), "image_id": i} for _, b, lab, i in chunk],
+        )
 
 
 def course_rate(ds: Any, workers: int) -> Measure:
@@ -173,8 +186,11 @@ def throughput(ds: Any, workers: int, repeats: int, retries: int) -> Rates:
                 time.sleep(5)
                 measure = run()
             rates[name].append(measure)
-            print(f"  repeat {repeat + 1}/{repeats} {name}: {measure[0]:.1f} images/s, others {measure[1]:.2f} "
-                  f"cores, {measure[2]:.2f} CPU ms/image", file=sys.stderr)  # fmt: skip
+            print(
+                f"  repeat {repeat + 1}/{repeats} {name}: {measure[0]:.1f} images/s, others {measure[1]:.2f} "
+                f"cores, {measure[2]:.2f} CPU ms/image",
+                file=sys.stderr,
+            )
     return dict(rates)
 
 
@@ -206,7 +222,7 @@ def transport(repeats: int = 30) -> dict[str, float]:
             "batch pickled through the pipe (the fallback)": partial(through_pipe, None),
             "targets only, tensors pickled as numpy arrays (used)": lambda: pickle.loads(shm.dumps(targets)),
             "targets only, torch's own tensor pickling": lambda: pickle.loads(pickle.dumps(targets)),
-        }  # fmt: skip
+        }
         out = {name: _per_image_us(fn, repeats) for name, fn in ways.items()}
     finally:
         reader.close()

@@ -180,10 +180,18 @@ def measure(decoders: dict[str, Decoder], sets: dict[str, list[bytes]], repeats:
             for name, fn in decoders.items():
                 runs[name].append(timed_ms(fn, images, colour))
         for name, fn in decoders.items():
-            rows.append({"kind": kind, "images": len(images), "decoder": name, "ms": statistics.median(runs[name]),
-                         "min": min(runs[name]), "max": max(runs[name]),
-                         "damaged": reports(fn, zero_tail(images[0]), colour),
-                         "truncated": reports(fn, images[0][: len(images[0]) // 2], colour)})  # fmt: skip
+            rows.append(
+                {
+                    "kind": kind,
+                    "images": len(images),
+                    "decoder": name,
+                    "ms": statistics.median(runs[name]),
+                    "min": min(runs[name]),
+                    "max": max(runs[name]),
+                    "damaged": reports(fn, zero_tail(images[0]), colour),
+                    "truncated": reports(fn, images[0][: len(images[0]) // 2], colour),
+                }
+            )
     return rows
 
 

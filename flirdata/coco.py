@@ -26,9 +26,23 @@ __all__ = ["COCO_LAYOUTS", "FLIR_CLASSES", "CocoIndex", "load_coco", "parse_coco
 # are assigned by *name* in this order, so train, val and test agree on them, whatever ids a
 # coco.json declares.
 FLIR_CLASSES: tuple[str, ...] = (
-    "person", "bike", "car", "motor", "bus", "train", "truck", "light", "hydrant",
-    "sign", "dog", "deer", "skateboard", "stroller", "scooter", "other vehicle",
-)  # fmt: skip
+    "person",
+    "bike",
+    "car",
+    "motor",
+    "bus",
+    "train",
+    "truck",
+    "light",
+    "hydrant",
+    "sign",
+    "dog",
+    "deer",
+    "skateboard",
+    "stroller",
+    "scooter",
+    "other vehicle",
+)
 
 # Ids are packed as int64; the symmetric bound also keeps out -2**63, whose negation overflows.
 _ID_MAX = 2**63 - 1
@@ -85,15 +99,33 @@ class CocoIndex:
         boxes = np.concatenate([*spans, np.zeros(0, np.int64)])
         box_start = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(ends - starts, out=box_start[1:])
-        return replace(self, image_ids=self.image_ids[rows], file_names=self.file_names[rows],
-                       widths=self.widths[rows], heights=self.heights[rows], box_start=box_start,
-                       boxes=self.boxes[boxes], labels=self.labels[boxes], ann_ids=self.ann_ids[boxes],
-                       crowd=self.crowd[boxes])  # fmt: skip
+        return replace(
+            self,
+            image_ids=self.image_ids[rows],
+            file_names=self.file_names[rows],
+            widths=self.widths[rows],
+            heights=self.heights[rows],
+            box_start=box_start,
+            boxes=self.boxes[boxes],
+            labels=self.labels[boxes],
+            ann_ids=self.ann_ids[boxes],
+            crowd=self.crowd[boxes],
+        )
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.category_ids, self.image_ids, self.file_names, self.widths,
-                  self.heights, self.box_start, self.boxes, self.labels, self.ann_ids, self.crowd)  # fmt: skip
+        arrays = (
+            self.category_ids,
+            self.image_ids,
+            self.file_names,
+            self.widths,
+            self.heights,
+            self.box_start,
+            self.boxes,
+            self.labels,
+            self.ann_ids,
+            self.crowd,
+        )
         return sum(a.nbytes for a in arrays)
 
 
@@ -166,15 +198,26 @@ def _parse_images(images: list, path: str) -> dict[str, Any]:
         image_id = img.get("id")
         _require(_integer(image_id), path, f"images[{k}] needs an integer 'id' (|id| < 2**63), got {image_id!r}")
         name = _file_name(img.get("file_name"))
-        _require(name is not None, path, f"images[{k}] needs a non-empty string 'file_name' (UTF-8, no NUL), "
-                 f"got {img.get('file_name')!r}")  # fmt: skip
-        _require(_inside_split(img["file_name"]), path, f"image id {img['id']}: file_name {img['file_name']!r} must "
-                 "be a relative path inside the split folder (not absolute, no '..' part)",
-                 problem="image file outside the split folder")  # fmt: skip
+        _require(
+            name is not None,
+            path,
+            f"images[{k}] needs a non-empty string 'file_name' (UTF-8, no NUL), got {img.get('file_name')!r}",
+        )
+        _require(
+            _inside_split(img["file_name"]),
+            path,
+            f"image id {img['id']}: file_name {img['file_name']!r} must "
+            "be a relative path inside the split folder (not absolute, no '..' part)",
+            problem="image file outside the split folder",
+        )
         w, h = img.get("width"), img.get("height")
         ok = _integer(w, 1, _SIDE_MAX) and _integer(h, 1, _SIDE_MAX)
-        _require(ok, path, f"image id {img['id']} ({img['file_name']}) needs integer width and height in "
-                 f"1..{_SIDE_MAX} (the JPEG limit), got width {w!r}, height {h!r}")  # fmt: skip
+        _require(
+            ok,
+            path,
+            f"image id {img['id']} ({img['file_name']}) needs integer width and height in "
+            f"1..{_SIDE_MAX} (the JPEG limit), got width {w!r}, height {h!r}",
+        )
         ids.append(img["id"])
         names.append(name)
         widths.append(w)
@@ -221,18 +264,27 @@ def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -
         ann_id = ann.get("id", k)
         for key in ("id", "image_id", "category_id"):
             value = ann.get(key, k)
-            _require(_integer(value), path, f"annotations[{k}] (id {ann_id!r}): {key!r} must be an integer "
-                     f"with |value| < 2**63, got {value!r}")  # fmt: skip
+            _require(
+                _integer(value),
+                path,
+                f"annotations[{k}] (id {ann_id!r}): {key!r} must be an integer with |value| < 2**63, got {value!r}",
+            )
         bbox = ann.get("bbox")
         ok = isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)
         _require(ok, path, f"annotation id {ann_id}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
         row = images["row"].get(ann.get("image_id"))
         _require(row is not None, path, f"annotation id {ann_id}: unknown image_id {ann.get('image_id')!r}")
-        _require(ann.get("category_id") in cat_ids, path,
-                 f"annotation id {ann_id}: category_id {ann.get('category_id')!r} is not declared")  # fmt: skip
+        _require(
+            ann.get("category_id") in cat_ids,
+            path,
+            f"annotation id {ann_id}: category_id {ann.get('category_id')!r} is not declared",
+        )
         iscrowd = ann.get("iscrowd", 0)
-        _require(type(iscrowd) is int and iscrowd in (0, 1), path,
-                 f"annotation id {ann_id}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")  # fmt: skip
+        _require(
+            type(iscrowd) is int and iscrowd in (0, 1),
+            path,
+            f"annotation id {ann_id}: 'iscrowd' must be 0 or 1, got {iscrowd!r}",
+        )
         rows[k], cats[k], ids[k], crowd[k] = row, ann["category_id"], ann_id, iscrowd
         try:
             boxes[k] = bbox
@@ -254,9 +306,14 @@ def _check_boxes(raw: list, path: str, anns: dict[str, np.ndarray], images: dict
     row, w, h = anns["row"][k], int(widths[k]), int(heights[k])
     image = f"image id {images['ids'][row]} ({images['names'][row].decode('utf-8')}, {w}x{h})"
     mw, mh = OFF_FRAME_SLIP * w, OFF_FRAME_SLIP * h
-    _require(False, path, f"annotation id {anns['id'][k]} on {image}: bbox {raw[k]['bbox']!r} {reason}; expected "
-             f"finite numbers, a box reaching into x {-mw:g}..{w + mw:g}, y {-mh:g}..{h + mh:g} and staying within "
-             f"x {-w}..{2 * w}, y {-h}..{2 * h}", problem="corrupt box")  # fmt: skip
+    _require(
+        False,
+        path,
+        f"annotation id {anns['id'][k]} on {image}: bbox {raw[k]['bbox']!r} {reason}; expected "
+        f"finite numbers, a box reaching into x {-mw:g}..{w + mw:g}, y {-mh:g}..{h + mh:g} and staying within "
+        f"x {-w}..{2 * w}, y {-h}..{2 * h}",
+        problem="corrupt box",
+    )
 
 
 def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images: dict, anns: dict) -> CocoIndex:
@@ -285,12 +342,20 @@ def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images
         "unknown_category": int((~known).sum()),
     }
     return CocoIndex(
-        path=path, classes=classes, category_ids=category_ids, image_ids=images["ids"],
-        file_names=images["names"], widths=images["widths"], heights=images["heights"],
-        box_start=box_start, boxes=clipped[keep][order].astype(np.float32),
-        labels=labels[keep][order], ann_ids=anns["id"][keep][order], crowd=anns["crowd"][keep][order],
+        path=path,
+        classes=classes,
+        category_ids=category_ids,
+        image_ids=images["ids"],
+        file_names=images["names"],
+        widths=images["widths"],
+        heights=images["heights"],
+        box_start=box_start,
+        boxes=clipped[keep][order].astype(np.float32),
+        labels=labels[keep][order],
+        ann_ids=anns["id"][keep][order],
+        crowd=anns["crowd"][keep][order],
         stats=stats,
-    )  # fmt: skip
+    )
 
 
 # layout -> (between top-level keys, before the first record, between records, after the records,

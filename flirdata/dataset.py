@@ -307,5 +307,3 @@ class FlirDetection(Dataset):
         xyxy = clip_xyxy(out_boxes if voc else coco_to_xyxy(out_boxes), result.shape[1], result.shape[0])
         keep = valid_mask(xyxy)
         return result, xyxy[keep], np.asarray(out["labels"], dtype=np.int64).reshape(-1)[keep]
-
-

@@ -63,8 +63,12 @@ _JPEG_START = b"\xff\xd8"
 _JPEG_EOF = "Premature end of JPEG file"
 # O_NONBLOCK: opening a FIFO that appeared after the stat must not wait for a writer.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-_SPECIAL_FILES = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
-                  stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}  # fmt: skip
+_SPECIAL_FILES = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def check_modality(modality: str) -> str:
@@ -106,8 +110,10 @@ def _stat_regular(path: str | Path, within: str | Path | None) -> os.stat_result
     if within is not None:
         real, folder = os.path.realpath(path), os.path.realpath(within)
         if not _inside(real, folder):
-            raise ImageError(f"{path}: resolves to {real}, outside the dataset folder {within}; image files, "
-                             "and the targets of symlinks among them, must stay inside it")  # fmt: skip
+            raise ImageError(
+                f"{path}: resolves to {real}, outside the dataset folder {within}; image files, "
+                "and the targets of symlinks among them, must stay inside it"
+            )
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -121,8 +127,10 @@ def _stat_regular(path: str | Path, within: str | Path | None) -> os.stat_result
 
 
 def _too_large(path: str | Path, size: int, limit: int) -> ImageError:
-    return ImageError(f"{path}: {size} bytes, over the limit of {limit} bytes per image file "
-                      "(max_image_bytes, default flirdata.images.MAX_IMAGE_BYTES)")  # fmt: skip
+    return ImageError(
+        f"{path}: {size} bytes, over the limit of {limit} bytes per image file "
+        "(max_image_bytes, default flirdata.images.MAX_IMAGE_BYTES)"
+    )
 
 
 def read_image_bytes(path: str | Path, within: str | Path | None = None, max_bytes: int | None = None) -> bytes:
@@ -209,13 +217,17 @@ def decode_image(data: bytes, name: str = "<bytes>", modality: str = "thermal") 
     grey = image.ndim == 2 or _equal_channels(image)
     if modality == "thermal":
         if not grey:
-            raise ImageError(f"{name}: colour image (3 different channels) in a thermal split; expected a "
-                             "grey frame (for an RGB split: modality='rgb', --modality rgb)")  # fmt: skip
+            raise ImageError(
+                f"{name}: colour image (3 different channels) in a thermal split; expected a "
+                "grey frame (for an RGB split: modality='rgb', --modality rgb)"
+            )
         image = image if image.ndim == 2 else image[:, :, 0]
     elif grey:
         what = "1 channel" if image.ndim == 2 else "3 equal channels"
-        raise ImageError(f"{name}: grey image ({what}) in an RGB split; expected a colour frame "
-                         "(for a thermal split: modality='thermal', --modality thermal)")  # fmt: skip
+        raise ImageError(
+            f"{name}: grey image ({what}) in an RGB split; expected a colour frame "
+            "(for a thermal split: modality='thermal', --modality thermal)"
+        )
     return np.ascontiguousarray(_to_uint8(image, modality))
 
 

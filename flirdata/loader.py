@@ -22,8 +22,15 @@ from flirdata.errors import DataError, WorkerError
 from flirdata.outputs import OUTPUTS, convert_batch
 from flirdata.sampler import BatchSampler, resolve_shard
 
-__all__ = ["LoaderOptions", "Loader", "WorkerCountWarning", "make_loader", "open_backend", "usable_cores",
-           "warn_if_oversubscribed"]
+__all__ = [
+    "LoaderOptions",
+    "Loader",
+    "WorkerCountWarning",
+    "make_loader",
+    "open_backend",
+    "usable_cores",
+    "warn_if_oversubscribed",
+]
 
 
 @dataclass(frozen=True)
@@ -179,17 +186,17 @@ class Loader:
 
     def __repr__(self) -> str:
         o = self.options
-        return (f"Loader(backend={o.backend!r}, workers={o.workers}, batch_size={o.batch_size}, "
-                f"batches={len(self)}, epoch={self.epoch})")  # fmt: skip
+        return (
+            f"Loader(backend={o.backend!r}, workers={o.workers}, batch_size={o.batch_size}, "
+            f"batches={len(self)}, epoch={self.epoch})"
+        )
 
 
 def _effective_backend(name: str, workers: int) -> str:
     return name if workers > 1 else "sequential"
 
 
-def open_backend(
-    name: str, fn: TaskFunction, workers: int, prefetch: int = 2, timeout: float | None = None
-) -> Backend:
+def open_backend(name: str, fn: TaskFunction, workers: int, prefetch: int = 2, timeout: float | None = None) -> Backend:
     """``BACKENDS[name]`` running ``fn`` (picklable, for process backends) over the tasks given to its ``imap``.
 
     ``workers <= 1`` is always the in-thread "sequential" path, as in ``make_loader``. The

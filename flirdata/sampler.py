@@ -68,8 +68,9 @@ def resolve_shard(rank: int | None = None, world_size: int | None = None) -> tup
         if found is None:
             found = (_env_int("RANK", 0, 0), _env_int("WORLD_SIZE", 1, 1))
             if rank is None and world_size is None and found[0] >= found[1]:
-                raise ValueError(f"environment variables RANK={found[0]} and WORLD_SIZE={found[1]}: "
-                                 "RANK must be below WORLD_SIZE")  # fmt: skip
+                raise ValueError(
+                    f"environment variables RANK={found[0]} and WORLD_SIZE={found[1]}: RANK must be below WORLD_SIZE"
+                )
         rank = found[0] if rank is None else rank
         world_size = found[1] if world_size is None else world_size
     return _check_shard(rank, world_size)

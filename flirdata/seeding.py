@@ -38,15 +38,20 @@ def sample_seed_sequence(seed: int, epoch: int, index: int) -> np.random.SeedSeq
 
     Exported copy ``k`` of an image is its augmentation in epoch ``k``.
     """
-    key = [_DOMAIN, _check_non_negative("seed", seed), _check_non_negative("epoch", epoch),
-           _check_non_negative("index", index)]  # fmt: skip
+    key = [
+        _DOMAIN,
+        _check_non_negative("seed", seed),
+        _check_non_negative("epoch", epoch),
+        _check_non_negative("index", index),
+    ]
     return np.random.SeedSequence(key)
 
 
 def shuffle_seed_sequence(seed: int, epoch: int) -> np.random.SeedSequence:
     """The seed of an epoch's sample order: same (seed, epoch), same order, on every rank."""
-    return np.random.SeedSequence([_SHUFFLE_DOMAIN, _check_non_negative("seed", seed),
-                                   _check_non_negative("epoch", epoch)])  # fmt: skip
+    return np.random.SeedSequence(
+        [_SHUFFLE_DOMAIN, _check_non_negative("seed", seed), _check_non_negative("epoch", epoch)]
+    )
 
 
 def iter_random_nodes(transform: Any) -> Iterator[Any]:

@@ -39,10 +39,21 @@ def write_split(
         cv2.imwrite(str(folder / name), image)
         entries.append({"id": 100 + k, "file_name": name, "width": image.shape[1], "height": image.shape[0]})
         for box, cat in zip(image_boxes, cats, strict=True):
-            anns.append({"id": len(anns) + 1, "image_id": 100 + k, "category_id": cat, "bbox": list(box),
-                         "area": float(box[2] * box[3]), "iscrowd": 0})  # fmt: skip
-    coco = {"images": entries, "annotations": anns,
-            "categories": [{"id": cid, "name": name} for cid, name in categories]}  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 100 + k,
+                    "category_id": cat,
+                    "bbox": list(box),
+                    "area": float(box[2] * box[3]),
+                    "iscrowd": 0,
+                }
+            )
+    coco = {
+        "images": entries,
+        "annotations": anns,
+        "categories": [{"id": cid, "name": name} for cid, name in categories],
+    }
     (folder / "coco.json").write_text(json.dumps(coco))
     return folder
 

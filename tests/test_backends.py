@@ -34,8 +34,14 @@ BATCH = 5  # 24 training images: four full batches and a short one
 class ToyDataset:
     """Images and boxes drawn from (seed, epoch, i); optionally logs every fetch to a folder."""
 
-    def __init__(self, size: int = 40, shape: tuple[int, ...] = (1, 16, 20), seed: int = 0,
-                 log_dir: Path | None = None, grow: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        size: int = 40,
+        shape: tuple[int, ...] = (1, 16, 20),
+        seed: int = 0,
+        log_dir: Path | None = None,
+        grow: bool = False,
+    ) -> None:
         self.size, self.shape, self.seed, self.log_dir, self.grow = size, shape, seed, log_dir, grow
         self.epoch = 0
 
@@ -66,8 +72,13 @@ class ProbeDataset(ToyDataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image, target = super().__getitem__(i)
-        target.update(pid=os.getpid(), cv2=cv2.getNumThreads(), torch=torch.get_num_threads(),
-                      omp=os.environ.get("OMP_NUM_THREADS"), unpickles=type(self).unpickles)  # fmt: skip
+        target.update(
+            pid=os.getpid(),
+            cv2=cv2.getNumThreads(),
+            torch=torch.get_num_threads(),
+            omp=os.environ.get("OMP_NUM_THREADS"),
+            unpickles=type(self).unpickles,
+        )
         return image, target
 
 
@@ -107,8 +118,7 @@ def assert_same_batch(got: Any, expected: Any) -> None:
             assert target[key].dtype == want[key].dtype and torch.equal(target[key], want[key])
 
 
-def check_backend(dataset: Any, backend: str, workers: int, epochs: tuple[int, ...] = (0, 1),
-                  **options: Any) -> Loader:  # fmt: skip
+def check_backend(dataset: Any, backend: str, workers: int, epochs: tuple[int, ...] = (0, 1), **options: Any) -> Loader:
     """Assert the loader contract for one backend and worker count; return the (closed) loader."""
     options = {"batch_size": BATCH, "shuffle": True, "seed": 0, **options}
     loader = pickle.loads(pickle.dumps(make_loader(dataset, backend=backend, workers=workers, **options)))

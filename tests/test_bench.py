@@ -20,22 +20,68 @@ from flirdata.tools.bench.memory import MemorySampler, tree_memory_mb
 from flirdata.tools.bench.report import BEST_COLUMNS, POINT_COLUMNS, add_ratios, best_per_size, format_table
 
 RECORD_FIELDS = {
-    "backend", "workers", "runs_as", "size", "images", "images_timed", "images_per_s", "images_per_s_min",
-    "images_per_s_max", "speedup", "efficiency", "fraction_of_ideal", "ideal_images_per_s",
-    "tight_images_per_s", "first_batch_s", "startup_s", "shutdown_s", "epoch_s", "peak_pss_mb", "peak_rss_mb",
-    "date", "cpu", "cores", "python", "torch", "albumentations", "opencv",
-}  # fmt: skip
+    "backend",
+    "workers",
+    "runs_as",
+    "size",
+    "images",
+    "images_timed",
+    "images_per_s",
+    "images_per_s_min",
+    "images_per_s_max",
+    "speedup",
+    "efficiency",
+    "fraction_of_ideal",
+    "ideal_images_per_s",
+    "tight_images_per_s",
+    "first_batch_s",
+    "startup_s",
+    "shutdown_s",
+    "epoch_s",
+    "peak_pss_mb",
+    "peak_rss_mb",
+    "date",
+    "cpu",
+    "cores",
+    "python",
+    "torch",
+    "albumentations",
+    "opencv",
+}
 
 
 def _bench(root: Path, *extra: str) -> list[str]:
-    return ["bench", "--data", str(root), "--sizes", "12,24", "--batch-size", "4", "--batches", "2",
-            "--repeats", "2", *extra]  # fmt: skip
+    return [
+        "bench",
+        "--data",
+        str(root),
+        "--sizes",
+        "12,24",
+        "--batch-size",
+        "4",
+        "--batches",
+        "2",
+        "--repeats",
+        "2",
+        *extra,
+    ]
 
 
 def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, capsys):
     out = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
-    argv = _bench(synth_root, "--backends", "threads", "--workers", "1,2", "--json", str(out["json"]),
-                  "--markdown", str(out["md"]), "--plot", str(out["png"]))  # fmt: skip
+    argv = _bench(
+        synth_root,
+        "--backends",
+        "threads",
+        "--workers",
+        "1,2",
+        "--json",
+        str(out["json"]),
+        "--markdown",
+        str(out["md"]),
+        "--plot",
+        str(out["png"]),
+    )
     assert main(argv) == 0
     stdout = capsys.readouterr().out
     for name, _ in POINT_COLUMNS + BEST_COLUMNS:
@@ -49,7 +95,9 @@ def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, ca
     seq = [r for r in records if r["backend"] == "sequential"]
     assert [r["size"] for r in seq] == ["12", "24"] and all(r["speedup"] == 1.0 for r in seq)
     assert {(r["workers"], r["runs_as"]) for r in records if r["backend"] == "threads"} == {
-        (1, "sequential"), (2, "threads")}  # fmt: skip
+        (1, "sequential"),
+        (2, "threads"),
+    }
     assert "## Best cores per technique and size" in out["md"].read_text()
     image = matplotlib.image.imread(out["png"])
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.shape[0] > 100
@@ -102,14 +150,32 @@ def test_sizes_are_the_first_images_with_their_augmentation(synth_root):
 
 
 def _rec(backend: str, workers: int, rate: float, size: str = "s", runs_as: str | None = None) -> dict:
-    return {"backend": backend, "workers": workers, "runs_as": runs_as or backend, "size": size, "images": 10,
-            "images_per_s": rate, "images_per_s_min": rate, "images_per_s_max": rate, "tight_images_per_s": 100.0,
-            "startup_s": 0.0, "epoch_s": 1.0, "peak_pss_mb": 1.0}  # fmt: skip
+    return {
+        "backend": backend,
+        "workers": workers,
+        "runs_as": runs_as or backend,
+        "size": size,
+        "images": 10,
+        "images_per_s": rate,
+        "images_per_s_min": rate,
+        "images_per_s_max": rate,
+        "tight_images_per_s": 100.0,
+        "startup_s": 0.0,
+        "epoch_s": 1.0,
+        "peak_pss_mb": 1.0,
+    }
 
 
 def test_ratios_and_best_per_size():
-    records = add_ratios([_rec("sequential", 1, 90.0), _rec("threads", 1, 95.0, runs_as="sequential"),
-                          _rec("threads", 2, 150.0), _rec("threads", 4, 160.0)], cores=2)  # fmt: skip
+    records = add_ratios(
+        [
+            _rec("sequential", 1, 90.0),
+            _rec("threads", 1, 95.0, runs_as="sequential"),
+            _rec("threads", 2, 150.0),
+            _rec("threads", 4, 160.0),
+        ],
+        cores=2,
+    )
     by = {(r["backend"], r["workers"]): r for r in records}
     assert by[("threads", 2)]["speedup"] == pytest.approx(150 / 90)
     assert by[("threads", 2)]["efficiency"] == pytest.approx(150 / 90 / 2)

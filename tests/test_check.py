@@ -109,9 +109,7 @@ def test_check_dataset_report(broken: dict[str, Path], workers: int) -> None:
     assert train["boxes"] == FlirDetection(broken["root"], "train").index.stats["boxes"]
 
 
-def test_split_option_checks_only_those_splits(
-    broken: dict[str, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_split_option_checks_only_those_splits(broken: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(broken["root"]), "--split", "val", "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert str(broken["not json"]) in out and str(broken["truncated"]) not in out
@@ -130,8 +128,9 @@ def test_warnings_and_repaired_boxes_do_not_fail(
     first = coco["images"][0]
     coco["images"].append({**first, "id": 999})  # the same file twice
     bad_boxes = [[10, 10, 0, 20], [600, 500, 100, 100]]  # zero width; reaching past the frame
-    coco["annotations"] += [{"id": 9000 + k, "image_id": first["id"], "category_id": 1, "bbox": box}
-                            for k, box in enumerate(bad_boxes)]  # fmt: skip
+    coco["annotations"] += [
+        {"id": 9000 + k, "image_id": first["id"], "category_id": 1, "bbox": box} for k, box in enumerate(bad_boxes)
+    ]
     (split / "coco.json").write_text(json.dumps(coco))
     shutil.copy(split / first["file_name"], split / "data" / "stray.jpg")
     assert main(["check", str(root), "--no-progress"]) == 0
@@ -188,9 +187,7 @@ def test_dataset_raises_image_error_naming_the_file(broken: dict[str, Path], ind
 
 
 @pytest.mark.parametrize(("split", "kind"), [("val", "not json"), ("test", "not coco")])
-def test_dataset_raises_annotation_error_naming_coco_json(
-    broken: dict[str, Path], split: str, kind: str
-) -> None:
+def test_dataset_raises_annotation_error_naming_coco_json(broken: dict[str, Path], split: str, kind: str) -> None:
     with pytest.raises(AnnotationError, match=re.escape(str(broken[kind]))):
         FlirDetection(broken["root"], split)
     with pytest.raises(AnnotationError, match="coco.json"):

@@ -136,8 +136,11 @@ _SCALARS = st.one_of(st.sampled_from(_EDGES), st.integers(), st.floats(), st.boo
 # Mostly scalars, as most bad values in a real file are; the edge values twice as often.
 _VALUES = st.one_of(st.sampled_from(_EDGES), _SCALARS, _SCALARS, st.recursive(_SCALARS, st.lists, max_leaves=6))
 _BOXES = st.one_of(st.lists(_SCALARS, min_size=4, max_size=4), _VALUES)
-_FIELDS = {"images": ("id", "file_name", "width", "height"), "categories": ("id", "name"),
-           "annotations": ("id", "image_id", "category_id", "bbox", "iscrowd")}  # fmt: skip
+_FIELDS = {
+    "images": ("id", "file_name", "width", "height"),
+    "categories": ("id", "name"),
+    "annotations": ("id", "image_id", "category_id", "bbox", "iscrowd"),
+}
 
 
 @st.composite
@@ -190,9 +193,9 @@ def test_check_reports_a_corrupt_box_in_one_line_and_fails(tmp_path: Path, capsy
 
 
 @pytest.mark.parametrize(
-    ("option", "name"), [("--size", "size '99999999999999999999'"), ("--val", "argument --val"),
-                         ("--test", "argument --test")],
-)  # fmt: skip
+    ("option", "name"),
+    [("--size", "size '99999999999999999999'"), ("--val", "argument --val"), ("--test", "argument --test")],
+)
 def test_synth_rejects_a_huge_count_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture, option: str, name: str
 ) -> None:

@@ -12,8 +12,10 @@ from flirdata.coco import load_coco, write_coco
 from flirdata.files import atomic_file, remove_temporaries, write_atomic
 
 HEADER = {"info": {"description": "tiny"}, "licenses": [], "categories": [{"id": 3, "name": "car"}]}
-IMAGES = [{"id": 1, "file_name": "data/a.jpg", "width": 64, "height": 48},
-          {"id": 2, "file_name": "data/b.jpg", "width": 64, "height": 48}]  # fmt: skip
+IMAGES = [
+    {"id": 1, "file_name": "data/a.jpg", "width": 64, "height": 48},
+    {"id": 2, "file_name": "data/b.jpg", "width": 64, "height": 48},
+]
 ANNS = [{"id": 1, "image_id": 2, "category_id": 3, "bbox": [1, 2, 10, 8], "area": 80, "iscrowd": 0}]
 
 

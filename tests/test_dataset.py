@@ -57,8 +57,9 @@ def test_index_is_packed_arrays(synth_root: Path) -> None:
 def test_categories_map_by_name_with_non_contiguous_ids(tmp_path: Path) -> None:
     # ids as in the real file, declared out of order, plus declared-but-unused categories
     categories = [(79, "other vehicle"), (1, "person"), (3, "car"), (5, "airplane"), (18, "deer")]
-    folder = write_split(tmp_path / "s", [_gray(), _gray()], [[[1, 1, 5, 5], [10, 10, 5, 5]], [[2, 2, 4, 4]]],
-                         [[79, 1], [3]], categories)  # fmt: skip
+    folder = write_split(
+        tmp_path / "s", [_gray(), _gray()], [[[1, 1, 5, 5], [10, 10, 5, 5]], [[2, 2, 4, 4]]], [[79, 1], [3]], categories
+    )
     ds = FlirDetection(tmp_path, split=folder)
     assert ds.classes[0] == "__background__"
     assert ds.classes[1:] == FLIR_CLASSES
@@ -69,8 +70,9 @@ def test_categories_map_by_name_with_non_contiguous_ids(tmp_path: Path) -> None:
 
 
 def test_unlisted_used_class_is_appended_or_dropped(tmp_path: Path) -> None:
-    folder = write_split(tmp_path / "s", [_gray()], [[[1, 1, 5, 5], [9, 9, 5, 5]]], [[1, 90]],
-                         [(1, "person"), (90, "zebra")])  # fmt: skip
+    folder = write_split(
+        tmp_path / "s", [_gray()], [[[1, 1, 5, 5], [9, 9, 5, 5]]], [[1, 90]], [(1, "person"), (90, "zebra")]
+    )
     assert FlirDetection(tmp_path, split=folder).classes[-1] == "zebra"
     ds = FlirDetection(tmp_path, split=folder, classes=["person"])
     assert ds.classes == ("__background__", "person")
@@ -115,11 +117,17 @@ def test_three_channel_jpeg_decodes_to_one_channel(tmp_path: Path) -> None:
         ("[]", "top level is list"),
         ('{"images": [], "annotations": []}', "missing list 'categories'"),
         ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "images\\[0\\] needs"),
-        ('{"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}], "categories": [],'
-         ' "annotations": [{"id": 7, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}]}', "annotation id 7"),
-        ('{"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],'
-         ' "categories": [{"id": 3, "name": "car"}],'
-         ' "annotations": [{"id": 8, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1]}]}', "annotation id 8"),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}], "categories": [],'
+            ' "annotations": [{"id": 7, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}]}',
+            "annotation id 7",
+        ),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],'
+            ' "categories": [{"id": 3, "name": "car"}],'
+            ' "annotations": [{"id": 8, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1]}]}',
+            "annotation id 8",
+        ),
     ],
 )
 def test_bad_coco_json_names_the_file(tmp_path: Path, text: str, match: str) -> None:

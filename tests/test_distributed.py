@@ -141,8 +141,16 @@ dist.destroy_process_group()
 def test_each_process_of_a_group_gets_its_own_shard() -> None:
     address = f"tcp://127.0.0.1:{free_port()}"
     env = {**{k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}, "RANK": "0", "WORLD_SIZE": "1"}
-    ranks = [subprocess.Popen([sys.executable, "-c", SHARD_IN_GROUP, address, str(rank)], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]  # fmt: skip
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", SHARD_IN_GROUP, address, str(rank)],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for rank in (0, 1)
+    ]
     try:
         outputs = [process.communicate(timeout=100) for process in ranks]
     finally:
@@ -200,8 +208,10 @@ def test_padding_covers_the_dataset_and_repeats_only_its_head(size: int, world_s
 
 @given(size=st.integers(0, 80), batch_size=st.integers(1, 9), world_size=st.integers(1, 5))
 def test_unpadded_shards_are_disjoint(size: int, batch_size: int, world_size: int) -> None:
-    served = [flat(BatchSampler(size, batch_size, True, 2, False, rank, world_size, pad=False).batches(0))
-              for rank in range(world_size)]  # fmt: skip
+    served = [
+        flat(BatchSampler(size, batch_size, True, 2, False, rank, world_size, pad=False).batches(0))
+        for rank in range(world_size)
+    ]
     assert sorted(i for shard in served for i in shard) == list(range(size))
 
 
@@ -226,8 +236,16 @@ def torchrun(*args: str, cache: Path) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 train_demo.py --distributed ARGS`` with this interpreter."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env["FLIRDATA_CACHE"] = str(cache)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(SCRIPT), "--distributed", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(SCRIPT),
+        "--distributed",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
@@ -237,8 +255,21 @@ def torchrun(*args: str, cache: Path) -> subprocess.CompletedProcess:
 def test_torchrun_trains_on_equal_disjoint_shards(tmp_path: Path, backend: str, workers: int) -> None:
     # 21 images, 2 ranks: drop_last cuts each shard to 10, i.e. 2 batches of 4; rank 0 writes the
     # synthetic dataset while rank 1 waits for it.
-    done = torchrun("--size", "21", "--batch-size", "4", "--epochs", "2", "--backend", backend, "--workers",
-                    str(workers), "--record", str(tmp_path / "record"), cache=tmp_path / "cache")  # fmt: skip
+    done = torchrun(
+        "--size",
+        "21",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--backend",
+        backend,
+        "--workers",
+        str(workers),
+        "--record",
+        str(tmp_path / "record"),
+        cache=tmp_path / "cache",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads((tmp_path / "record" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["steps"] for r in records] == [4, 4] and all(r["world_size"] == 2 for r in records)

@@ -48,8 +48,11 @@ Exported = tuple[Path, ExportSummary]
 
 def _digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder``, by relative path (hidden files included)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _dataset(root: Path, size: tuple[int, int] = SIZE) -> FlirDetection:
@@ -87,8 +90,11 @@ def test_coco_round_trip(source: Path, coco_export: Exported) -> None:
     for j in (0, 13, 23):  # image j is copy j // 12 of image j % 12: ds.sample(i, epoch=k)
         entry = coco.imgs[j + 1]
         i, k = j % 12, j // 12
-        assert entry["extra_info"] == {"source_file_name": ds.index.file_name(i),
-                                       "source_image_id": int(ds.index.image_ids[i]), "copy": k}  # fmt: skip
+        assert entry["extra_info"] == {
+            "source_file_name": ds.index.file_name(i),
+            "source_image_id": int(ds.index.image_ids[i]),
+            "copy": k,
+        }
         image, target = ds.sample(i, epoch=k)
         decoded, back_target = back[j]
         assert decoded.shape == image.shape == (1, *SIZE)
@@ -117,8 +123,15 @@ def test_pycocotools_reads_masks_and_evaluates_the_export(coco_export: Exported)
         np.testing.assert_allclose(mask_box, [x, y, x + w, y + h], atol=1.0)
     for iou_type in ("bbox", "segm"):  # the ground truth as detections scores AP 1.0
         key = "bbox" if iou_type == "bbox" else "segmentation"
-        dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
-                 key: a["bbox"] if iou_type == "bbox" else coco.annToRLE(a)} for a in anns]  # fmt: skip
+        dets = [
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "score": 1.0,
+                key: a["bbox"] if iou_type == "bbox" else coco.annToRLE(a),
+            }
+            for a in anns
+        ]
         evaluation = COCOeval(coco, coco.loadRes(dets), iou_type)
         evaluation.evaluate()
         evaluation.accumulate()
@@ -166,15 +179,34 @@ def test_same_bytes_on_every_backend(source: Path, coco_export: Exported, tmp_pa
     runs = [("threads", 2, 3), ("process", 2, 5), ("sequential", 1, 24)]  # batch size changes nothing
     for backend, workers, batch_size in runs:
         out = tmp_path / backend
-        export_augmented(_dataset(source), out, copies=2, backend=backend, workers=workers,
-                         batch_size=batch_size, progress=False)  # fmt: skip
+        export_augmented(
+            _dataset(source), out, copies=2, backend=backend, workers=workers, batch_size=batch_size, progress=False
+        )
         assert _digest(out) == expected, backend
 
 
 def _export_args(source: Path, out: Path, *extra: str) -> list[str]:
-    return ["export", "--data", str(source), "--split", "train", "--out", str(out), "--copies", "8",
-            "--seed", str(SEED), "--batch-size", "4", "--backend", "threads", "--workers", "2",
-            "--no-progress", *extra]  # fmt: skip
+    return [
+        "export",
+        "--data",
+        str(source),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--copies",
+        "8",
+        "--seed",
+        str(SEED),
+        "--batch-size",
+        "4",
+        "--backend",
+        "threads",
+        "--workers",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -275,13 +307,15 @@ def test_disk_full_is_one_line_and_leaves_no_temporary(
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"copies": 0}, r"copies must be an integer in \[1, inf\], got 0"),
-     ({"quality": 101}, r"quality must be an integer in \[0, 100\], got 101"),
-     ({"fmt": "voc"}, r"format must be one of \('coco', 'yolo'\), got 'voc'"),
-     ({"batch_size": 0}, r"batch_size must be .* got 0"),
-     ({"limit": 0}, r"limit must be .* got 0"),
-     ({"workers": -1}, r"workers must be an integer in \[0, inf\], got -1")],
-)  # fmt: skip
+    [
+        ({"copies": 0}, r"copies must be an integer in \[1, inf\], got 0"),
+        ({"quality": 101}, r"quality must be an integer in \[0, 100\], got 101"),
+        ({"fmt": "voc"}, r"format must be one of \('coco', 'yolo'\), got 'voc'"),
+        ({"batch_size": 0}, r"batch_size must be .* got 0"),
+        ({"limit": 0}, r"limit must be .* got 0"),
+        ({"workers": -1}, r"workers must be an integer in \[0, inf\], got -1"),
+    ],
+)
 def test_bad_arguments_name_the_value(source: Path, tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ExportError, match=match):
         export_augmented(_dataset(source), tmp_path / "out", progress=False, **kwargs)
@@ -298,15 +332,19 @@ def test_what_crosses_the_process_boundary_pickles(source: Path, tmp_path: Path)
     copied = pickle.loads(pickle.dumps(writer))
     assert copied.plan == plan and copied.total == 24
     item, again = export_item(ds, 21), export_item(copied.dataset, 21)
-    assert (item.index, item.copy, item.stem) == (again.index, again.copy, again.stem) == (
-        21, 1, output_stem(ds.index.file_name(9), 1))  # fmt: skip
+    assert (
+        (item.index, item.copy, item.stem)
+        == (again.index, again.copy, again.stem)
+        == (21, 1, output_stem(ds.index.file_name(9), 1))
+    )
     assert np.array_equal(item.image, again.image) and np.array_equal(item.xyxy, again.xyxy)
     for folder in (tmp_path / "data", tmp_path / WORK_DIR / "shards"):
         folder.mkdir(parents=True)
     result = copied(4)  # in this process, as a worker runs it: files on disk, counts back
     assert (result.batch, result.images) == (4, 4)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(
-        f"{output_stem(ds.index.file_name(j % 12), j // 12)}.jpg" for j in range(20, 24))  # fmt: skip
+        f"{output_stem(ds.index.file_name(j % 12), j // 12)}.jpg" for j in range(20, 24)
+    )
     assert json.loads((tmp_path / WORK_DIR / "shards" / "00000004.json").read_text())["kept"] == result.kept
 
 

@@ -32,13 +32,31 @@ COUNTS = {"train": 6, "val": 3, "test": 2}
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _args(source: Path, out: Path, split: str, *extra: str) -> list[str]:
-    return ["export", "--data", str(source), "--out", str(out), "--format", "yolo", "--split", split,
-            "--seed", str(SEED), "--batch-size", "4", "--no-progress", *extra]  # fmt: skip
+    return [
+        "export",
+        "--data",
+        str(source),
+        "--out",
+        str(out),
+        "--format",
+        "yolo",
+        "--split",
+        split,
+        "--seed",
+        str(SEED),
+        "--batch-size",
+        "4",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _ultralytics_folders(data_yaml: Path) -> dict[str, Path]:
@@ -145,8 +163,17 @@ def test_splits_one_by_one_on_any_backend_give_the_same_bytes(source: Path, data
     thermal = build_transform("thermal")
     for split in ("test", "val", "train"):  # reverse order, another backend: the same dataset
         ds = FlirDetection(source, split, transform=thermal if split == "train" else None, seed=SEED)
-        export_augmented(ds, out, copies=2 if split == "train" else 1, fmt="yolo", split=split,
-                         backend="threads", workers=2, batch_size=3, progress=False)  # fmt: skip
+        export_augmented(
+            ds,
+            out,
+            copies=2 if split == "train" else 1,
+            fmt="yolo",
+            split=split,
+            backend="threads",
+            workers=2,
+            batch_size=3,
+            progress=False,
+        )
     assert _digest(out) == _digest(dataset)
 
 
@@ -176,11 +203,13 @@ def _raise(exc_type: type[BaseException], *args: object) -> None:
 
 @pytest.mark.parametrize(
     ("split", "extra", "match"),
-    [("train,val", ("--format", "coco"), r"a coco export holds one split per --out"),
-     ("train,valid", (), r"--split 'valid': a yolo export takes split names from \['rgb_test', .*'val'\]"),
-     ("train,rgb_train", (), r"two splits would fill the same YOLO split"),
-     ("val", ("--copies", "3"), r"--copies 3: val and test are written once, un-augmented; pass --augment-all")],
-)  # fmt: skip
+    [
+        ("train,val", ("--format", "coco"), r"a coco export holds one split per --out"),
+        ("train,valid", (), r"--split 'valid': a yolo export takes split names from \['rgb_test', .*'val'\]"),
+        ("train,rgb_train", (), r"two splits would fill the same YOLO split"),
+        ("val", ("--copies", "3"), r"--copies 3: val and test are written once, un-augmented; pass --augment-all"),
+    ],
+)
 def test_bad_splits_are_one_line(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture, split: str, extra: tuple[str, ...], match: str
 ) -> None:

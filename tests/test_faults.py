@@ -32,8 +32,9 @@ PARALLEL = ("dataloader", "loky", "process", "threads")
 class Samples:
     """Deterministic small samples; ``bad`` raises, ``delay`` slows every sample down."""
 
-    def __init__(self, size: int = 24, bad: int | None = None, delay: float = 0.0,
-                 error: Callable[[str], Exception] = ValueError) -> None:  # fmt: skip
+    def __init__(
+        self, size: int = 24, bad: int | None = None, delay: float = 0.0, error: Callable[[str], Exception] = ValueError
+    ) -> None:
         self.size, self.bad, self.delay, self.error = size, bad, delay, error
         self.epoch = 0
 

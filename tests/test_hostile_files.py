@@ -179,8 +179,12 @@ def test_bytes_after_the_end_marker_are_accepted(
 def test_file_name_outside_the_split_folder_is_an_annotation_error(root: Path, kind: str) -> None:
     outside = root.parent / "outside.jpg"
     outside.write_bytes(_frame_path(root, 0).read_bytes())  # a readable image: only the path is wrong
-    name = {"dotdot": "../outside.jpg", "nested dotdot": "data/../../../outside.jpg",
-            "absolute": str(outside), "device": "/dev/zero"}[kind]  # fmt: skip
+    name = {
+        "dotdot": "../outside.jpg",
+        "nested dotdot": "data/../../../outside.jpg",
+        "absolute": str(outside),
+        "device": "/dev/zero",
+    }[kind]
     _set_file_name(root, 2, name)
     with pytest.raises(AnnotationError, match="image file outside the split folder") as info:
         FlirDetection(root, "train")

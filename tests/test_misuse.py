@@ -213,15 +213,35 @@ def test_a_worker_killed_by_sigbus_is_reported_as_a_full_dev_shm() -> None:
 @pytest.mark.timeout(180)
 def test_export_with_a_killed_worker_is_one_line_and_resumable(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "flirdata", "export", "--data", str(synth_root), "--out", str(out), "--copies", "6",
-            "--backend", "process", "--workers", "2", "--batch-size", "2", "--no-progress"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "flirdata",
+        "export",
+        "--data",
+        str(synth_root),
+        "--out",
+        str(out),
+        "--copies",
+        "6",
+        "--backend",
+        "process",
+        "--workers",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     export = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         workers: list[psutil.Process] = []
         deadline = time.monotonic() + 60
         while len(workers) < 2 and time.monotonic() < deadline:
-            workers = [p for p in psutil.Process(export.pid).children(recursive=True)
-                       if "forkserver import main" in " ".join(p.cmdline()) and p.ppid() != export.pid]  # fmt: skip
+            workers = [
+                p
+                for p in psutil.Process(export.pid).children(recursive=True)
+                if "forkserver import main" in " ".join(p.cmdline()) and p.ppid() != export.pid
+            ]
             time.sleep(0.1)
         assert len(workers) == 2, "the export never started its workers"
         os.kill(workers[0].pid, signal.SIGKILL)

@@ -79,9 +79,7 @@ def test_draw_boxes_takes_dataset_tensors_and_keeps_empty_images() -> None:
     gray = np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8)
     boxes = np.array([[4.0, 30.0, 20.0, 40.0], [30.0, 5.0, 60.0, 25.0]], dtype=np.float32)
     from_numpy = draw_boxes(gray, boxes, np.array([2, 3]), CLASSES)
-    from_torch = draw_boxes(
-        torch.from_numpy(gray)[None], torch.from_numpy(boxes), torch.tensor([2, 3]), CLASSES
-    )
+    from_torch = draw_boxes(torch.from_numpy(gray)[None], torch.from_numpy(boxes), torch.tensor([2, 3]), CLASSES)
     assert np.array_equal(from_numpy, from_torch)
     empty = draw_boxes(gray, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), CLASSES)
     assert np.array_equal(empty, np.repeat(gray[:, :, None], 3, axis=2))
@@ -95,9 +93,7 @@ def test_draw_boxes_rejects_mismatched_input() -> None:
         draw_boxes(gray.astype(np.float32), [[0, 0, 4, 4]], [1], CLASSES)
 
 
-def test_missing_data_folder_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_missing_data_folder_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "no-such-dataset"
     assert main(["preview", "--data", str(missing), "--out", str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -122,9 +118,7 @@ def test_bad_arguments_exit_2(
     assert len(err) == 1 and message in err[0], err
 
 
-def test_unknown_preset_is_a_user_error(
-    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unknown_preset_is_a_user_error(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["preview", "--data", str(root), "--out", str(tmp_path / "p.png"), "--preset", "sepia"]
     assert main(argv) == 2
     assert "unknown preset 'sepia'" in capsys.readouterr().err

@@ -72,7 +72,11 @@ def test_rgb_sample_is_uint8_3hw_in_rgb_order(red_root: Path) -> None:
 
 def test_modality_is_inferred_from_the_folder_and_overridable(red_root: Path, synth_root: Path) -> None:
     assert [infer_modality(f) for f in ("images_rgb_val", "video_rgb_test", "images_thermal_train", "x")] == [
-        "rgb", "rgb", "thermal", "thermal"]  # fmt: skip
+        "rgb",
+        "rgb",
+        "thermal",
+        "thermal",
+    ]
     thermal = FlirDetection(synth_root, "train")
     assert thermal.modality == "thermal" and thermal.channels == 1 and thermal[0][0].shape == (1, 512, 640)
     folder = red_root / "images_rgb_train"
@@ -133,8 +137,9 @@ def rgb_sequential(rgb_root: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("backend", sorted(set(BACKENDS) - {"sequential"}))
-def test_every_backend_gives_the_sequential_rgb_batches(rgb_root: Path, rgb_sequential: list[str],
-                                                        backend: str) -> None:  # fmt: skip
+def test_every_backend_gives_the_sequential_rgb_batches(
+    rgb_root: Path, rgb_sequential: list[str], backend: str
+) -> None:
     ds = FlirDetection(rgb_root, "rgb_train", build_transform("rgb", size=(32, 40)), seed=3)
     with make_loader(ds, backend, workers=2, batch_size=4, shuffle=True, seed=2) as loader:
         loader.set_epoch(1)
@@ -166,8 +171,12 @@ def test_check_finds_a_grey_file_among_colour_ones(tmp_path: Path) -> None:
     write_split(tmp_path / "images_rgb_train", [bgr, _grey_frame(1)], [[], []], [[], []])
     report = check_dataset(tmp_path, progress=False, workers=1)
     assert [(p.path.endswith("image-0001.png"), p.message) for p in report.errors] == [
-        (True, "grey image (1 channel) in an RGB split; expected a colour frame "
-         "(for a thermal split: modality='thermal', --modality thermal)")]  # fmt: skip
+        (
+            True,
+            "grey image (1 channel) in an RGB split; expected a colour frame "
+            "(for a thermal split: modality='thermal', --modality thermal)",
+        )
+    ]
 
 
 def test_preview_draws_rgb_samples_in_colour(red_root: Path, tmp_path: Path) -> None:
@@ -242,7 +251,11 @@ def synth_rgb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_synth_rgb_splits_hold_colour_frames_of_several_sizes(synth_rgb: Path) -> None:
     assert sorted(p.name for p in synth_rgb.iterdir()) == [
-        "images_rgb_train", "images_rgb_val", "images_thermal_train", "images_thermal_val"]  # fmt: skip
+        "images_rgb_train",
+        "images_rgb_val",
+        "images_thermal_train",
+        "images_thermal_val",
+    ]
     coco = json.loads((synth_rgb / "images_rgb_train" / "coco.json").read_text())
     assert len({(im["width"], im["height"]) for im in coco["images"]}) == 3 and coco["annotations"]
     ds = FlirDetection(synth_rgb, "rgb_train")

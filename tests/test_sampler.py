@@ -56,8 +56,10 @@ def test_unpadded_shards_are_disjoint_and_cover_the_dataset(
     size: int, batch_size: int, world_size: int, shuffle: bool, epoch: int
 ) -> None:
     # pad=False: one pass over the data (export); the padded default is in test_distributed.py.
-    shards = [BatchSampler(size, batch_size, shuffle, 7, False, rank, world_size, pad=False).batches(epoch)
-              for rank in range(world_size)]  # fmt: skip
+    shards = [
+        BatchSampler(size, batch_size, shuffle, 7, False, rank, world_size, pad=False).batches(epoch)
+        for rank in range(world_size)
+    ]
     served = [flat(batches) for batches in shards]
     assert sorted(i for shard in served for i in shard) == list(range(size))  # no duplicates, no gaps
     assert max(map(len, served)) - min(map(len, served)) <= 1  # balanced, without padding

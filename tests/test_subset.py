@@ -67,11 +67,13 @@ def test_a_subset_loads_the_same_batches_on_a_worker_backend(ds: FlirDetection, 
 
 @pytest.mark.parametrize(
     ("rows", "error", "match"),
-    [([1.5], TypeError, r"rows must be a sequence of integer indices, got \[1.5\]"),
-     ([True], TypeError, r"rows must be a sequence of integer indices, got \[True\]"),
-     (3, TypeError, "rows must be a sequence of integer indices, got 3"),
-     ([0, 99], IndexError, "index 99 out of range for a dataset of")],
-)  # fmt: skip
+    [
+        ([1.5], TypeError, r"rows must be a sequence of integer indices, got \[1.5\]"),
+        ([True], TypeError, r"rows must be a sequence of integer indices, got \[True\]"),
+        (3, TypeError, "rows must be a sequence of integer indices, got 3"),
+        ([0, 99], IndexError, "index 99 out of range for a dataset of"),
+    ],
+)
 def test_bad_rows_are_named(ds: FlirDetection, rows: object, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         ds.subset(rows)  # type: ignore[arg-type]

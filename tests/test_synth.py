@@ -32,9 +32,23 @@ from flirdata.synth import (
 )
 
 NAME = re.compile(r"^data/video-[A-Za-z0-9]{17}-frame-\d{6}-[A-Za-z0-9]{17}\.jpg$")
-FLIR_IDS = {"person": 1, "bike": 2, "car": 3, "motor": 4, "bus": 6, "train": 7, "truck": 8, "light": 10,
-            "hydrant": 11, "sign": 12, "dog": 17, "skateboard": 37, "stroller": 73, "scooter": 77,
-            "other vehicle": 79}  # fmt: skip
+FLIR_IDS = {
+    "person": 1,
+    "bike": 2,
+    "car": 3,
+    "motor": 4,
+    "bus": 6,
+    "train": 7,
+    "truck": 8,
+    "light": 10,
+    "hydrant": 11,
+    "sign": 12,
+    "dog": 17,
+    "skateboard": 37,
+    "stroller": 73,
+    "scooter": 77,
+    "other vehicle": 79,
+}
 W, H = 640, 512
 
 
@@ -62,14 +76,18 @@ def _coco(root: Path, split: str = "train") -> dict[str, Any]:
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _images(root: Path, split: str = "train") -> dict[int, np.ndarray]:
     folder = root / SPLIT_FOLDERS[split][0]
-    return {im["id"]: cv2.imread(str(folder / im["file_name"]), cv2.IMREAD_UNCHANGED)
-            for im in _coco(root, split)["images"]}  # fmt: skip
+    return {
+        im["id"]: cv2.imread(str(folder / im["file_name"]), cv2.IMREAD_UNCHANGED) for im in _coco(root, split)["images"]
+    }
 
 
 def _degenerate(box: list[float]) -> bool:
@@ -182,9 +200,14 @@ def test_sky_is_colder_than_the_road(sixty: Path) -> None:
 
 
 def _fully_visible(coco: dict[str, Any], category: int, min_side: int) -> list[dict[str, Any]]:
-    return [a for a in coco["annotations"] if a["category_id"] == category
-            and a["extra_info"]["occluded"] == "no_(fully_visible)" and min(a["bbox"][2:]) >= min_side
-            and _clear_of_the_edge(a["bbox"])]  # fmt: skip
+    return [
+        a
+        for a in coco["annotations"]
+        if a["category_id"] == category
+        and a["extra_info"]["occluded"] == "no_(fully_visible)"
+        and min(a["bbox"][2:]) >= min_side
+        and _clear_of_the_edge(a["bbox"])
+    ]
 
 
 def _clear_of_the_edge(box: list[float], margin: int = 3) -> bool:
@@ -213,10 +236,12 @@ def test_box_edges_touch_the_warm_object(sixty: Path, category: int) -> None:
     for a in _fully_visible(coco, category, min_side=12):
         img = images[a["image_id"]].astype(np.float32)
         x, y, w, h = a["bbox"]
-        sides = [(img[y, x : x + w], img[y - 2, x : x + w]),
-                 (img[y + h - 1, x : x + w], img[y + h + 1, x : x + w]),
-                 (img[y : y + h, x], img[y : y + h, x - 2]),
-                 (img[y : y + h, x + w - 1], img[y : y + h, x + w + 1])]  # fmt: skip
+        sides = [
+            (img[y, x : x + w], img[y - 2, x : x + w]),
+            (img[y + h - 1, x : x + w], img[y + h + 1, x : x + w]),
+            (img[y : y + h, x], img[y : y + h, x - 2]),
+            (img[y : y + h, x + w - 1], img[y : y + h, x + w + 1]),
+        ]
         results += [edge.max() > np.median(out) + 4 for edge, out in sides]
     assert len(results) >= 40 and np.mean(results) >= 0.95
 
@@ -329,9 +354,7 @@ def test_progress_bar_goes_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixtu
 # --- arguments and CLI --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "n"), [("small", 500), ("medium", 2000), (" Big ", 10000), ("7", 7), (3, 3)]
-)
+@pytest.mark.parametrize(("text", "n"), [("small", 500), ("medium", 2000), (" Big ", 10000), ("7", 7), (3, 3)])
 def test_parse_size(text: str | int, n: int) -> None:
     assert parse_size(text) == n and SIZES["big"] == 10000
 
@@ -348,10 +371,16 @@ def test_default_val() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"train": 0}, "train=0"), ({"val": -1}, "val=-1"), ({"test": 2.5}, "test=2.5"),
-     ({"seed": -1}, "seed=-1"), ({"seed": 2**32}, "seed=4294967296"), ({"workers": 0}, "workers=0"),
-     ({"train": True}, "train=True")],
-)  # fmt: skip
+    [
+        ({"train": 0}, "train=0"),
+        ({"val": -1}, "val=-1"),
+        ({"test": 2.5}, "test=2.5"),
+        ({"seed": -1}, "seed=-1"),
+        ({"seed": 2**32}, "seed=4294967296"),
+        ({"workers": 0}, "workers=0"),
+        ({"train": True}, "train=True"),
+    ],
+)
 def test_bad_arguments_name_the_value(tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(DataError, match=re.escape(match)):
         synthesize(tmp_path, **{"progress": False, **kwargs})

@@ -23,8 +23,15 @@ FAST = ["--steps", "3", "--batch-size", "4"]
 
 def _run(*args: str, cache: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "FLIRDATA_CACHE": str(cache)}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], input=stdin, capture_output=True, text=True,
-                          env=env, timeout=150, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+        check=False,
+    )
 
 
 def _demo_module():
@@ -36,16 +43,19 @@ def _demo_module():
 
 
 def _check_report(stdout: str) -> None:
-    for pattern in (r"data only : [\d.]+ images/s", r"whole loop: [\d.]+ images/s \(3 steps, 12 images",
-                    r"waited for data \d+% of the time", r"start-up  : [\d.]+ s"):  # fmt: skip
+    for pattern in (
+        r"data only : [\d.]+ images/s",
+        r"whole loop: [\d.]+ images/s \(3 steps, 12 images",
+        r"waited for data \d+% of the time",
+        r"start-up  : [\d.]+ s",
+    ):
         assert re.search(pattern, stdout), (pattern, stdout)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_demo_on_a_dataset_with_compare(synth_root, tmp_path):
-    done = _run("--data", str(synth_root), "--backend", "threads", "--workers", "2", "--compare", *FAST,
-                cache=tmp_path)  # fmt: skip
+    done = _run("--data", str(synth_root), "--backend", "threads", "--workers", "2", "--compare", *FAST, cache=tmp_path)
     assert done.returncode == 0, done.stderr
     _check_report(done.stdout)
     assert "threads, 2 workers; training at 1 torch thread(s)" in done.stdout
@@ -57,8 +67,18 @@ def test_demo_on_a_dataset_with_compare(synth_root, tmp_path):
 @pytest.mark.timeout(180)
 def test_demo_synthesizes_its_dataset_and_saves_samples(tmp_path):
     samples = tmp_path / "samples"
-    done = _run("--size", "12", "--backend", "process", "--workers", "2", "--save-samples", str(samples), *FAST,
-                cache=tmp_path / "cache")  # fmt: skip
+    done = _run(
+        "--size",
+        "12",
+        "--backend",
+        "process",
+        "--workers",
+        "2",
+        "--save-samples",
+        str(samples),
+        *FAST,
+        cache=tmp_path / "cache",
+    )
     assert done.returncode == 0, done.stderr
     _check_report(done.stdout)
     assert (tmp_path / "cache" / "synth-12-seed0" / "images_thermal_train" / "coco.json").is_file()
@@ -146,8 +166,10 @@ def test_help_states_the_default_run():
 def _batch() -> tuple[torch.Tensor, list[dict]]:
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4, 1, 96, 128), dtype=torch.uint8, generator=gen)
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 40.0, 60.0], [60.0, 30.0, 120.0, 90.0]]),
-                "labels": torch.tensor([1, 3])} for _ in range(4)]  # fmt: skip
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 40.0, 60.0], [60.0, 30.0, 120.0, 90.0]]), "labels": torch.tensor([1, 3])}
+        for _ in range(4)
+    ]
     targets[3] = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}
     return images, targets
 

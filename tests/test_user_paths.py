@@ -70,8 +70,15 @@ def run_user_code(code: str, mode: str, cwd: Path) -> subprocess.CompletedProces
     script = cwd / "user_script.py"
     script.write_text(code)
     argv = {"file": [sys.executable, str(script)], "-c": [sys.executable, "-c", code], "stdin": [sys.executable, "-"]}
-    result = subprocess.run(argv[mode], input=code if mode == "stdin" else None, capture_output=True, text=True,
-                            cwd=cwd, env=env, timeout=SCRIPT_TIMEOUT)  # fmt: skip
+    result = subprocess.run(
+        argv[mode],
+        input=code if mode == "stdin" else None,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=SCRIPT_TIMEOUT,
+    )
     deadline = time.monotonic() + 10
     while marked(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -88,8 +95,14 @@ def run_user_code(code: str, mode: str, cwd: Path) -> subprocess.CompletedProces
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_plain_dataloader_workers_follow_set_epoch(synth_root: Path, method: str, persistent: bool) -> None:
     ds = fd.FlirDetection(synth_root, "train", transform=fd.build_transform("thermal"), seed=3)
-    loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=persistent,
-                        collate_fn=fd.collate_detection, multiprocessing_context=method)  # fmt: skip
+    loader = DataLoader(
+        ds,
+        batch_size=4,
+        num_workers=2,
+        persistent_workers=persistent,
+        collate_fn=fd.collate_detection,
+        multiprocessing_context=method,
+    )
     for epoch in (0, 1, 2):
         ds.set_epoch(epoch)
         for b, (images, targets) in enumerate(loader):
@@ -121,8 +134,9 @@ def _crowd_split(tmp_path: Path) -> Path:
     from conftest import write_split
 
     image = np.zeros((64, 80), dtype=np.uint8)
-    folder = write_split(tmp_path / "crowd", [image, image], [[[2, 2, 10, 10], [40, 20, 20, 30]], [[0, 0, 5, 5]]],
-                         [[1, 3], [1]])  # fmt: skip
+    folder = write_split(
+        tmp_path / "crowd", [image, image], [[[2, 2, 10, 10], [40, 20, 20, 30]], [[0, 0, 5, 5]]], [[1, 3], [1]]
+    )
     coco = json.loads((folder / "coco.json").read_text())
     coco["annotations"][1]["iscrowd"] = 1
     (folder / "coco.json").write_text(json.dumps(coco))
@@ -202,8 +216,9 @@ def test_readme_snippet_runs_unguarded(synth_root: Path, tmp_path: Path, backend
 def test_main_defined_collate_in_an_unguarded_script_fails_early_with_the_fix(
     synth_root: Path, tmp_path: Path, backend: str
 ) -> None:
-    code = SNIPPET.format(root=str(synth_root), backend=backend, definitions=MAIN_COLLATE,
-                          extra=", collate_fn=my_collate")  # fmt: skip
+    code = SNIPPET.format(
+        root=str(synth_root), backend=backend, definitions=MAIN_COLLATE, extra=", collate_fn=my_collate"
+    )
     result = run_user_code(code, "file", tmp_path)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
@@ -219,8 +234,9 @@ def test_main_defined_collate_in_an_unguarded_script_fails_early_with_the_fix(
 @pytest.mark.timeout(2 * SCRIPT_TIMEOUT)
 @pytest.mark.parametrize("backend", ["process", "loky"])
 def test_main_defined_collate_works_where_main_can_be_rerun(synth_root: Path, tmp_path: Path, backend: str) -> None:
-    code = SNIPPET.format(root=str(synth_root), backend=backend, definitions=MAIN_COLLATE,
-                          extra=", collate_fn=my_collate")  # fmt: skip
+    code = SNIPPET.format(
+        root=str(synth_root), backend=backend, definitions=MAIN_COLLATE, extra=", collate_fn=my_collate"
+    )
     if backend == "process":
         code = _guarded(code)  # the guard is what lets process workers re-run the script
     result = run_user_code(code, "file", tmp_path)

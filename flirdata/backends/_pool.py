@@ -146,8 +146,11 @@ class PoolBackend:
         # exit codes of the workers that died first: keep those; else drop the SIGTERMs.
         named = re.search(r"exit codes of the workers are \{(.*?)\}", str(cause or ""))
         codes = {int(c) for c in re.findall(r"\((-?\d+)\)", named.group(1))} if named else None
-        first = {pid: code for pid, code in exits.items()
-                 if (code in codes if codes else code not in (None, -signal.SIGTERM))}  # fmt: skip
+        first = {
+            pid: code
+            for pid, code in exits.items()
+            if (code in codes if codes else code not in (None, -signal.SIGTERM))
+        }
         return WorkerCrashError(self.name, exits=first or exits)
 
     def _receive(self, pending: InFlight) -> Any:

@@ -231,8 +231,10 @@ class SharedRing:
             except OSError as exc:  # no /dev/shm mounted, no permission, ...
                 _warn_once(f"cannot create the shared-memory prefetch ring ({exc})")
                 return None
-        _warn_once(f"/dev/shm has {free / 2**20:.0f} MiB free but the prefetch ring needs "
-                   f"{need / 2**20:.0f} MiB ({slots} batches of {slot_bytes / 2**20:.1f} MiB)")  # fmt: skip
+        _warn_once(
+            f"/dev/shm has {free / 2**20:.0f} MiB free but the prefetch ring needs "
+            f"{need / 2**20:.0f} MiB ({slots} batches of {slot_bytes / 2**20:.1f} MiB)"
+        )
         return None
 
     def acquire(self) -> Slot:

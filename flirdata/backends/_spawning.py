@@ -119,8 +119,10 @@ def _problem(main: ModuleType) -> str | None:
         return f"the main program ({path}) is not a file that worker processes can re-run"
     line = unguarded_line(main)
     if line is not None:
-        return (f"worker processes re-run {path}, and its line {line} starts this loader outside "
-                "`if __name__ == \"__main__\":`")  # fmt: skip
+        return (
+            f"worker processes re-run {path}, and its line {line} starts this loader outside "
+            '`if __name__ == "__main__":`'
+        )
     return None
 
 

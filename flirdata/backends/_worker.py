@@ -38,10 +38,16 @@ __all__ = [
 # Read by the BLAS / OpenMP runtimes when they load, so they must be in a child's
 # environment before it imports numpy; one thread each keeps workers x threads <= cores.
 THREAD_ENV: dict[str, str] = dict.fromkeys(
-    ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"),
+    (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "BLIS_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+    ),
     "1",
-)  # fmt: skip
+)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

@@ -17,8 +17,18 @@ from typing import Any, Protocol
 
 from flirdata.errors import WorkerError
 
-__all__ = ["Task", "TaskFunction", "Fetcher", "Backend", "BackendFactory", "WorkerCrashError", "add_note",
-           "describe_exit", "item_getter", "sync_epoch"]
+__all__ = [
+    "Task",
+    "TaskFunction",
+    "Fetcher",
+    "Backend",
+    "BackendFactory",
+    "WorkerCrashError",
+    "add_note",
+    "describe_exit",
+    "item_getter",
+    "sync_epoch",
+]
 
 # (epoch, sample indices of one batch): the epoch travels with every task, so a persistent
 # worker never serves a stale epoch, whichever epoch its previous task belonged to.

@@ -34,8 +34,19 @@ from flirdata.mapping import executor_map
 from flirdata.synth.rgb import colour_frame, frame_size, make_palette
 from flirdata.synth.thermal import HEIGHT, WIDTH, DrawnObject, make_scene, render_frame
 
-__all__ = ["SIZES", "MAX_IMAGES", "SPLIT_FOLDERS", "CATEGORIES", "GENERATOR", "FramePlan", "RenderJob", "parse_size",
-           "default_val", "render_job", "synthesize"]  # fmt: skip
+__all__ = [
+    "SIZES",
+    "MAX_IMAGES",
+    "SPLIT_FOLDERS",
+    "CATEGORIES",
+    "GENERATOR",
+    "FramePlan",
+    "RenderJob",
+    "parse_size",
+    "default_val",
+    "render_job",
+    "synthesize",
+]
 
 SIZES: dict[str, int] = {"small": 500, "medium": 2000, "big": 10000}
 # Images per split at most, and rendering processes: the command line's bounds (see cliargs).
@@ -43,9 +54,13 @@ MAX_IMAGES = MAX_COUNT
 # Split -> (folder in the FLIR download, code in the seeds of its images). Kept here rather
 # than imported from flirdata.dataset so that ``flirdata synth`` does not import torch.
 SPLIT_FOLDERS: dict[str, tuple[str, int]] = {
-    "train": ("images_thermal_train", 0), "val": ("images_thermal_val", 1), "test": ("video_thermal_test", 2),
-    "rgb_train": ("images_rgb_train", 3), "rgb_val": ("images_rgb_val", 4), "rgb_test": ("video_rgb_test", 5),
-}  # fmt: skip
+    "train": ("images_thermal_train", 0),
+    "val": ("images_thermal_val", 1),
+    "test": ("video_thermal_test", 2),
+    "rgb_train": ("images_rgb_train", 3),
+    "rgb_val": ("images_rgb_val", 4),
+    "rgb_test": ("video_rgb_test", 5),
+}
 GENERATOR = "flirdata-synth/1"  # bump when the pixels change, so cached datasets are rebuilt
 JPEG_QUALITY = 90
 _CHUNK = 8  # images per task sent to a worker
@@ -60,8 +75,16 @@ skateboard surfboard tennis_racket bottle wine_glass cup fork knife spoon bowl b
 orange broccoli carrot hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv
 laptop mouse remote keyboard cell_phone microwave oven toaster sink refrigerator book clock vase
 scissors teddy_bear hair_drier toothbrush""".split()
-_FLIR_NAMES = {2: "bike", 4: "motor", 10: "light", 11: "hydrant", 12: "sign", 73: "stroller",
-               77: "scooter", 79: "other vehicle"}  # fmt: skip
+_FLIR_NAMES = {
+    2: "bike",
+    4: "motor",
+    10: "light",
+    11: "hydrant",
+    12: "sign",
+    73: "stroller",
+    77: "scooter",
+    79: "other vehicle",
+}
 CATEGORIES: list[dict[str, Any]] = [
     {"id": k, "name": _FLIR_NAMES.get(k, name.replace("_", " ")), "supercategory": "unknown"}
     for k, name in enumerate(_COCO80, start=1)
@@ -180,8 +203,11 @@ def _iter_results(jobs: Iterable[RenderJob], workers: int) -> Iterator[list[tupl
     return executor_map(make_pool, render_job, jobs, 2 * workers)
 
 
-_OCCLUSION = ((0.99, "no_(fully_visible)"), (0.3, "1%_-_70%_occluded_(partially_occluded)"),
-              (0.1, "70%_-_90%_occluded_(difficult_to_see)"))  # fmt: skip
+_OCCLUSION = (
+    (0.99, "no_(fully_visible)"),
+    (0.3, "1%_-_70%_occluded_(partially_occluded)"),
+    (0.1, "70%_-_90%_occluded_(difficult_to_see)"),
+)
 
 
 def _occlusion(visible: float) -> str | None:
@@ -191,9 +217,16 @@ def _occlusion(visible: float) -> str | None:
 
 def _annotation(image_id: int, obj: DrawnObject) -> dict[str, Any]:
     x, y, w, h = obj.box
-    return {"id": 0, "image_id": image_id, "category_id": obj.category_id, "segmentation": [],
-            "area": w * h, "bbox": [x, y, w, h], "iscrowd": 0,
-            "extra_info": {"occluded": _occlusion(obj.visible)}}  # fmt: skip
+    return {
+        "id": 0,
+        "image_id": image_id,
+        "category_id": obj.category_id,
+        "segmentation": [],
+        "area": w * h,
+        "bbox": [x, y, w, h],
+        "iscrowd": 0,
+        "extra_info": {"occluded": _occlusion(obj.visible)},
+    }
 
 
 def _push_out(ann: dict[str, Any], rng: np.random.Generator, width: int, height: int) -> None:
@@ -243,33 +276,48 @@ def _video_meta(seed: int, split_code: int, video: int) -> tuple[datetime, str, 
     return start, "night" if scene.night else "day", scene.weather
 
 
-def _build_coco(seed: int, split: str, plans: list[FramePlan],
-                drawn: dict[int, list[DrawnObject]]) -> dict[str, Any]:  # fmt: skip
+def _build_coco(seed: int, split: str, plans: list[FramePlan], drawn: dict[int, list[DrawnObject]]) -> dict[str, Any]:
     """The split's coco.json: FLIR's top-level keys, image ``extra_info``, flawed boxes."""
     code = SPLIT_FOLDERS[split][1]
     meta = {v: _video_meta(seed, code, v) for v in sorted({p.video for p in plans})}
     images, per_image = [], []
     for p in plans:
         start, hours, weather = meta[p.video]
-        images.append({
-            "id": p.index, "width": p.width, "height": p.height, "file_name": p.file_name, "license": 1,
-            "flickr_url": "", "coco_url": "",
-            "date_captured": (start + timedelta(seconds=p.frame_pos / 30)).isoformat(timespec="seconds"),
-            "extra_info": {"video_id": p.video_id, "frame_index": p.frame_index, "hours": hours,
-                           "weather": weather},
-        })  # fmt: skip
+        images.append(
+            {
+                "id": p.index,
+                "width": p.width,
+                "height": p.height,
+                "file_name": p.file_name,
+                "license": 1,
+                "flickr_url": "",
+                "coco_url": "",
+                "date_captured": (start + timedelta(seconds=p.frame_pos / 30)).isoformat(timespec="seconds"),
+                "extra_info": {
+                    "video_id": p.video_id,
+                    "frame_index": p.frame_index,
+                    "hours": hours,
+                    "weather": weather,
+                },
+            }
+        )
         per_image.append([_annotation(p.index, o) for o in drawn[p.index] if _occlusion(o.visible)])
     _add_flaws(per_image, _rng(seed, code, 0, _FLAWS), [(p.width, p.height) for p in plans])
     annotations = [ann for group in per_image for ann in group]
     for k, ann in enumerate(annotations, start=1):
         ann["id"] = k
     kind = "colour" if split.startswith("rgb") else "thermal"
-    info = {"description": f"Synthetic {kind} frames in the Teledyne FLIR ADAS v2 layout", "url": "",
-            "version": "2.0", "year": 2022, "contributor": "flirdata synth", "date_created": "2022-01-19",
-            "flirdata_synth": _stamp(seed, split, len(plans))}  # fmt: skip
+    info = {
+        "description": f"Synthetic {kind} frames in the Teledyne FLIR ADAS v2 layout",
+        "url": "",
+        "version": "2.0",
+        "year": 2022,
+        "contributor": "flirdata synth",
+        "date_created": "2022-01-19",
+        "flirdata_synth": _stamp(seed, split, len(plans)),
+    }
     licenses = [{"id": 1, "name": "synthetic, no restrictions", "url": ""}]
-    return {"info": info, "licenses": licenses, "categories": CATEGORIES, "images": images,
-            "annotations": annotations}  # fmt: skip
+    return {"info": info, "licenses": licenses, "categories": CATEGORIES, "images": images, "annotations": annotations}
 
 
 def _stamp(seed: int, split: str, n: int) -> dict[str, Any]:
@@ -336,9 +384,18 @@ def _auto_workers(n: int) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, test: int = 0, seed: int = 0,
-               progress: bool = True, workers: int | None = None, force: bool = False, rgb: bool = False,
-               ) -> dict[str, Any]:  # fmt: skip
+def synthesize(
+    root: str | Path,
+    *,
+    train: int = 500,
+    val: int | None = None,
+    test: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+    force: bool = False,
+    rgb: bool = False,
+) -> dict[str, Any]:
     """Write a synthetic FLIR ADAS v2 dataset under ``root``; same seed, same bytes.
 
     A split already written by this generator with the same seed and size is skipped, so callers
@@ -366,8 +423,7 @@ def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, te
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: not a directory")
     # Check every split before writing any, so a conflict fails fast and changes nothing.
-    cached = {s: _cached_boxes(root / SPLIT_FOLDERS[s][0], _stamp(seed, s, n), force)
-              for s, n in counts.items() if n}  # fmt: skip
+    cached = {s: _cached_boxes(root / SPLIT_FOLDERS[s][0], _stamp(seed, s, n), force) for s, n in counts.items() if n}
     root.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"root": str(root), "seed": seed, "splits": {}}
     made, start = 0, time.perf_counter()
@@ -376,8 +432,12 @@ def synthesize(root: str | Path, *, train: int = 500, val: int | None = None, te
         if boxes is None:
             boxes = _write_split(root, split, n, seed, workers or _auto_workers(n), progress)
             made += n
-        summary["splits"][split] = {"folder": SPLIT_FOLDERS[split][0], "images": n,
-                                    "annotations": boxes, "skipped": skipped}  # fmt: skip
+        summary["splits"][split] = {
+            "folder": SPLIT_FOLDERS[split][0],
+            "images": n,
+            "annotations": boxes,
+            "skipped": skipped,
+        }
     seconds = time.perf_counter() - start
     rate = round(made / seconds, 1) if made else 0.0
     summary.update(images=made, seconds=round(seconds, 3), images_per_s=rate)

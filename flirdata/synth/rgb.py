@@ -58,8 +58,9 @@ def _lerp(pair: np.ndarray, t: np.ndarray) -> np.ndarray:
     return pair[0] + (pair[1] - pair[0]) * t[..., None]
 
 
-def _paint_objects(rng: np.random.Generator, img: np.ndarray, grey: np.ndarray, t: np.ndarray,
-                   objects: list[DrawnObject]) -> None:  # fmt: skip
+def _paint_objects(
+    rng: np.random.Generator, img: np.ndarray, grey: np.ndarray, t: np.ndarray, objects: list[DrawnObject]
+) -> None:
     """Give each object a colour of its own where it stands out from its surroundings.
 
     The background level is the median of a window twice the box's size, where the object
@@ -85,8 +86,14 @@ def _scale_box(obj: DrawnObject, sx: float, sy: float) -> DrawnObject:
     return DrawnObject(obj.category_id, (x0, y0, x1 - x0, y1 - y0), obj.visible)
 
 
-def colour_frame(rng: np.random.Generator, grey: np.ndarray, scene: Scene, palette: Palette, objects: list[DrawnObject],
-                 size: tuple[int, int]) -> tuple[np.ndarray, list[DrawnObject]]:  # fmt: skip
+def colour_frame(
+    rng: np.random.Generator,
+    grey: np.ndarray,
+    scene: Scene,
+    palette: Palette,
+    objects: list[DrawnObject],
+    size: tuple[int, int],
+) -> tuple[np.ndarray, list[DrawnObject]]:
     """Paint a rendered grey frame and scale it to ``size = (width, height)``.
 
     Returns the ``uint8 [height, width, 3]`` frame in OpenCV's B, G, R order (ready for

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["WIDTH", "HEIGHT", "CLASSES", "SHAPES", "ObjectClass", "Scene", "DrawnObject",
-           "make_scene", "render_frame"]  # fmt: skip
+__all__ = ["WIDTH", "HEIGHT", "CLASSES", "SHAPES", "ObjectClass", "Scene", "DrawnObject", "make_scene", "render_frame"]
 
 WIDTH, HEIGHT = 640, 512
 _SKYLINE_PAD = 400  # extra skyline columns, so the view can drift along a video
@@ -193,10 +192,17 @@ def draw_skateboard(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarra
 
 
 SHAPES: dict[str, Shape] = {
-    "person": draw_person, "car": draw_car, "boxy": draw_boxy, "two_wheeler": draw_two_wheeler,
-    "light": draw_light, "sign": draw_sign, "hydrant": draw_hydrant, "dog": draw_dog,
-    "stroller": draw_stroller, "skateboard": draw_skateboard,
-}  # fmt: skip
+    "person": draw_person,
+    "car": draw_car,
+    "boxy": draw_boxy,
+    "two_wheeler": draw_two_wheeler,
+    "light": draw_light,
+    "sign": draw_sign,
+    "hydrant": draw_hydrant,
+    "dog": draw_dog,
+    "stroller": draw_stroller,
+    "skateboard": draw_skateboard,
+}
 
 
 @dataclass(frozen=True)
@@ -216,23 +222,26 @@ class ObjectClass:
 
 
 _G = (0.0, 0.0)  # stands on the ground
-CLASSES: dict[int, ObjectClass] = {cid: ObjectClass(*row) for cid, row in {
-    1: ("person", "person", 85000, (0.45, 0.65, 1.5, 1.9), None, (1.5, 12), _G, (45, 80)),
-    2: ("bike", "two_wheeler", 9500, (0.5, 0.6, 1.0, 1.1), (1.6, 1.8), (1.5, 10), _G, (20, 35)),
-    3: ("car", "car", 73623, (1.7, 1.9, 1.4, 1.6), (4.0, 4.8), (0, 9), _G, (20, 40)),
-    4: ("motor", "two_wheeler", 1116, (0.7, 0.9, 1.1, 1.3), (1.9, 2.2), (0, 8), _G, (25, 45)),
-    6: ("bus", "boxy", 2245, (2.5, 2.6, 3.0, 3.3), (10, 12.5), (0, 9), _G, (18, 35)),
-    7: ("train", "boxy", 50, (3.0, 3.2, 3.8, 4.2), (20, 26), (8, 20), _G, (15, 30)),
-    8: ("truck", "boxy", 829, (2.4, 2.6, 3.0, 3.8), (6, 9), (0, 9), _G, (18, 35)),
-    10: ("light", "light", 40000, (0.3, 0.4, 0.8, 1.1), None, (3, 12), (3.5, 5.5), (35, 70)),
-    11: ("hydrant", "hydrant", 2000, (0.35, 0.45, 0.6, 0.8), None, (3, 9), _G, (20, 35)),
-    12: ("sign", "sign", 33000, (0.6, 1.2, 0.6, 0.9), None, (3, 12), (1.8, 3.0), (18, 35)),
-    17: ("dog", "dog", 50, (0.3, 0.4, 0.5, 0.7), (0.7, 1.0), (1.5, 10), _G, (35, 60)),
-    37: ("skateboard", "skateboard", 50, (0.2, 0.25, 0.1, 0.12), (0.75, 0.85), (1.5, 8), _G, (18, 30)),
-    73: ("stroller", "stroller", 50, (0.55, 0.65, 0.95, 1.1), (0.8, 1.0), (1.5, 10), _G, (18, 30)),
-    77: ("scooter", "two_wheeler", 50, (0.4, 0.5, 1.0, 1.2), (0.9, 1.2), (1.5, 10), _G, (18, 30)),
-    79: ("other vehicle", "boxy", 1373, (2.0, 2.4, 1.8, 2.6), (4.5, 6.0), (0, 9), _G, (18, 35)),
-}.items()}  # fmt: skip
+CLASSES: dict[int, ObjectClass] = {
+    cid: ObjectClass(*row)
+    for cid, row in {
+        1: ("person", "person", 85000, (0.45, 0.65, 1.5, 1.9), None, (1.5, 12), _G, (45, 80)),
+        2: ("bike", "two_wheeler", 9500, (0.5, 0.6, 1.0, 1.1), (1.6, 1.8), (1.5, 10), _G, (20, 35)),
+        3: ("car", "car", 73623, (1.7, 1.9, 1.4, 1.6), (4.0, 4.8), (0, 9), _G, (20, 40)),
+        4: ("motor", "two_wheeler", 1116, (0.7, 0.9, 1.1, 1.3), (1.9, 2.2), (0, 8), _G, (25, 45)),
+        6: ("bus", "boxy", 2245, (2.5, 2.6, 3.0, 3.3), (10, 12.5), (0, 9), _G, (18, 35)),
+        7: ("train", "boxy", 50, (3.0, 3.2, 3.8, 4.2), (20, 26), (8, 20), _G, (15, 30)),
+        8: ("truck", "boxy", 829, (2.4, 2.6, 3.0, 3.8), (6, 9), (0, 9), _G, (18, 35)),
+        10: ("light", "light", 40000, (0.3, 0.4, 0.8, 1.1), None, (3, 12), (3.5, 5.5), (35, 70)),
+        11: ("hydrant", "hydrant", 2000, (0.35, 0.45, 0.6, 0.8), None, (3, 9), _G, (20, 35)),
+        12: ("sign", "sign", 33000, (0.6, 1.2, 0.6, 0.9), None, (3, 12), (1.8, 3.0), (18, 35)),
+        17: ("dog", "dog", 50, (0.3, 0.4, 0.5, 0.7), (0.7, 1.0), (1.5, 10), _G, (35, 60)),
+        37: ("skateboard", "skateboard", 50, (0.2, 0.25, 0.1, 0.12), (0.75, 0.85), (1.5, 8), _G, (18, 30)),
+        73: ("stroller", "stroller", 50, (0.55, 0.65, 0.95, 1.1), (0.8, 1.0), (1.5, 10), _G, (18, 30)),
+        77: ("scooter", "two_wheeler", 50, (0.4, 0.5, 1.0, 1.2), (0.9, 1.2), (1.5, 10), _G, (18, 30)),
+        79: ("other vehicle", "boxy", 1373, (2.0, 2.4, 1.8, 2.6), (4.5, 6.0), (0, 9), _G, (18, 35)),
+    }.items()
+}
 _IDS = np.array(sorted(CLASSES))
 _P = np.array([CLASSES[i].weight for i in _IDS]) / sum(c.weight for c in CLASSES.values())
 
@@ -269,11 +278,17 @@ def make_scene(rng: np.random.Generator) -> Scene:
     heat = rng.uniform(sky_low - 5, road_far - 3, len(edges) + 1)  # between sky and road
     skyline = np.stack([heights[block] + rng.uniform(0, 4, n), heat[block]]).astype(np.float32)
     return Scene(
-        horizon=rng.uniform(0.3, 0.48) * HEIGHT, vanish_x=WIDTH / 2 + rng.uniform(-60, 60),
-        cam_height=rng.uniform(1.2, 1.7), sky=(sky_top, sky_low),
-        road=(road_far, road_near), skyline=skyline,
-        drift=rng.uniform(0, 3), density=rng.uniform(6, 34), night=night, weather=weather,
-    )  # fmt: skip
+        horizon=rng.uniform(0.3, 0.48) * HEIGHT,
+        vanish_x=WIDTH / 2 + rng.uniform(-60, 60),
+        cam_height=rng.uniform(1.2, 1.7),
+        sky=(sky_top, sky_low),
+        road=(road_far, road_near),
+        skyline=skyline,
+        drift=rng.uniform(0, 3),
+        density=rng.uniform(6, 34),
+        night=night,
+        weather=weather,
+    )
 
 
 def _background(rng: np.random.Generator, scene: Scene, hz: float, frame_pos: int) -> np.ndarray:
@@ -281,8 +296,11 @@ def _background(rng: np.random.Generator, scene: Scene, hz: float, frame_pos: in
     rows = np.arange(HEIGHT, dtype=np.float32)[:, None]
     t_sky = np.clip(rows / hz, 0, 1) ** 1.5
     t_road = np.clip((rows - hz) / (HEIGHT - hz), 0, 1)
-    column = np.where(rows < hz, scene.sky[0] + (scene.sky[1] - scene.sky[0]) * t_sky,
-                      scene.road[0] + (scene.road[1] - scene.road[0]) * t_road)  # fmt: skip
+    column = np.where(
+        rows < hz,
+        scene.sky[0] + (scene.sky[1] - scene.sky[0]) * t_sky,
+        scene.road[0] + (scene.road[1] - scene.road[0]) * t_road,
+    )
     img = np.repeat(column, WIDTH, axis=1)
     start = int(frame_pos * scene.drift) % _SKYLINE_PAD
     tall, heat = scene.skyline[:, start : start + WIDTH]
@@ -344,8 +362,9 @@ def _place(rng: np.random.Generator, category_id: int, scene: Scene, hz: float) 
     return _Placed(category_id, d, x, y, w, h)
 
 
-def _paste(img: np.ndarray, ids: np.ndarray, obj: _Placed, lab: np.ndarray, values: np.ndarray,
-           index: int) -> tuple[tuple[int, int, int, int], int] | None:  # fmt: skip
+def _paste(
+    img: np.ndarray, ids: np.ndarray, obj: _Placed, lab: np.ndarray, values: np.ndarray, index: int
+) -> tuple[tuple[int, int, int, int], int] | None:
     """Paint the in-frame part of a patch; return its tight box and pixel count."""
     x0, y0 = max(obj.x, 0), max(obj.y, 0)
     x1, y1 = min(obj.x + obj.w, WIDTH), min(obj.y + obj.h, HEIGHT)
@@ -372,8 +391,9 @@ _R2 = np.add.outer(np.linspace(-1, 1, HEIGHT) ** 2, np.linspace(-1, 1, WIDTH) **
 _VIGNETTE = (1.0 - 0.06 * _R2).astype(np.float32)  # corners a little darker, as thermal optics make them
 
 
-def render_frame(rng: np.random.Generator, scene: Scene, frame_pos: int, *,
-                 empty: bool = False) -> tuple[np.ndarray, list[DrawnObject]]:  # fmt: skip
+def render_frame(
+    rng: np.random.Generator, scene: Scene, frame_pos: int, *, empty: bool = False
+) -> tuple[np.ndarray, list[DrawnObject]]:
     """Draw one frame: far objects first so nearer ones occlude them.
 
     Returns the ``HEIGHT x WIDTH`` uint8 image and the drawn objects, far to near.

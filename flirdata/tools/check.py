@@ -109,8 +109,10 @@ class CheckReport:
         if self.ok:
             lines.append(f"OK: {scope}, {len(self.warnings)} warning(s)")
         else:
-            lines.append(f"FAILED: {total['bad_images']} bad image(s), {total['bad_annotation_files']} bad "
-                         f"annotation file(s), {len(self.warnings)} warning(s) ({scope})")  # fmt: skip
+            lines.append(
+                f"FAILED: {total['bad_images']} bad image(s), {total['bad_annotation_files']} bad "
+                f"annotation file(s), {len(self.warnings)} warning(s) ({scope})"
+            )
         return lines
 
 
@@ -139,9 +141,7 @@ def find_split_dirs(root: str | Path, splits: Sequence[str] | None = None) -> li
             return [root]
         found = [root / name for name in SPLITS.values() if (root / name).is_dir()]
         if not found:
-            raise DataError(
-                f"{root}: holds no coco.json and none of the split folders {list(SPLITS.values())}"
-            )
+            raise DataError(f"{root}: holds no coco.json and none of the split folders {list(SPLITS.values())}")
         return found
     return list(dict.fromkeys(_split_dir(root, name) for name in splits))
 
@@ -152,8 +152,7 @@ def _split_dir(root: Path, name: str) -> Path:
         if folder.is_dir():
             return folder
     raise DataError(
-        f"split {name!r}: no folder {candidates[0]}; "
-        f"expected one of {sorted(SPLITS)}, a folder of {root} or a path"
+        f"split {name!r}: no folder {candidates[0]}; expected one of {sorted(SPLITS)}, a folder of {root} or a path"
     )
 
 
@@ -166,9 +165,7 @@ def _load_split(folder: Path, report: CheckReport, note: Callable[[Problem], Non
     except AnnotationError as exc:
         message = _strip_path(str(exc), path)
     else:
-        counts.update(
-            {key: int(index.stats.get(key, 0)) for key in ("images", "annotations", "boxes", *REPAIRS)}
-        )
+        counts.update({key: int(index.stats.get(key, 0)) for key in ("images", "annotations", "boxes", *REPAIRS)})
         return index
     counts["bad_annotation_files"] += 1
     note(Problem("error", str(path), message))
@@ -184,17 +181,19 @@ def _strip_path(message: str, path: Path | str) -> str:
 def _reference_warnings(folder: Path, index: CocoIndex) -> Iterator[Problem]:
     """Files two image entries share, and image files in the image folders no entry names."""
     names = Counter(index.file_name(k) for k in range(len(index)))
-    dupes = [
-        (folder / name, f"referenced by {n} image entries in coco.json") for name, n in names.items() if n > 1
-    ]
+    dupes = [(folder / name, f"referenced by {n} image entries in coco.json") for name, n in names.items() if n > 1]
     yield from _capped(folder, dupes, "more files referenced twice")
     referenced = {os.path.normpath(folder / name) for name in names}
     dirs = {os.path.dirname(p) for p in referenced} | {os.path.normpath(folder / "data")}
     stray = sorted(
-        entry.path for d in sorted(dirs) if os.path.isdir(d) for entry in os.scandir(d)
-        if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+        entry.path
+        for d in sorted(dirs)
+        if os.path.isdir(d)
+        for entry in os.scandir(d)
+        if entry.is_file()
+        and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
         and os.path.normpath(entry.path) not in referenced
-    )  # fmt: skip
+    )
     yield from _capped(
         folder, [(p, "image file not referenced by coco.json") for p in stray], "more unreferenced files"
     )
@@ -273,9 +272,7 @@ def check_dataset(
             folder_jobs = _image_jobs(folder, index, report.modalities[str(folder)], dataset_folder(root, folder))
             jobs += [(report.splits[str(folder)], job) for job in folder_jobs]
     workers = _default_workers() if workers is None else workers
-    with tqdm(
-        total=len(jobs), desc="checking images", unit="img", file=sys.stderr, disable=not progress
-    ) as bar:
+    with tqdm(total=len(jobs), desc="checking images", unit="img", file=sys.stderr, disable=not progress) as bar:
         # Threads: OpenCV releases the GIL while decoding. Closing the map stops the decoding.
         pool = partial(ThreadPoolExecutor, workers, thread_name_prefix="flirdata-check") if workers > 1 else None
         results = executor_map(pool, _check_image, (job for _, job in jobs), 4 * workers)
@@ -340,8 +337,9 @@ def run_command(args: argparse.Namespace) -> int:
     def show(problem: Problem) -> None:
         tqdm.write(str(problem), file=sys.stdout)  # above the progress bar, not through it
 
-    report = check_dataset(args.root, splits, progress=args.progress, workers=args.workers,
-                           on_problem=show, modality=args.modality)  # fmt: skip
+    report = check_dataset(
+        args.root, splits, progress=args.progress, workers=args.workers, on_problem=show, modality=args.modality
+    )
     for line in report.summary():
         print(line)
     return 0 if report.ok else 1

@@ -131,9 +131,7 @@ def draw_boxes(
     font_scale = font_scale or max(0.35, short_side / 900)
     keep = np.isfinite(boxes).all(axis=1)
     # x2/y2 are exclusive edges; cv2 draws inclusive pixels.
-    rects = [
-        ((x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1))) for x1, y1, x2, y2 in np.rint(boxes[keep]).astype(int)
-    ]
+    rects = [((x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1))) for x1, y1, x2, y2 in np.rint(boxes[keep]).astype(int)]
     colours = [class_colour(label) for label in labels[keep]]
     # Names first, boxes on top: in a crowd of small boxes a neighbour's name may be crossed
     # by a line, but no box is ever hidden, and the boxes are what the picture is for.
@@ -355,8 +353,15 @@ def run_command(args: argparse.Namespace) -> int:
     dataset = FlirDetection(args.root, args.split, transform, seed=args.seed, modality=modality)
     caption = f"{dataset.split_dir}  preset={preset}  seed={args.seed}  epoch={args.epoch}"
     try:
-        grid = render_preview(dataset, args.n, seed=args.seed, epoch=args.epoch, cols=args.cols,
-                              tile_width=args.tile_width or None, caption=caption)  # fmt: skip
+        grid = render_preview(
+            dataset,
+            args.n,
+            seed=args.seed,
+            epoch=args.epoch,
+            cols=args.cols,
+            tile_width=args.tile_width or None,
+            caption=caption,
+        )
     except ImageError as exc:
         raise ImageError(f"{exc} (run 'flirdata check {args.root}' to list every bad file)") from None
     path = write_image(args.out, grid)

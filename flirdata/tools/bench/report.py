@@ -48,8 +48,15 @@ def add_ratios(records: Sequence[Record], cores: int) -> list[Record]:
         seq = base.get(r["size"])
         ideal = min(r["workers"], cores) * r["tight_images_per_s"]
         speedup = r["images_per_s"] / seq if seq else float("nan")
-        out.append({**r, "speedup": speedup, "efficiency": speedup / r["workers"],
-                    "ideal_images_per_s": ideal, "fraction_of_ideal": r["images_per_s"] / ideal})  # fmt: skip
+        out.append(
+            {
+                **r,
+                "speedup": speedup,
+                "efficiency": speedup / r["workers"],
+                "ideal_images_per_s": ideal,
+                "fraction_of_ideal": r["images_per_s"] / ideal,
+            }
+        )
     return out
 
 
@@ -88,8 +95,10 @@ POINT_COLUMNS: list[Column] = [
     ("size", lambda r: f"{r['size']} ({r['images']})"),
     ("backend", _backend_cell),
     ("workers", lambda r: str(r["workers"])),
-    ("images/s (min-max)", lambda r: f"{r['images_per_s']:.1f} "
-                                     f"({r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f})"),
+    (
+        "images/s (min-max)",
+        lambda r: f"{r['images_per_s']:.1f} ({r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f})",
+    ),
     ("speedup", lambda r: f"{r['speedup']:.2f}"),
     ("efficiency", lambda r: f"{r['efficiency']:.2f}"),
     ("of ideal", lambda r: f"{r['fraction_of_ideal']:.2f}"),
@@ -147,17 +156,28 @@ def write_json(path: str | Path, records: Sequence[Record]) -> None:
     Path(path).write_text(json.dumps(list(records), indent=1) + "\n")
 
 
-def write_markdown(path: str | Path, records: Sequence[Record], meta: dict[str, Any], command: str,
-                   notes: Sequence[str] = ()) -> None:  # fmt: skip
+def write_markdown(
+    path: str | Path, records: Sequence[Record], meta: dict[str, Any], command: str, notes: Sequence[str] = ()
+) -> None:
     """Both tables under a header saying where, when and how they were measured."""
     text = [
-        "# flirdata bench", "",
-        f"Measured {machine_line(meta)}.", "",
-        f"Command: `{command}`", "",
-        *[f"{note}." for note in notes], "",
-        "## Best cores per technique and size", "", markdown_table(best_per_size(records), BEST_COLUMNS), "",
-        "## Every point", "", markdown_table(records, POINT_COLUMNS), "",
-    ]  # fmt: skip
+        "# flirdata bench",
+        "",
+        f"Measured {machine_line(meta)}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        *[f"{note}." for note in notes],
+        "",
+        "## Best cores per technique and size",
+        "",
+        markdown_table(best_per_size(records), BEST_COLUMNS),
+        "",
+        "## Every point",
+        "",
+        markdown_table(records, POINT_COLUMNS),
+        "",
+    ]
     Path(path).write_text("\n".join(text))
 
 
@@ -194,8 +214,16 @@ def plot_speedup(path: str | Path, records: Sequence[Record], cores: int) -> Non
     axes[0][0].set_ylim(0, 1.1 * max(top, 1.0))
     axes[0][0].set_ylabel("speedup over sequential")
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
-               title="x: a backend at 1 worker, which make_loader runs in-thread", title_fontsize=8)  # fmt: skip
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=len(labels),
+        fontsize=8,
+        frameon=False,
+        title="x: a backend at 1 worker, which make_loader runs in-thread",
+        title_fontsize=8,
+    )
     fig.suptitle(f"flirdata bench: {records[0].get('cpu', '')}, {cores} cores", fontsize=10)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
@@ -220,10 +248,10 @@ def _plot_panel(ax: Any, records: Sequence[Record], cores: int) -> None:
         line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=4, capsize=2, label=backend)
         # Points make_loader ran in the calling thread: the sequential path, measured again.
         in_thread = [r for r in points if r not in pooled]
-        ax.plot([r["workers"] for r in in_thread], [r["speedup"] for r in in_thread], "x",
-                color=line[0].get_color(), ms=6)  # fmt: skip
+        ax.plot(
+            [r["workers"] for r in in_thread], [r["speedup"] for r in in_thread], "x", color=line[0].get_color(), ms=6
+        )
     ax.set_title(f"{records[0]['size']} ({records[0]['images']} images)")
     ax.set_xlabel("workers")
     ax.set_xticks(workers)
     ax.grid(alpha=0.3)
-

@@ -54,9 +54,24 @@ from flirdata.tools.export.output import VERSION, finish_output, pending_batches
 from flirdata.tools.export.yolo import YOLO_SPLITS
 from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
 
-__all__ = ["EVAL_SPLITS", "FORMATS", "WORK_DIR", "BatchResult", "BatchWriter", "ExportError", "ExportItem",
-           "ExportPlan", "ExportSummary", "configure_parser", "export_augmented", "export_item", "output_stem",
-           "run_command", "write_atomic", "write_batch"]  # fmt: skip
+__all__ = [
+    "EVAL_SPLITS",
+    "FORMATS",
+    "WORK_DIR",
+    "BatchResult",
+    "BatchWriter",
+    "ExportError",
+    "ExportItem",
+    "ExportPlan",
+    "ExportSummary",
+    "configure_parser",
+    "export_augmented",
+    "export_item",
+    "output_stem",
+    "run_command",
+    "write_atomic",
+    "write_batch",
+]
 
 FORMATS = ("coco", "yolo")
 EVAL_SPLITS = ("val", "test")  # the CLI writes these once, un-augmented, unless --augment-all
@@ -112,18 +127,29 @@ def _transform_id(transform: Any) -> str:
 def _settings(dataset: Any, plan: ExportPlan, copies: int, total: int) -> dict[str, Any]:
     """Everything the output's bytes depend on (not backend, workers or batch size)."""
     index = dataset.index
-    return {"version": VERSION, "format": plan.fmt, "split": plan.split, "images": total, "copies": copies,
-            "quality": plan.quality, "seed": int(dataset.seed), "source_images": len(index),
-            "source_coco_sha256": _sha256(Path(index.path).read_bytes()),
-            "transform": _transform_id(dataset.transform), "classes": list(index.classes)}  # fmt: skip
+    return {
+        "version": VERSION,
+        "format": plan.fmt,
+        "split": plan.split,
+        "images": total,
+        "copies": copies,
+        "quality": plan.quality,
+        "seed": int(dataset.seed),
+        "source_images": len(index),
+        "source_coco_sha256": _sha256(Path(index.path).read_bytes()),
+        "transform": _transform_id(dataset.transform),
+        "classes": list(index.classes),
+    }
 
 
 def _check_split(fmt: str, split: str | None) -> str | None:
     """The YOLO split an export fills (default train); coco takes none."""
     if fmt == "coco":
         if split is not None:
-            raise ExportError(f"split is for the yolo format (images/SPLIT of one dataset); a coco export "
-                              f"holds one split per folder, got split={split!r}")  # fmt: skip
+            raise ExportError(
+                f"split is for the yolo format (images/SPLIT of one dataset); a coco export "
+                f"holds one split per folder, got split={split!r}"
+            )
         return None
     split = "train" if split is None else split
     if split not in YOLO_SPLITS:
@@ -131,15 +157,21 @@ def _check_split(fmt: str, split: str | None) -> str | None:
     return split
 
 
-def _check_arguments(dataset: Any, copies: int, fmt: str, quality: int, batch_size: int, workers: int,
-                     limit: int | None) -> int:  # fmt: skip
+def _check_arguments(
+    dataset: Any, copies: int, fmt: str, quality: int, batch_size: int, workers: int, limit: int | None
+) -> int:
     """Validate ``export_augmented``'s arguments; return the number of items to export."""
     if not (hasattr(dataset, "sample") and hasattr(dataset, "index")):
         raise TypeError(f"dataset must be a FlirDetection, got {type(dataset).__name__}")
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {FORMATS}, got {fmt!r}")
-    numbers = (("copies", copies, 1, None), ("quality", quality, 0, 100), ("batch_size", batch_size, 1, None),
-               ("workers", workers, 0, None), ("limit", limit, 1, None))  # fmt: skip
+    numbers = (
+        ("copies", copies, 1, None),
+        ("quality", quality, 0, 100),
+        ("batch_size", batch_size, 1, None),
+        ("workers", workers, 0, None),
+        ("limit", limit, 1, None),
+    )
     for name, value, low, high in numbers:
         ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= (high or value)
         if not ok and not (name == "limit" and value is None):
@@ -158,8 +190,14 @@ def _run(writer: BatchWriter, pending: list[int], backend: str, workers: int, pr
     """Write the pending batches through ``backend``, in order; return the number of images written."""
     left = sum(len(writer.items(batch)) for batch in pending)
     written = 0
-    with tqdm(total=writer.total, initial=writer.total - left, unit="img", desc=f"export {writer.plan.split or ''}",
-              disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
+    with tqdm(
+        total=writer.total,
+        initial=writer.total - left,
+        unit="img",
+        desc=f"export {writer.plan.split or ''}",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
         if not pending:
             return 0
         warn_if_oversubscribed(backend, workers, stacklevel=3)  # blames export_augmented's caller
@@ -230,9 +268,16 @@ def export_augmented(
         written = _run(BatchWriter(dataset, plan, total), pending, backend, workers, progress)
         done = {"totals": finish_output(plan, settings, dataset.index, -(-total // batch_size))}
     totals = done["totals"]
-    return ExportSummary(out=plan.out, fmt=fmt, images=totals["images"], written=written,
-                         boxes_kept=totals["boxes_kept"], boxes_dropped=totals["boxes_dropped"],
-                         seconds=time.perf_counter() - start, split=plan.split)  # fmt: skip
+    return ExportSummary(
+        out=plan.out,
+        fmt=fmt,
+        images=totals["images"],
+        written=written,
+        boxes_kept=totals["boxes_kept"],
+        boxes_dropped=totals["boxes_dropped"],
+        seconds=time.perf_counter() - start,
+        split=plan.split,
+    )
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -292,8 +337,10 @@ def _parse_splits(args: argparse.Namespace) -> list[str]:
     if not splits:
         raise ExportError(f"--split: expected one or more comma-separated splits, got {args.split!r}")
     if args.fmt == "coco" and len(splits) > 1:
-        raise ExportError(f"--split {args.split}: a coco export holds one split per --out; run one export "
-                          "per split, or use --format yolo")  # fmt: skip
+        raise ExportError(
+            f"--split {args.split}: a coco export holds one split per --out; run one export "
+            "per split, or use --format yolo"
+        )
     if args.fmt == "yolo":
         names = sorted(k for k in SPLITS if _yolo_split(k) in YOLO_SPLITS)
         bad = next((s for s in splits if s not in names), None)
@@ -302,8 +349,10 @@ def _parse_splits(args: argparse.Namespace) -> list[str]:
         if len({_yolo_split(s) for s in splits}) < len(splits):
             raise ExportError(f"--split {args.split}: two splits would fill the same YOLO split")
     if args.copies != 1 and not args.augment_all and all(_yolo_split(s) in EVAL_SPLITS for s in splits):
-        raise ExportError(f"--copies {args.copies}: val and test are written once, un-augmented; "
-                          "pass --augment-all to augment them too")  # fmt: skip
+        raise ExportError(
+            f"--copies {args.copies}: val and test are written once, un-augmented; "
+            "pass --augment-all to augment them too"
+        )
     return splits
 
 
@@ -349,11 +398,19 @@ def run_command(args: argparse.Namespace) -> int:
         plain = _plain(split, args)
         try:
             summary = export_augmented(
-                dataset, args.out, copies=1 if plain else args.copies, fmt=args.fmt,
-                split=_yolo_split(split) if args.fmt == "yolo" else None, quality=args.quality,
-                backend=args.backend, workers=args.workers, batch_size=args.batch_size, resume=args.resume,
-                progress=args.progress, limit=args.limit,
-            )  # fmt: skip
+                dataset,
+                args.out,
+                copies=1 if plain else args.copies,
+                fmt=args.fmt,
+                split=_yolo_split(split) if args.fmt == "yolo" else None,
+                quality=args.quality,
+                backend=args.backend,
+                workers=args.workers,
+                batch_size=args.batch_size,
+                resume=args.resume,
+                progress=args.progress,
+                limit=args.limit,
+            )
         except WorkerError as exc:
             raise WorkerError(f"{exc} What was written is kept: run the same command with --resume to finish.") from exc
         print(f"{summary}{'; original frames, un-augmented' if plain else ''}")

@@ -29,8 +29,19 @@ from flirdata.errors import FlirdataError
 from flirdata.files import write_atomic
 from flirdata.tools.export.yolo import yolo_label_text
 
-__all__ = ["DECIMALS", "WORK_DIR", "BatchResult", "BatchWriter", "ExportError", "ExportItem", "ExportPlan",
-           "export_item", "output_stem", "shard_path", "write_batch"]  # fmt: skip
+__all__ = [
+    "DECIMALS",
+    "WORK_DIR",
+    "BatchResult",
+    "BatchWriter",
+    "ExportError",
+    "ExportItem",
+    "ExportPlan",
+    "export_item",
+    "output_stem",
+    "shard_path",
+    "write_batch",
+]
 
 WORK_DIR = ".flirdata-export"  # hidden: tools that glob OUT never see half-finished state
 DECIMALS = 2  # box coordinates in pixels: 0.01 px is far below annotation accuracy
@@ -126,11 +137,18 @@ def export_item(dataset: Any, j: int) -> ExportItem:
     # on_error="skip" may have replaced image i by another one: record the real source
     row = i if index.image_ids[i] == source_id else int(np.flatnonzero(index.image_ids == source_id)[0])
     return ExportItem(
-        index=j, copy=k, stem=output_stem(index.file_name(i), k), image=_as_hwc_bgr(image.numpy()),
-        xyxy=target["boxes"].numpy(), labels=target["labels"].numpy(), source_id=source_id,
-        source_file=index.file_name(row), source_boxes=int(np.diff(index.box_start[row : row + 2])[0]),
-        area=_optional(target, "area"), iscrowd=_optional(target, "iscrowd"),
-    )  # fmt: skip
+        index=j,
+        copy=k,
+        stem=output_stem(index.file_name(i), k),
+        image=_as_hwc_bgr(image.numpy()),
+        xyxy=target["boxes"].numpy(),
+        labels=target["labels"].numpy(),
+        source_id=source_id,
+        source_file=index.file_name(row),
+        source_boxes=int(np.diff(index.box_start[row : row + 2])[0]),
+        area=_optional(target, "area"),
+        iscrowd=_optional(target, "iscrowd"),
+    )
 
 
 def shard_path(plan: ExportPlan, batch: int) -> Path:
@@ -139,14 +157,29 @@ def shard_path(plan: ExportPlan, batch: int) -> Path:
 
 
 # -- one item, one batch ----------------------------------------------------------------------
-def _annotations(image_id: int, corners: np.ndarray, size: np.ndarray, labels: np.ndarray, area: np.ndarray,
-                 iscrowd: np.ndarray, plan: ExportPlan) -> list[dict[str, Any]]:  # fmt: skip
+def _annotations(
+    image_id: int,
+    corners: np.ndarray,
+    size: np.ndarray,
+    labels: np.ndarray,
+    area: np.ndarray,
+    iscrowd: np.ndarray,
+    plan: ExportPlan,
+) -> list[dict[str, Any]]:
     """COCO annotations with every field pycocotools reads; ``segmentation`` is the box as a
     polygon, as FLIR's own coco.json has it (``annToMask`` and segm evaluation need one)."""
     rows = zip(labels.tolist(), corners.tolist(), size.tolist(), area.tolist(), iscrowd.tolist(), strict=True)
-    return [{"image_id": image_id, "category_id": plan.category_ids[label], "bbox": [x1, y1, w, h],
-             "area": round(a, DECIMALS), "iscrowd": int(crowd), "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]]}
-            for label, (x1, y1, x2, y2), (w, h), a, crowd in rows]  # fmt: skip
+    return [
+        {
+            "image_id": image_id,
+            "category_id": plan.category_ids[label],
+            "bbox": [x1, y1, w, h],
+            "area": round(a, DECIMALS),
+            "iscrowd": int(crowd),
+            "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
+        }
+        for label, (x1, y1, x2, y2), (w, h), a, crowd in rows
+    ]
 
 
 def _write_item(item: ExportItem, plan: ExportPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -168,9 +201,13 @@ def _write_item(item: ExportItem, plan: ExportPlan) -> tuple[dict[str, Any], lis
         text = yolo_label_text(corners, labels - 1, width, height)
         write_atomic(Path(plan.out) / plan.labels / f"{item.stem}.txt", text.encode())
     image_id = item.index + 1
-    image = {"id": image_id, "file_name": file_name, "width": width, "height": height,
-             "extra_info": {"source_file_name": item.source_file, "source_image_id": item.source_id,
-                            "copy": item.copy}}  # fmt: skip
+    image = {
+        "id": image_id,
+        "file_name": file_name,
+        "width": width,
+        "height": height,
+        "extra_info": {"source_file_name": item.source_file, "source_image_id": item.source_id, "copy": item.copy},
+    }
     return image, _annotations(image_id, corners, size, labels, area, iscrowd, plan)
 
 

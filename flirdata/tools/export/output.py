@@ -34,11 +34,12 @@ VERSION = 2  # 2: segmentation in coco.json; YOLO splits in images/S and labels/
 # -- the output folder: new, interrupted or finished ------------------------------------------
 def _check_same(out: Path, recorded: dict[str, Any], expected: dict[str, Any]) -> None:
     keys = sorted(expected.keys() | recorded.keys())
-    diff = [f"{k} {recorded.get(k)!r}, now {expected.get(k)!r}"
-            for k in keys if recorded.get(k) != expected.get(k)]  # fmt: skip
+    diff = [f"{k} {recorded.get(k)!r}, now {expected.get(k)!r}" for k in keys if recorded.get(k) != expected.get(k)]
     if diff:
-        raise ExportError(f"{out}: holds an export made with other settings ({'; '.join(diff)}); "
-                          "rerun with the same settings or choose an empty folder")  # fmt: skip
+        raise ExportError(
+            f"{out}: holds an export made with other settings ({'; '.join(diff)}); "
+            "rerun with the same settings or choose an empty folder"
+        )
 
 
 def yolo_record(out: Path) -> tuple[list[str], dict[str, Any]] | None:
@@ -70,11 +71,15 @@ def _check_yolo_out(out: Path, names: Sequence[str]) -> None:
         return
     record = yolo_record(out)
     if record is None and not (out / WORK_DIR).is_dir():
-        raise ExportError(f"{out}: not empty and not a YOLO dataset written by this flirdata export "
-                          "(no data.yaml of it); choose an empty folder")  # fmt: skip
+        raise ExportError(
+            f"{out}: not empty and not a YOLO dataset written by this flirdata export "
+            "(no data.yaml of it); choose an empty folder"
+        )
     if record is not None and record[0] != list(names):
-        raise ExportError(f"{out}: data.yaml names the classes {record[0]}, this split has {list(names)}; "
-                          "export every split with the same classes (--split train,val in one call does)")  # fmt: skip
+        raise ExportError(
+            f"{out}: data.yaml names the classes {record[0]}, this split has {list(names)}; "
+            "export every split with the same classes (--split train,val in one call does)"
+        )
 
 
 def _occupied(plan: ExportPlan) -> bool:
@@ -111,13 +116,16 @@ def prepare_output(plan: ExportPlan, settings: dict[str, Any], resume: bool) -> 
     if _occupied(plan):
         if not resume:
             what = "output folder is not empty" if plan.fmt == "coco" else f"split {plan.split!r} is already there"
-            raise ExportError(f"{out}: {what}; pass --resume to finish an interrupted export there, "
-                              "or choose an empty folder")  # fmt: skip
+            raise ExportError(
+                f"{out}: {what}; pass --resume to finish an interrupted export there, or choose an empty folder"
+            )
         if not params.is_file():
             recorded = _read_final(plan)
             if recorded is None:
-                raise ExportError(f"{out}: not empty and holds no interrupted flirdata export "
-                                  f"({plan.work}/params.json not found); choose an empty folder")  # fmt: skip
+                raise ExportError(
+                    f"{out}: not empty and holds no interrupted flirdata export "
+                    f"({plan.work}/params.json not found); choose an empty folder"
+                )
             _check_same(out, recorded["settings"], settings)
             _remove_work(plan)  # a kill in finish_output's clean-up left it
             return recorded
@@ -133,8 +141,10 @@ def pending_batches(plan: ExportPlan, dataset: Any, total: int) -> list[int]:
         if not shard_path(plan, batch).is_file():
             pending.append(batch)
             continue
-        stems = [output_stem(dataset.index.file_name(j % n), j // n)
-                 for j in range(batch * size, min(total, (batch + 1) * size))]  # fmt: skip
+        stems = [
+            output_stem(dataset.index.file_name(j % n), j // n)
+            for j in range(batch * size, min(total, (batch + 1) * size))
+        ]
         files = [out / plan.images / f"{s}.jpg" for s in stems]
         files += [out / plan.labels / f"{s}.txt" for s in stems] if plan.labels else []
         if not all(f.is_file() for f in files):
@@ -155,8 +165,10 @@ def _iter_shards(plan: ExportPlan, batches: int) -> Iterator[dict[str, Any]]:
 def _write_coco(plan: ExportPlan, meta: dict[str, Any], index: Any, batches: int) -> None:
     """Stream ``coco.json`` from the shards (two passes), numbering annotations in order."""
     labels = [label for label in range(1, len(index.classes) + 1) if index.category_ids[label] > 0]
-    categories = sorted(({"id": int(index.category_ids[label]), "name": index.classes[label - 1]}
-                         for label in labels), key=lambda c: c["id"])  # fmt: skip
+    categories = sorted(
+        ({"id": int(index.category_ids[label]), "name": index.classes[label - 1]} for label in labels),
+        key=lambda c: c["id"],
+    )
     info = {"description": "augmented copies written by flirdata export", "flirdata_export": meta}
     images = (image for shard in _iter_shards(plan, batches) for image in shard["images"])
     anns = (ann for shard in _iter_shards(plan, batches) for ann in shard["annotations"])
