@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from flirdata import FlirDetection, build_transform
-from flirdata.backends import BACKENDS, shm
+from flirdata.backends import BACKENDS
+from flirdata.backends import _shm as shm
 from flirdata.backends._worker import forkserver_context, tune_malloc
 from flirdata.loader import make_loader
 from flirdata.synth import synthesize

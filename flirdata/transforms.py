@@ -14,8 +14,16 @@ from typing import Any
 import albumentations as A
 import cv2
 
-__all__ = ["PRESETS", "PRESET_SIZES", "MODALITY_PRESETS", "build_transform", "default_bbox_params",
-           "ensure_detection_compose"]  # fmt: skip
+from flirdata.fused import FusedAffine, IntensityLUT, NoiseBank
+
+__all__ = [
+    "PRESETS",
+    "PRESET_SIZES",
+    "MODALITY_PRESETS",
+    "build_transform",
+    "default_bbox_params",
+    "ensure_detection_compose",
+]
 
 Size = tuple[int, int]
 BOX_FORMATS = ("coco", "pascal_voc")
@@ -48,21 +56,42 @@ def _letterbox(size: Size) -> list[A.BasicTransform]:
 
 def _geometric() -> list[A.BasicTransform]:
     """Flip, scale, translate and a small rotation: the geometry every training preset shares."""
-    affine = A.Affine(scale=(0.8, 1.25), translate_percent=(-0.08, 0.08), rotate=(-5, 5),
-                      border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7)  # fmt: skip
+    affine = A.Affine(
+        scale=(0.8, 1.25),
+        translate_percent=(-0.08, 0.08),
+        rotate=(-5, 5),
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        p=0.7,
+    )
     return [A.HorizontalFlip(p=0.5), affine]
 
 
-def _thermal(size: Size) -> list[A.BasicTransform]:
-    """Geometric and intensity transforms only: thermal images have one channel, no colour."""
+def _blur() -> A.OneOf:
+    return A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2)
+
+
+def _thermal_reference(size: Size) -> list[A.BasicTransform]:
+    """Geometric and intensity transforms only: thermal images have one channel, no colour.
+
+    The reference of the fast ``thermal`` preset: plain albumentations transforms, one per step.
+    """
     geometric = _geometric()
     intensity = [
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         A.RandomGamma(gamma_limit=(80, 120), p=0.3),
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+        _blur(),
         A.GaussNoise(std_range=(0.01, 0.04), noise_scale_factor=0.5, p=0.3),
     ]
     return geometric + _letterbox(size) + intensity
+
+
+def _thermal(size: Size) -> list[A.BasicTransform]:
+    """The reference's distributions in fewer passes (``flirdata.fused``; table in the README):
+    flip, affine and letterbox in one warp, brightness/contrast and gamma in one lookup table,
+    the blur as it is, noise cropped from a bank drawn once per process.
+    """
+    return [FusedAffine(size=size), IntensityLUT(), _blur(), NoiseBank()]
 
 
 def _rgb(size: Size) -> list[A.BasicTransform]:
@@ -88,13 +117,23 @@ def _none(size: Size) -> list[A.BasicTransform]:
     return _letterbox(size)
 
 
-PRESETS: dict[str, Callable[[Size], list[A.BasicTransform]]] = {"thermal": _thermal, "rgb": _rgb, "none": _none}
+PRESETS: dict[str, Callable[[Size], list[A.BasicTransform]]] = {
+    "thermal": _thermal,
+    "thermal_reference": _thermal_reference,
+    "rgb": _rgb,
+    "none": _none,
+}
 # Default output (height, width) per preset. Thermal frames are 512x640 and keep their size.
 # RGB frames (2048x1536, 1800x1600, 1224x1024 in FLIR v2) go to 480x640: 4:3 like the most
 # common of them (which shrinks to it without padding), the 640-pixel width detectors are
 # usually trained at, and about the thermal frame's pixel count: a batch of three channels
 # costs three thermal batches, not the ten times more full-size frames would.
-PRESET_SIZES: dict[str, Size] = {"thermal": (512, 640), "rgb": (480, 640), "none": (512, 640)}
+PRESET_SIZES: dict[str, Size] = {
+    "thermal": (512, 640),
+    "thermal_reference": (512, 640),
+    "rgb": (480, 640),
+    "none": (512, 640),
+}
 # The training preset the CLI picks for a split of each modality when none is given.
 MODALITY_PRESETS: dict[str, str] = {"thermal": "thermal", "rgb": "rgb"}
 
@@ -112,7 +151,8 @@ def build_transform(
     """Build the augmentation pipeline of a preset, or load a user's pipeline file.
 
     Args:
-        preset: a key of ``PRESETS`` ("thermal" or "rgb" for training, "none" for validation),
+        preset: a key of ``PRESETS`` ("thermal" or "rgb" for training, "none" for validation,
+            "thermal_reference" for the plain-albumentations pipeline "thermal" reproduces faster),
             or the path of an albumentations pipeline saved with ``A.save`` (``.json``/``.yaml``).
         size: output ``(height, width)`` (or one int for a square); presets letterbox to it
             so every image of a batch has the same shape. Default ``PRESET_SIZES[preset]``:

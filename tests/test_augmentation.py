@@ -40,8 +40,12 @@ def one_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "s"
 
 
-def test_box_matches_transformed_pixels(one_object: Path) -> None:
-    ds = FlirDetection(one_object, split=one_object, transform=build_transform("thermal"), seed=11)
+THERMAL_PRESETS = ["thermal", "thermal_reference"]
+
+
+@pytest.mark.parametrize("preset", THERMAL_PRESETS)
+def test_box_matches_transformed_pixels(one_object: Path, preset: str) -> None:
+    ds = FlirDetection(one_object, split=one_object, transform=build_transform(preset), seed=11)
     checked = 0
     for epoch in range(40):
         ds.set_epoch(epoch)
@@ -61,10 +65,12 @@ def test_box_matches_transformed_pixels(one_object: Path) -> None:
 @given(
     boxes=st.lists(
         st.tuples(st.floats(-50, 650), st.floats(-50, 550), st.floats(0, 300), st.floats(0, 300)),
-        min_size=0, max_size=8,
+        min_size=0,
+        max_size=8,
     ),
-    seed=st.integers(0, 2**31), epoch=st.integers(0, 1000),
-)  # fmt: skip
+    seed=st.integers(0, 2**31),
+    epoch=st.integers(0, 1000),
+)
 def test_every_output_box_is_valid_and_labels_aligned(tmp_path_factory, boxes, seed, epoch) -> None:
     root = tmp_path_factory.mktemp("prop")
     labels = [1 + k % 2 * 2 for k in range(len(boxes))]  # person / car alternate
@@ -93,8 +99,9 @@ def test_labels_follow_their_boxes_through_filtering(tmp_path: Path) -> None:
     np.testing.assert_allclose(by_label[3], [20, 200, 140, 300])
 
 
-def test_same_seed_epoch_index_same_bytes_in_any_order_and_thread(synth_root: Path) -> None:
-    ds = FlirDetection(synth_root, transform=build_transform("thermal"), seed=5)
+@pytest.mark.parametrize("preset", THERMAL_PRESETS)
+def test_same_seed_epoch_index_same_bytes_in_any_order_and_thread(synth_root: Path, preset: str) -> None:
+    ds = FlirDetection(synth_root, transform=build_transform(preset), seed=5)
     ds.set_epoch(3)
     forward = [_digest(ds[i]) for i in range(len(ds))]
     backward = [_digest(ds[i]) for i in reversed(range(len(ds)))][::-1]
@@ -107,8 +114,9 @@ def test_same_seed_epoch_index_same_bytes_in_any_order_and_thread(synth_root: Pa
     assert [_digest(ds.sample(i, epoch=3)) for i in range(len(ds))] == forward
 
 
-def test_same_bytes_in_a_subprocess(synth_root: Path) -> None:
-    ds = FlirDetection(synth_root, transform=build_transform("thermal"), seed=5)
+@pytest.mark.parametrize("preset", THERMAL_PRESETS)
+def test_same_bytes_in_a_subprocess(synth_root: Path, preset: str) -> None:
+    ds = FlirDetection(synth_root, transform=build_transform(preset), seed=5)
     ds.set_epoch(1)
     expected = [_digest(ds[i]) for i in (7, 3, 0)]
     code = (
@@ -116,10 +124,16 @@ def test_same_bytes_in_a_subprocess(synth_root: Path) -> None:
         "from test_augmentation import _digest; ds = pickle.load(sys.stdin.buffer);"
         "print(' '.join(_digest(ds[i]) for i in (0, 3, 7)))"
     )
-    fresh = FlirDetection(synth_root, transform=build_transform("thermal"), seed=5)
+    fresh = FlirDetection(synth_root, transform=build_transform(preset), seed=5)
     fresh.set_epoch(1)
-    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(fresh), capture_output=True,
-                         check=True, cwd=Path(__file__).parent.parent, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=pickle.dumps(fresh),
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=120,
+    )
     assert out.stdout.decode().split() == expected[::-1]
 
 
@@ -128,8 +142,11 @@ def test_draws_within_a_sample_are_independent_for_a_user_pipeline(tmp_path: Pat
     image = np.zeros((512, 640), np.uint8)
     image[:100, :100] = 200  # top-left marker reveals both flips
     write_split(tmp_path, [image], [[[0, 0, 100, 100]]], [[1]])
-    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.InvertImg(p=0.5)],
-                         bbox_params=default_bbox_params(), seed=123)  # fmt: skip
+    pipeline = A.Compose(
+        [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.InvertImg(p=0.5)],
+        bbox_params=default_bbox_params(),
+        seed=123,
+    )
     ds = FlirDetection(tmp_path, split=tmp_path, transform=pipeline)
     outcomes = set()
     for epoch in range(64):
@@ -151,15 +168,19 @@ def test_transform_pickle_round_trip_and_unknown_preset() -> None:
     pipeline = build_transform("thermal")
     clone = pickle.loads(pickle.dumps(pipeline))
     assert isinstance(clone, A.Compose) and len(clone.transforms) == len(pipeline.transforms)
-    with pytest.raises(ValueError, match=r"unknown preset 'colour'; expected one of \['none', 'rgb', 'thermal'\]"):
+    expected = r"unknown preset 'colour'; expected one of \['none', 'rgb', 'thermal', 'thermal_reference'\]"
+    with pytest.raises(ValueError, match=expected):
         build_transform("colour")
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_user_pipeline_file(tmp_path: Path, synth_root: Path, suffix: str) -> None:
     path = tmp_path / f"pipeline{suffix}"
-    A.save(A.Compose([A.HorizontalFlip(p=1.0), A.Resize(256, 320)]), str(path),
-           data_format=suffix.lstrip(".").replace("yml", "yaml"))  # fmt: skip
+    A.save(
+        A.Compose([A.HorizontalFlip(p=1.0), A.Resize(256, 320)]),
+        str(path),
+        data_format=suffix.lstrip(".").replace("yml", "yaml"),
+    )
     pipeline = build_transform(path)
     assert "bboxes" in pipeline.processors  # bbox contract added to a pipeline that lacked it
     raw = FlirDetection(synth_root)[0]

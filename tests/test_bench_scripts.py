@@ -16,7 +16,7 @@ import pytest
 from flirdata import FlirDetection, build_transform
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["bench_backends.py", "bench_decode.py"]
+SCRIPTS = ["bench_backends.py", "bench_decode.py", "bench_presets.py"]
 
 
 def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:

@@ -72,11 +72,13 @@ class BenchConfig:
     batches: int = 20  # timed batches per repeat; 0 = the rest of the epoch
     repeats: int = 3
     seed: int = 0
+    preset: str = "thermal"  # a key of PRESETS or an albumentations .json/.yaml file
 
 
 # -- arguments ---------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from flirdata.backends import BACKENDS
+    from flirdata.transforms import PRESETS
 
     add = parser.add_argument
     add_root(parser, "dataset folder to measure (make one with `flirdata synth`)", data_alias=True)
@@ -99,6 +101,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     add("--repeats", metavar="N", type=POSITIVE, default=3, help="repeats per point (default: 3)")
     add("--seed", metavar="N", type=SEED, default=0, help="augmentation and shuffle seed (default: 0)")
+    add(
+        "--preset",
+        default="thermal",
+        help=f"augmentation preset ({choices_text(sorted(PRESETS))}) or an albumentations .json/.yaml file "
+        "(default: thermal)",
+    )
+    add(
+        "--profile",
+        action="store_true",
+        help="instead of the sweep, print what each transform of the pipeline costs per image on ROOT's train "
+        "images (one thread; --batches x --batch-size images, decode and collate included)",
+    )
     add("--json", metavar="FILE", help="write one record per point")
     add("--markdown", metavar="FILE", help="write the tables as markdown")
     add("--plot", metavar="FILE.png", help="plot speedup against workers")
@@ -136,6 +150,7 @@ def parse_config(args: argparse.Namespace) -> BenchConfig:
         batches=args.batches,
         repeats=args.repeats,
         seed=args.seed,
+        preset=str(args.preset),
     )
 
 
@@ -145,7 +160,7 @@ def _open_sizes(config: BenchConfig) -> dict[str, Any]:
     from flirdata.synth import parse_size
     from flirdata.transforms import build_transform
 
-    full = FlirDetection(config.data, "train", transform=build_transform("thermal"), seed=config.seed)
+    full = FlirDetection(config.data, "train", transform=build_transform(config.preset), seed=config.seed)
     out = {}
     for label in config.sizes:
         n = parse_size(label)
@@ -157,21 +172,32 @@ def _open_sizes(config: BenchConfig) -> dict[str, Any]:
         # Timing needs one batch after the warm-up: the first batch and the first wave.
         need = 1 + (max(config.workers) if len(config.backends) > 1 else 1)
         if -(-n // config.batch_size) < need:
-            raise BenchError(f"size {label} ({n} images) gives fewer than {need} batches of {config.batch_size} "
-                             "(one to time after the first wave of workers): lower --batch-size")  # fmt: skip
+            raise BenchError(
+                f"size {label} ({n} images) gives fewer than {need} batches of {config.batch_size} "
+                "(one to time after the first wave of workers): lower --batch-size"
+            )
         out[label] = full.subset(range(n))  # keeps each image's augmentation, ships a small index
     return out
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def measure_once(dataset: Any, backend: str, workers: int, config: BenchConfig,
-                 memory: MemorySampler) -> dict[str, Any]:  # fmt: skip
+def measure_once(
+    dataset: Any, backend: str, workers: int, config: BenchConfig, memory: MemorySampler
+) -> dict[str, Any]:
     """One repeat of one point: time to first batch, then the steady rate (see module doc)."""
     from flirdata.loader import make_loader
 
     start = time.perf_counter()
-    loader = make_loader(dataset, backend=backend, workers=workers, batch_size=config.batch_size,
-                         shuffle=True, seed=config.seed, rank=0, world_size=1)  # fmt: skip
+    loader = make_loader(
+        dataset,
+        backend=backend,
+        workers=workers,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        rank=0,
+        world_size=1,
+    )
     with loader:
         batches = iter(loader)
         next(batches)
@@ -184,11 +210,19 @@ def measure_once(dataset: Any, backend: str, workers: int, config: BenchConfig,
         memory.checkpoint()  # prefetch queue full: the steady state's memory
         closing = time.perf_counter()
     if window.images == 0:
-        raise BenchError(f"size {len(dataset)} leaves no batch to time after warm-up with {workers} workers; "
-                         "use a bigger size or a smaller --batch-size")  # fmt: skip
-    return {"first_batch_s": first, "images_timed": window.images, "seconds": window.seconds,
-            "shutdown_s": time.perf_counter() - closing, "runs_as": loader.options.effective_backend,
-            "peak_pss_mb": memory.peak_pss_mb, "peak_rss_mb": memory.peak_rss_mb}  # fmt: skip
+        raise BenchError(
+            f"size {len(dataset)} leaves no batch to time after warm-up with {workers} workers; "
+            "use a bigger size or a smaller --batch-size"
+        )
+    return {
+        "first_batch_s": first,
+        "images_timed": window.images,
+        "seconds": window.seconds,
+        "shutdown_s": time.perf_counter() - closing,
+        "runs_as": loader.options.effective_backend,
+        "peak_pss_mb": memory.peak_pss_mb,
+        "peak_rss_mb": memory.peak_rss_mb,
+    }
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -200,27 +234,38 @@ def sweep_points(config: BenchConfig) -> list[Point]:
     points = []
     for size in config.sizes:
         points.append((size, BASELINE, 1))
-        points.extend((size, backend, w) for backend in config.backends if backend != BASELINE
-                      for w in config.workers)  # fmt: skip
+        points.extend((size, backend, w) for backend in config.backends if backend != BASELINE for w in config.workers)
     return points
 
 
-def _record(point: Point, runs: Sequence[dict[str, Any]], images: int,
-            calib: Sequence[dict[str, float]], config: BenchConfig) -> report.Record:  # fmt: skip
+def _record(
+    point: Point, runs: Sequence[dict[str, Any]], images: int, calib: Sequence[dict[str, float]], config: BenchConfig
+) -> report.Record:
     size, backend, workers = point
     rates = [r["images_timed"] / r["seconds"] for r in runs]
     rate = statistics.median(rates)
     first = statistics.median(r["first_batch_s"] for r in runs)
     startup = max(0.0, first - workers * config.batch_size / rate)
     return {
-        "backend": backend, "workers": workers, "runs_as": runs[0]["runs_as"], "size": size, "images": images,
-        "batch_size": config.batch_size, "images_timed": int(statistics.median(r["images_timed"] for r in runs)),
-        "repeats": len(runs), "images_per_s": rate, "images_per_s_min": min(rates), "images_per_s_max": max(rates),
-        "first_batch_s": first, "startup_s": startup, "epoch_s": startup + images / rate,
+        "backend": backend,
+        "workers": workers,
+        "runs_as": runs[0]["runs_as"],
+        "size": size,
+        "images": images,
+        "batch_size": config.batch_size,
+        "images_timed": int(statistics.median(r["images_timed"] for r in runs)),
+        "repeats": len(runs),
+        "images_per_s": rate,
+        "images_per_s_min": min(rates),
+        "images_per_s_max": max(rates),
+        "first_batch_s": first,
+        "startup_s": startup,
+        "epoch_s": startup + images / rate,
         "shutdown_s": statistics.median(r["shutdown_s"] for r in runs),
-        "peak_pss_mb": max(r["peak_pss_mb"] for r in runs), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         **{key: statistics.median(c[key] for c in calib) for key in calib[0]},
-    }  # fmt: skip
+    }
 
 
 def run_bench(config: BenchConfig, progress: bool = True) -> list[report.Record]:
@@ -250,9 +295,11 @@ def run_bench(config: BenchConfig, progress: bool = True) -> list[report.Record]
 
 
 def _command(config: BenchConfig) -> str:
-    return (f"flirdata bench {config.data} --backends {','.join(config.backends)} "
-            f"--workers {','.join(map(str, config.workers))} --sizes {','.join(config.sizes)} "
-            f"--batch-size {config.batch_size} --batches {config.batches} --repeats {config.repeats}")  # fmt: skip
+    return (
+        f"flirdata bench {config.data} --backends {','.join(config.backends)} "
+        f"--workers {','.join(map(str, config.workers))} --sizes {','.join(config.sizes)} "
+        f"--batch-size {config.batch_size} --batches {config.batches} --repeats {config.repeats}"
+    )
 
 
 def _outputs(args: argparse.Namespace) -> dict[str, Path]:
@@ -265,11 +312,17 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _calibration_line(r: report.Record) -> str:
-    return (f"tight loop (decode + augment + collate, 1 thread): {r['tight_images_per_s']:.1f} images/s; "
-            f"a batch is {r['batch_mb']:.1f} MB, pickling it there and back {r['pickle_ms_per_batch']:.1f} ms")
+    return (
+        f"tight loop (decode + augment + collate, 1 thread): {r['tight_images_per_s']:.1f} images/s; "
+        f"a batch is {r['batch_mb']:.1f} MB, pickling it there and back {r['pickle_ms_per_batch']:.1f} ms"
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.profile:
+        from flirdata.tools.bench.profile import run_profile
+
+        return run_profile(args)
     config = parse_config(args)
     outputs = _outputs(args)
     records = run_bench(config, progress=args.progress)
@@ -280,8 +333,9 @@ def run_command(args: argparse.Namespace) -> int:
     if "json" in outputs:
         report.write_json(outputs["json"], records)
     if "markdown" in outputs:
-        report.write_markdown(outputs["markdown"], records, records[0], _command(config),
-                              notes=[_calibration_line(records[0])])  # fmt: skip
+        report.write_markdown(
+            outputs["markdown"], records, records[0], _command(config), notes=[_calibration_line(records[0])]
+        )
     if "plot" in outputs:
         report.plot_speedup(outputs["plot"], records, records[0]["cores"])
     return 0
