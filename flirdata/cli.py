@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("flirdata.tools.check", "scan a dataset: every image and annotation"),
     "preview": ("flirdata.tools.preview", "draw a grid of augmented samples with their boxes"),
     "bench": ("flirdata.tools.bench", "sweep backends x workers x dataset sizes"),
-    "export": ("flirdata.tools.export", "write augmented copies with their annotations"),
+    "export": ("flirdata.tools.export.cli", "write augmented copies with their annotations"),
 }
 
 

@@ -31,8 +31,9 @@ from flirdata.cliargs import MAX_COUNT, MAX_SEED, MAX_WORKERS
 from flirdata.coco import write_coco
 from flirdata.errors import DataError
 from flirdata.mapping import executor_map
-from flirdata.synth.rgb import colour_frame, frame_size, make_palette
-from flirdata.synth.thermal import HEIGHT, WIDTH, DrawnObject, make_scene, render_frame
+from flirdata.synth.plan import CAMERA, FLAWS, SPLIT_FOLDERS, VIDEO, FramePlan, n_flawed, plan_split, stream
+from flirdata.synth.rgb import colour_frame, make_palette
+from flirdata.synth.thermal import DrawnObject, make_scene, render_frame
 
 __all__ = [
     "SIZES",
@@ -53,20 +54,9 @@ SIZES: dict[str, int] = {"small": 500, "medium": 2000, "big": 10000}
 MAX_IMAGES = MAX_COUNT
 # Split -> (folder in the FLIR download, code in the seeds of its images). Kept here rather
 # than imported from flirdata.dataset so that ``flirdata synth`` does not import torch.
-SPLIT_FOLDERS: dict[str, tuple[str, int]] = {
-    "train": ("images_thermal_train", 0),
-    "val": ("images_thermal_val", 1),
-    "test": ("video_thermal_test", 2),
-    "rgb_train": ("images_rgb_train", 3),
-    "rgb_val": ("images_rgb_val", 4),
-    "rgb_test": ("video_rgb_test", 5),
-}
 GENERATOR = "flirdata-synth/1"  # bump when the pixels change, so cached datasets are rebuilt
 JPEG_QUALITY = 90
 _CHUNK = 8  # images per task sent to a worker
-_ALPHABET = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
-_VIDEO, _LAYOUT, _FLAWS, _CAMERA = 1, 2, 3, 4  # stream tags; image streams carry none
-
 # FLIR v2 declares the 80 COCO classes with contiguous ids, renaming the ones it uses.
 _COCO80 = """person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant
 stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack
@@ -107,57 +97,6 @@ def default_val(train: int) -> int:
     return max(train // 10, min(train, 50))
 
 
-def _rng(seed: int, split_code: int, index: int, tag: int = 0) -> np.random.Generator:
-    """Image ``index`` draws from ``[seed, split, index]``; videos and layout add a tag.
-
-    ``SeedSequence`` pads short keys with zeros, so a non-zero tag keeps the streams apart.
-    """
-    key = [seed, split_code, index] + ([tag] if tag else [])
-    return np.random.default_rng(np.random.SeedSequence(key))
-
-
-@dataclass(frozen=True)
-class FramePlan:
-    """Where one image sits: its video, its place in it, its file name."""
-
-    index: int  # image id and position in coco.json
-    video: int
-    frame_pos: int  # frames since the video's first one in this split
-    video_id: str
-    frame_index: int
-    file_name: str
-    empty: bool  # drawn without objects: FLIR has a few frames without any box
-    width: int = WIDTH  # of the file; RGB frames take one of rgb_synth.FRAME_SIZES
-    height: int = HEIGHT
-
-
-def _alnum(rng: np.random.Generator) -> str:
-    return "".join(_ALPHABET[rng.integers(0, len(_ALPHABET), 17)])
-
-
-def _n_flawed(n_items: int, rate: float, guarantee: bool) -> int:
-    """How many items get a flaw: ``rate`` of them, at least one if ``guarantee``."""
-    return min(n_items, max(int(guarantee), round(rate * n_items)))
-
-
-def _plan_split(seed: int, split: str, n: int) -> list[FramePlan]:
-    """Group ``n`` frames into videos with consecutive frame numbers, as FLIR's are."""
-    rng = _rng(seed, SPLIT_FOLDERS[split][1], 0, _LAYOUT)
-    lo, hi = (150, 400) if split.endswith("test") else (8, 60)
-    empty = set(rng.choice(n, _n_flawed(n, 0.02, n >= 20), replace=False).tolist())
-    frames: list[FramePlan] = []
-    video = 0
-    while len(frames) < n:
-        video_id, start = _alnum(rng), int(rng.integers(0, 5000))
-        for pos in range(min(int(rng.integers(lo, hi)), n - len(frames))):
-            k, number = len(frames), start + pos
-            name = f"data/video-{video_id}-frame-{number:06d}-{_alnum(rng)}.jpg"
-            size = frame_size(k) if split.startswith("rgb") else (WIDTH, HEIGHT)
-            frames.append(FramePlan(k, video, pos, video_id, number, name, k in empty, *size))
-        video += 1
-    return frames
-
-
 @dataclass(frozen=True)
 class RenderJob:
     """Consecutive frames of one split for one worker; small and picklable."""
@@ -174,10 +113,10 @@ def render_job(job: RenderJob) -> list[tuple[int, list[DrawnObject]]]:
     scenes, out = {}, []
     for f in job.frames:
         if f.video not in scenes:
-            scene = make_scene(_rng(job.seed, job.split_code, f.video, _VIDEO))
-            camera = _rng(job.seed, job.split_code, f.video, _CAMERA)
+            scene = make_scene(stream(job.seed, job.split_code, f.video, VIDEO))
+            camera = stream(job.seed, job.split_code, f.video, CAMERA)
             scenes[f.video] = (scene, make_palette(camera, scene) if job.rgb else None)
-        rng = _rng(job.seed, job.split_code, f.index)
+        rng = stream(job.seed, job.split_code, f.index)
         scene, palette = scenes[f.video]
         img, objects = render_frame(rng, scene, f.frame_pos, empty=f.empty)
         if palette is not None:
@@ -249,7 +188,7 @@ def _add_flaws(per_image: list[list[dict[str, Any]]], rng: np.random.Generator, 
     dragged past the frame, and zero-width or zero-height duplicates (a click without a drag).
     ``sizes[i]`` is image ``i``'s ``(width, height)``."""
     flat = [(i, j) for i, group in enumerate(per_image) for j in range(len(group))]
-    n = _n_flawed(len(flat), 0.005, len(per_image) >= 20)
+    n = n_flawed(len(flat), 0.005, len(per_image) >= 20)
     edge = [(i, j) for i, j in flat if _at_edge(per_image[i][j]["bbox"], *sizes[i])]
     pool = edge if len(edge) >= n else flat
     for k in rng.choice(len(pool), n, replace=False):
@@ -268,7 +207,7 @@ def _at_edge(box: list[int], width: int, height: int) -> bool:
 
 def _video_meta(seed: int, split_code: int, video: int) -> tuple[datetime, str, str]:
     """(start time, hours, weather) of a video, consistent with how it is rendered."""
-    rng = _rng(seed, split_code, video, _VIDEO)
+    rng = stream(seed, split_code, video, VIDEO)
     scene = make_scene(rng)  # the same draws render_job makes, then the date
     hour = int(rng.choice([20, 21, 22, 23, 0, 1, 2, 3, 4] if scene.night else list(range(8, 18))))
     offset = timedelta(days=int(rng.integers(365)), seconds=int(rng.integers(3600)))
@@ -302,7 +241,7 @@ def _build_coco(seed: int, split: str, plans: list[FramePlan], drawn: dict[int, 
             }
         )
         per_image.append([_annotation(p.index, o) for o in drawn[p.index] if _occlusion(o.visible)])
-    _add_flaws(per_image, _rng(seed, code, 0, _FLAWS), [(p.width, p.height) for p in plans])
+    _add_flaws(per_image, stream(seed, code, 0, FLAWS), [(p.width, p.height) for p in plans])
     annotations = [ann for group in per_image for ann in group]
     for k, ann in enumerate(annotations, start=1):
         ann["id"] = k
@@ -351,7 +290,7 @@ def _write_split(root: Path, split: str, n: int, seed: int, workers: int, progre
     if stage.exists():
         shutil.rmtree(stage)
     (stage / "data").mkdir(parents=True)
-    plans = _plan_split(seed, split, n)
+    plans = plan_split(seed, split, n)
     rgb = split.startswith("rgb")
     jobs = (RenderJob(str(stage), seed, code, tuple(plans[i : i + _CHUNK]), rgb) for i in range(0, n, _CHUNK))
     drawn: dict[int, list[DrawnObject]] = {}

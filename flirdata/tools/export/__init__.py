@@ -15,17 +15,16 @@ any backend, worker count and interruption history.
 
 A YOLO export fills one split (``images/S``, ``labels/S``) of a dataset that may hold others:
 each split has its own work folder and resumes on its own, and finishing a split rewrites
-``data.yaml`` to list every split present. A COCO export holds one split per folder.
+``data.yaml`` to list every split present. A COCO export holds one split per folder. The command
+line is in ``cli.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,7 @@ from typing import Any
 import albumentations as A
 from tqdm import tqdm
 
-from flirdata.backends import BACKENDS
-from flirdata.cliargs import POSITIVE, SEED, WORKERS, IntRange, add_progress, add_root, choices_text
-from flirdata.dataset import SPLITS, FlirDetection
-from flirdata.errors import FlirdataError, WorkerError
+from flirdata.cliargs import IntRange
 from flirdata.files import write_atomic
 from flirdata.loader import open_backend, warn_if_oversubscribed
 from flirdata.tools.export.batch import (
@@ -50,12 +46,12 @@ from flirdata.tools.export.batch import (
     output_stem,
     write_batch,
 )
-from flirdata.tools.export.output import VERSION, finish_output, pending_batches, prepare_output, yolo_record
+from flirdata.tools.export.output import VERSION, finish_output, pending_batches, prepare_output
 from flirdata.tools.export.yolo import YOLO_SPLITS
-from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
 
 __all__ = [
     "EVAL_SPLITS",
+    "QUALITY",
     "FORMATS",
     "WORK_DIR",
     "BatchResult",
@@ -64,11 +60,9 @@ __all__ = [
     "ExportItem",
     "ExportPlan",
     "ExportSummary",
-    "configure_parser",
     "export_augmented",
     "export_item",
     "output_stem",
-    "run_command",
     "write_atomic",
     "write_batch",
 ]
@@ -281,139 +275,3 @@ def export_augmented(
 
 
 # -- command line -------------------------------------------------------------------------------
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from flirdata.transforms import PRESETS
-
-    add = parser.add_argument
-    add_root(parser, "dataset folder (holding images_thermal_train/ ...)", data_alias=True)
-    add(
-        "--split",
-        default="train",
-        metavar="SPLITS",
-        help="train, val, test (rgb_train, ...), or a folder holding coco.json (default: train); yolo takes "
-        "several, comma-separated, into one dataset (images/S, labels/S, data.yaml), and a later call "
-        "with another split adds it to the same --out",
-    )
-    add(
-        "--out",
-        required=True,
-        metavar="OUT",
-        help="output folder: new or empty, an interrupted export, or (yolo) a dataset export wrote before",
-    )
-    add(
-        "--copies",
-        type=POSITIVE,
-        default=1,
-        metavar="N",
-        help="augmented copies of every train image (default: 1); val and test are written once, "
-        "un-augmented (the original frames and boxes), unless --augment-all",
-    )
-    add("--augment-all", action="store_true", help="augment val and test too, with --preset and --copies")
-    add("--format", dest="fmt", choices=FORMATS, default="coco", help="output layout (default: coco)")
-    add("--quality", type=QUALITY, default=95, metavar="Q", help="JPEG quality, 0 to 100 (default: 95)")
-    add("--seed", type=SEED, default=0, help="augmentation seed (default: 0)")
-    add(
-        "--preset",
-        default=None,
-        help=f"augmentation preset ({choices_text(sorted(PRESETS))}) or an albumentations .json/.yaml file "
-        "(default: the split's own, thermal or rgb)",
-    )
-    add("--resume", action="store_true", help="finish an interrupted export into OUT")
-    add("--backend", choices=sorted(BACKENDS), default="sequential", help="loader backend (default: sequential)")
-    add("--workers", type=WORKERS, default=1, metavar="N", help="loader workers, 1 = no pool (default: 1)")
-    add("--batch-size", type=POSITIVE, default=16, metavar="N", help="images per batch (default: 16)")
-    add("--limit", type=POSITIVE, default=None, metavar="N", help="export only the first N images (of each split)")
-    add_progress(parser)
-
-
-def _yolo_split(split: str) -> str:
-    """The YOLO split a FLIR split fills: ``rgb_val`` -> ``val``."""
-    return split.removeprefix("rgb_")
-
-
-def _parse_splits(args: argparse.Namespace) -> list[str]:
-    """``--split`` as a list, checked against the format (several only for yolo)."""
-    splits = [s.strip() for s in str(args.split).split(",") if s.strip()]
-    if not splits:
-        raise ExportError(f"--split: expected one or more comma-separated splits, got {args.split!r}")
-    if args.fmt == "coco" and len(splits) > 1:
-        raise ExportError(
-            f"--split {args.split}: a coco export holds one split per --out; run one export "
-            "per split, or use --format yolo"
-        )
-    if args.fmt == "yolo":
-        names = sorted(k for k in SPLITS if _yolo_split(k) in YOLO_SPLITS)
-        bad = next((s for s in splits if s not in names), None)
-        if bad is not None:
-            raise ExportError(f"--split {bad!r}: a yolo export takes split names from {names}")
-        if len({_yolo_split(s) for s in splits}) < len(splits):
-            raise ExportError(f"--split {args.split}: two splits would fill the same YOLO split")
-    if args.copies != 1 and not args.augment_all and all(_yolo_split(s) in EVAL_SPLITS for s in splits):
-        raise ExportError(
-            f"--copies {args.copies}: val and test are written once, un-augmented; "
-            "pass --augment-all to augment them too"
-        )
-    return splits
-
-
-def _plain(split: str, args: argparse.Namespace) -> bool:
-    return _yolo_split(split) in EVAL_SPLITS and not args.augment_all
-
-
-def _split_datasets(args: argparse.Namespace, splits: list[str]) -> list[FlirDetection]:
-    """One dataset per split, all with the same classes (the ones already in OUT's data.yaml first)."""
-    try:
-
-        def build(split: str, classes: Sequence[str] | None = None) -> FlirDetection:
-            ds = FlirDetection(args.root, split, seed=args.seed, classes=classes)
-            if not _plain(split, args):
-                ds.transform = ensure_detection_compose(build_transform(args.preset or MODALITY_PRESETS[ds.modality]))
-            return ds
-
-        datasets = [build(split) for split in splits]
-    except FlirdataError:
-        raise
-    except ValueError as exc:  # unknown preset, negative seed: user input, not a bug
-        raise ExportError(str(exc)) from None
-    recorded = (yolo_record(Path(args.out)) or ([], {}))[0] if args.fmt == "yolo" else []
-    classes = list(dict.fromkeys([*recorded, *(c for ds in datasets for c in ds.index.classes)]))
-    if any(list(ds.index.classes) != classes for ds in datasets):  # splits use different extra classes
-        datasets = [build(split, classes) for split in splits]
-    if len({getattr(ds, "modality", None) for ds in datasets}) > 1:
-        raise ExportError(f"--split {args.split}: mixes thermal and rgb splits in one dataset")
-    return datasets
-
-
-def _yolo_next_step(out: Path) -> str:
-    splits = (yolo_record(out) or ([], {}))[1]
-    if "val" not in splits:
-        return f"note: {out / 'data.yaml'} has no val split yet; Ultralytics needs one: export --split val into it"
-    return f"train with: yolo detect train data={(out / 'data.yaml').resolve()}"
-
-
-def run_command(args: argparse.Namespace) -> int:
-    splits = _parse_splits(args)
-    datasets = _split_datasets(args, splits)  # every split is checked before anything is written
-    for split, dataset in zip(splits, datasets, strict=True):
-        plain = _plain(split, args)
-        try:
-            summary = export_augmented(
-                dataset,
-                args.out,
-                copies=1 if plain else args.copies,
-                fmt=args.fmt,
-                split=_yolo_split(split) if args.fmt == "yolo" else None,
-                quality=args.quality,
-                backend=args.backend,
-                workers=args.workers,
-                batch_size=args.batch_size,
-                resume=args.resume,
-                progress=args.progress,
-                limit=args.limit,
-            )
-        except WorkerError as exc:
-            raise WorkerError(f"{exc} What was written is kept: run the same command with --resume to finish.") from exc
-        print(f"{summary}{'; original frames, un-augmented' if plain else ''}")
-    if args.fmt == "yolo":
-        print(_yolo_next_step(Path(args.out)))
-    return 0
