@@ -49,22 +49,23 @@ from flirdata.tools.export.batch import (
 from flirdata.tools.export.output import VERSION, finish_output, pending_batches, prepare_output
 from flirdata.tools.export.yolo import YOLO_SPLITS
 
+# The exporter's API first, then the worker-side names it re-exports from ``batch``.
 __all__ = [
-    "EVAL_SPLITS",
-    "QUALITY",
-    "FORMATS",
-    "WORK_DIR",
-    "BatchResult",
-    "BatchWriter",
-    "ExportError",
-    "ExportItem",
-    "ExportPlan",
-    "ExportSummary",
     "export_augmented",
+    "ExportSummary",
+    "ExportError",
+    "EVAL_SPLITS",
+    "FORMATS",
+    "QUALITY",
+    "BatchWriter",
+    "write_batch",
+    "ExportPlan",
+    "ExportItem",
+    "BatchResult",
     "export_item",
     "output_stem",
+    "WORK_DIR",
     "write_atomic",
-    "write_batch",
 ]
 
 FORMATS = ("coco", "yolo")

@@ -131,22 +131,15 @@ def _yolo_next_step(out: Path) -> str:
 def run_command(args: argparse.Namespace) -> int:
     splits = _parse_splits(args)
     datasets = _split_datasets(args, splits)  # every split is checked before anything is written
+    # What every split shares; each adds its own copies and YOLO split.
+    shared = {"fmt": args.fmt, "quality": args.quality, "backend": args.backend, "workers": args.workers}
+    shared.update(batch_size=args.batch_size, resume=args.resume, progress=args.progress, limit=args.limit)
     for split, dataset in zip(splits, datasets, strict=True):
         plain = _plain(split, args)
+        yolo_split = _yolo_split(split) if args.fmt == "yolo" else None
         try:
             summary = export_augmented(
-                dataset,
-                args.out,
-                copies=1 if plain else args.copies,
-                fmt=args.fmt,
-                split=_yolo_split(split) if args.fmt == "yolo" else None,
-                quality=args.quality,
-                backend=args.backend,
-                workers=args.workers,
-                batch_size=args.batch_size,
-                resume=args.resume,
-                progress=args.progress,
-                limit=args.limit,
+                dataset, args.out, copies=1 if plain else args.copies, split=yolo_split, **shared
             )
         except WorkerError as exc:
             raise WorkerError(f"{exc} What was written is kept: run the same command with --resume to finish.") from exc
