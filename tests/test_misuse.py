@@ -120,6 +120,7 @@ def test_a_stopped_worker_times_out_and_the_next_epoch_recovers(flir: fd.FlirDet
         next(batches)
         workers = _workers_of(before)
         assert len(workers) == 2
+        time.sleep(1.0)  # the workers queue their next batches: for "dataloader", a descriptor still to fetch
         for worker in workers:
             os.kill(worker.pid, signal.SIGSTOP)
         start = time.monotonic()

@@ -41,11 +41,19 @@ class _Resources:
         self.executor: Executor | None = executor
         self.shutdown = shutdown
         self.ring: SharedRing | None = None
+        self.killed = False  # the workers were killed: do not wait for the executor's threads
 
     def close(self) -> None:
         executor, self.executor = self.executor, None
         try:
-            if executor is not None:
+            if executor is not None and self.killed:
+                # Its workers are dead, so nobody writes into the ring; waiting for the executor's
+                # manager thread could block on a queue a stopped worker left half-read.
+                try:
+                    executor.shutdown(wait=False, cancel_futures=True)
+                except TypeError:  # loky's shutdown takes no cancel_futures
+                    executor.shutdown(wait=False)
+            elif executor is not None:
                 self.shutdown(executor)  # workers first: nobody may write into the ring after
         finally:
             ring, self.ring = self.ring, None
@@ -162,6 +170,7 @@ class PoolBackend:
             raise self._crash_error(exc) from exc
         except FutureTimeout as exc:
             self._kill_workers()  # a stuck worker would hold shutdown for ever
+            self._res.killed = True
             raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
         finally:
             if slot is not None and ring is not None:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import pickle
 import signal
+import threading
 import time
 import traceback
 import warnings
@@ -28,6 +29,8 @@ from flirdata.backends._spawning import plan_worker_start
 from flirdata.backends._worker import forkserver_context, portable_exception, setup_worker
 from flirdata.backends.protocol import TaskFunction, WorkerCrashError
 from flirdata.errors import LoaderTimeoutError
+
+_WATCHDOG_GRACE_S = 2.0  # beyond the timeout, before the watchdog kills a stuck transfer
 
 __all__ = ["DataLoaderBackend", "RemoteFailure", "RemoteTraceback", "Shipment"]
 
@@ -130,6 +133,7 @@ class DataLoaderBackend:
 
     def __init__(self, fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._source = _TaskSource()
+        self._expired = False  # the watchdog killed the workers of a wait that outlasted the timeout
         self._start = plan_worker_start(fetcher, self.name)  # before any process starts
         with _more_workers_than_cores_is_fine():
             self._loader: DataLoader | None = DataLoader(
@@ -153,7 +157,7 @@ class DataLoaderBackend:
             with _more_workers_than_cores_is_fine(), self._start.starting():
                 batches = iter(self._loader)  # starts the workers on the first epoch
         while True:
-            with self._worker_failures():
+            with self._worker_failures(), self._watchdog():
                 try:
                     batch = next(batches)
                 except StopIteration:
@@ -163,24 +167,49 @@ class DataLoaderBackend:
             yield batch.unpack() if isinstance(batch, Shipment) else batch
 
     @contextlib.contextmanager
+    def _watchdog(self) -> Iterator[None]:
+        """Kill the workers if a wait outlasts the timeout where torch's own timeout cannot see.
+
+        torch times out the wait for a batch's message, not the descriptor transfer that
+        follows it: a worker stopped between the two holds the consumer for ever.
+        """
+        timeout = None if self._loader is None else self._loader.timeout
+        if not timeout:
+            yield
+            return
+        timer = threading.Timer(timeout + _WATCHDOG_GRACE_S, self._expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._kill_workers()
+
+    @contextlib.contextmanager
     def _worker_failures(self) -> Iterator[None]:
         """Turn torch's errors about dead or silent workers into flirdata's."""
         try:
             yield
-        except RuntimeError as exc:
+        except (RuntimeError, ConnectionError, EOFError, OSError) as exc:
+            if self._expired and self._loader is not None:
+                raise LoaderTimeoutError(self.name, self._loader.timeout) from exc
+            self._map_failure(exc)
+            raise
+
+    def _map_failure(self, exc: BaseException) -> None:
+        """Raise flirdata's error for ``exc``, or return if it is not about the workers."""
+        if isinstance(exc, RuntimeError):
             if self._loader is not None and self._loader.timeout and "timed out" in str(exc):
                 self._kill_workers()  # a stuck worker would hold the shutdown for ever
                 raise LoaderTimeoutError(self.name, self._loader.timeout) from exc
-            crash = self._crash_error()
-            if crash is None:
-                raise
-            raise crash from exc
-        except (ConnectionError, EOFError, OSError) as exc:
-            # A worker that dies while sending a batch breaks the descriptor transfer
-            # (ConnectionResetError, EOFError) before torch's own check notices it.
-            crash = self._crash_error()
-            if crash is None:
-                raise
+        # A worker that dies while sending a batch breaks the descriptor transfer
+        # (ConnectionResetError, EOFError) before torch's own check notices it.
+        crash = self._crash_error()
+        if crash is not None:
             raise crash from exc
 
     def _workers(self) -> list[Any]:
