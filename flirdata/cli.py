@@ -105,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"flirdata {selected}" if selected else "flirdata"
 
     def run() -> int | None:
-        args = resolve_root(build_parser(argv).parse_args(argv), prog)
+        args, extra = build_parser(argv).parse_known_args(argv)
+        if extra:  # reported by the command that refused them, not by `flirdata`
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see --help)", prog)
+        args = resolve_root(args, prog)
         return importlib.import_module(COMMANDS[args.command][0]).run_command(args)
 
     return run_translated(prog, run)

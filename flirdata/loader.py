@@ -187,7 +187,7 @@ class Loader:
     def __repr__(self) -> str:
         o = self.options
         return (
-            f"Loader(backend={o.backend!r}, workers={o.workers}, batch_size={o.batch_size}, "
+            f"Loader(backend={o.backend!r}, workers={o.workers}, batch_size={o.batching.batch_size}, "
             f"batches={len(self)}, epoch={self.epoch})"
         )
 

@@ -212,22 +212,33 @@ def test_readme_snippet_runs_unguarded(synth_root: Path, tmp_path: Path, backend
 
 @pytest.mark.slow
 @pytest.mark.timeout(2 * SCRIPT_TIMEOUT)
+@pytest.mark.parametrize("mode", ["file", "-c", "stdin"])
 @pytest.mark.parametrize("backend", ["dataloader", "process"])
-def test_main_defined_collate_in_an_unguarded_script_fails_early_with_the_fix(
-    synth_root: Path, tmp_path: Path, backend: str
+def test_main_defined_collate_that_workers_cannot_get_fails_early_with_the_fix(
+    synth_root: Path, tmp_path: Path, backend: str, mode: str
 ) -> None:
     code = SNIPPET.format(
         root=str(synth_root), backend=backend, definitions=MAIN_COLLATE, extra=", collate_fn=my_collate"
     )
-    result = run_user_code(code, "file", tmp_path)
+    result = run_user_code(code, mode, tmp_path)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("flirdata.backends._spawning.MainModuleError: ")
-    assert "user_script.py, and its line 9 starts this loader outside" in last  # the `for` line
-    assert 'if __name__ == "__main__":' in last
+    why = {
+        "file": "user_script.py, and its line 9 starts this loader outside",  # the `for` line
+        "-c": "the main program has no file (python -c, a notebook)",
+        "stdin": "the main program (<stdin>) is not a file",
+    }[mode]
+    assert why in last
+    assert ('if __name__ == "__main__":' in last) == (mode == "file")  # the guard is the fix only there
     assert "my_collate" in last and "backend='threads' or 'loky'" in last
-    assert "Traceback" not in result.stderr.split("Traceback", 2)[-1]  # one traceback: the main process's
+    assert result.stderr.count("Traceback") == 1  # the main process's own; no worker started
     assert "BrokenProcessPool" not in result.stderr and "OOM" not in result.stderr
+
+
+def test_loader_repr_names_its_settings(synth_root: Path) -> None:
+    loader = fd.make_loader(fd.FlirDetection(synth_root, "train"), backend="threads", workers=2, batch_size=4)
+    assert repr(loader) == "Loader(backend='threads', workers=2, batch_size=4, batches=6, epoch=0)"
 
 
 @pytest.mark.slow

@@ -5,9 +5,10 @@ objects defined there can be unpickled. That breaks on the paths users take firs
 
 * a script without ``if __name__ == "__main__":`` runs its loader again inside every worker,
   which dies while bootstrapping;
-* ``python - <script`` names its main ``<stdin>``, a file the child cannot find.
+* ``python - <script`` names its main ``<stdin>``, a file the child cannot find;
+* ``python -c`` and notebooks have no main file at all, so nothing defined there reaches a child.
 
-flirdata's workers only need what the fetcher pickles. When nothing in it comes from
+flirdata's workers only need what the task function pickles. When nothing in it comes from
 ``__main__``, workers are started with ``__main__`` hidden from multiprocessing, so they
 never re-run it (and start faster). When something does (a user's collate function or
 transform class defined in the script), the workers need ``__main__``: if re-running it
@@ -27,13 +28,15 @@ from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
 
+from flirdata.errors import FlirdataError
+
 __all__ = ["MainModuleError", "WorkerStart", "plan_worker_start", "main_names_in"]
 
 _MAIN_LOCK = threading.Lock()
 
 
-class MainModuleError(RuntimeError):
-    """Worker processes would have to re-run ``__main__``, and that cannot work here."""
+class MainModuleError(FlirdataError, RuntimeError):
+    """Worker processes need something defined in ``__main__``, and cannot get it there."""
 
 
 class _Discard:
@@ -113,8 +116,8 @@ def unguarded_line(main: ModuleType) -> int | None:
 def _problem(main: ModuleType) -> str | None:
     """Why re-running ``__main__`` in a child would fail, or None if it would work."""
     path = getattr(main, "__file__", None)
-    if not _reruns(main):
-        return None
+    if not _reruns(main):  # python -c, a notebook: the workers have no main program to import
+        return "the main program has no file (python -c, a notebook) that worker processes could import"
     if path is not None and not os.path.isfile(path):
         return f"the main program ({path}) is not a file that worker processes can re-run"
     line = unguarded_line(main)
@@ -165,8 +168,9 @@ def plan_worker_start(payload: Any, backend: str) -> WorkerStart:
     problem = _problem(main)
     if problem is None:
         return WorkerStart(hide_main=False)
+    guard = 'put the code that runs the loader under `if __name__ == "__main__":`, ' if "outside" in problem else ""
     raise MainModuleError(
         f"flirdata {backend!r} backend: {problem}; the workers need {', '.join(names)} from it. "
-        'Put the code that runs the loader under `if __name__ == "__main__":`, move those definitions '
-        "into a module, or use backend='threads' or 'loky', which work here."
+        f"To fix it, {guard}move those definitions into a module, or use backend='threads' or 'loky', "
+        "which work here."
     )

@@ -1,4 +1,6 @@
-"""The "dataloader" backend: torch's ``DataLoader`` workers running our fetcher.
+"""The "dataloader" backend: torch's ``DataLoader`` workers running one task function.
+
+The function is the loader's ``Fetcher`` or any other picklable callable (export's writer).
 
 The DataLoader gets tasks, not indices: its sampler yields ``(epoch, indices)`` and its
 dataset turns one task into one batch, so the batching, shuffling and sharding stay the

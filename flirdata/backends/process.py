@@ -21,10 +21,11 @@ def _shutdown(executor: Executor) -> None:
 def make_process_backend(
     fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None
 ) -> PoolBackend:
-    """Worker processes forked from the fork server (never plain fork: see worker.py).
+    """Worker processes forked from the fork server (never plain fork: see _worker.py).
 
-    The fetcher reaches each worker once, through the pool initializer. Workers never
-    re-run the user's ``__main__`` unless the fetcher needs something defined there.
+    The task function (``fetcher``: the loader's ``Fetcher`` or any other picklable callable)
+    reaches each worker once, through the pool initializer. Workers never re-run the user's
+    ``__main__`` unless that function needs something defined there.
     """
     start = plan_worker_start(fetcher, "process")  # before any process starts
     executor = ProcessPoolExecutor(

@@ -1,6 +1,6 @@
 """``flirdata bench``: sweep backends x workers x dataset sizes and report what each one buys.
 
-A size is a prefix of the train split of ``--data`` (``small`` = its first 500 images, and so
+A size is a prefix of the train split of ROOT (``small`` = its first 500 images, and so
 on); a size larger than the split is an error that says how to make a big enough dataset
 with ``flirdata synth``, rather than a silent repeat of the same images.
 
