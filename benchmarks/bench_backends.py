@@ -53,7 +53,7 @@ from flirdata.loader import make_loader
 from flirdata.synth import synthesize
 from flirdata.tools.bench.machine import load_average, machine_info, machine_line
 from flirdata.tools.bench.memory import MemorySampler
-from flirdata.tools.bench.report import markdown_table, replace_block, text_columns
+from flirdata.tools.bench.report import add_results_options, markdown_table, replace_block, text_columns
 from flirdata.tools.bench.timing import single_threaded, tight_batches, timed_window
 
 BATCH = 32
@@ -339,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--retries", type=int, default=6, help="re-measurements of disturbed windows, in all")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="the markdown file whose block is replaced")
+    add_results_options(parser, RESULTS)
     args = parser.parse_args(argv)
     if min(args.images, args.large, args.repeats, args.workers) < 1 or args.retries < 0:
         parser.error("--images, --large, --repeats and --workers must be at least 1, --retries at least 0")

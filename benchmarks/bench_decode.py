@@ -38,7 +38,7 @@ from flirdata.images import decode_image
 from flirdata.synth.rgb import colour_frame, make_palette
 from flirdata.synth.thermal import make_scene, render_frame
 from flirdata.tools.bench.machine import load_average, machine_info, machine_line
-from flirdata.tools.bench.report import markdown_table, replace_block, text_columns
+from flirdata.tools.bench.report import add_results_options, markdown_table, publish, text_columns
 from flirdata.tools.bench.timing import single_threaded
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -240,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rgb", type=int, default=30, help="2048x1536 colour frames")
     parser.add_argument("--repeats", type=int, default=5, help="passes over each set per decoder")
     parser.add_argument("--damaged", type=int, default=20, help="grey frames damaged at each place, per damage")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="the markdown file whose block is replaced")
+    add_results_options(parser, RESULTS)
     args = parser.parse_args(argv)
     if min(args.grey, args.rgb, args.repeats, args.damaged) < 1:
         parser.error("--grey, --rgb, --repeats and --damaged must be at least 1")
@@ -252,10 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {**machine_info(LIBRARIES), "load_before": load_before, "load_after": load_average()}
         rates = detection(installed(), sets["grey 640x512"][: args.damaged])
     text = render(rows, rates, args.repeats, meta)
-    print(text)
-    if not args.no_write:
-        replace_block(args.results, "bench_decode.py", text, HEADING)
-    return 0
+    return publish(text, None if args.no_write else args.results, "bench_decode.py", HEADING)
 
 
 if __name__ == "__main__":

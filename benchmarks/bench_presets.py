@@ -21,7 +21,7 @@ from pathlib import Path
 from flirdata import FlirDetection, build_transform
 from flirdata.tools.bench.machine import load_average, machine_info, machine_line
 from flirdata.tools.bench.profile import PROFILE_COLUMNS, profile_pipeline
-from flirdata.tools.bench.report import markdown_table, replace_block, text_columns
+from flirdata.tools.bench.report import add_results_options, markdown_table, publish, text_columns
 from flirdata.tools.bench.timing import calibrate
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -80,18 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=500, help="train images timed per preset and repeat")
     parser.add_argument("--repeats", type=int, default=3, help="passes per preset")
     parser.add_argument("--batch-size", type=int, default=32, help="images per collated batch")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="the markdown file whose block is replaced")
+    add_results_options(parser, RESULTS)
     args = parser.parse_args(argv)
     if min(args.images, args.repeats, args.batch_size) < 1:
         parser.error("--images, --repeats and --batch-size must be at least 1")
     if args.images < 2 * args.batch_size:
         parser.error(f"--images {args.images} gives no batch to time after the warm-up batch of {args.batch_size}")
     text = render(args.root, args.images, args.repeats, args.batch_size)
-    print(text)
-    if not args.no_write:
-        replace_block(args.results, "bench_presets.py", text, HEADING)
-    return 0
+    return publish(text, None if args.no_write else args.results, "bench_presets.py", HEADING)
 
 
 if __name__ == "__main__":

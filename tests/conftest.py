@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -89,3 +90,23 @@ def _no_inherited_shard(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests run as one process even under a launcher that sets torchrun's variables."""
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
+
+
+def count_boxes_on_pixels(samples: Iterable[tuple[Any, dict[str, Any]]], mask_of: Callable[[Any], np.ndarray]) -> int:
+    """Assert each sample's single box covers its object's pixels (IoU >= 0.9); return how many were checked.
+
+    ``mask_of(image)`` marks the object's pixels; samples whose object is gone or tiny are skipped.
+    """
+    from flirdata.boxes import box_iou
+
+    checked = 0
+    for k, (image, target) in enumerate(samples):
+        mask = mask_of(image)
+        if len(target["boxes"]) == 0 or mask.sum() < 100:
+            continue
+        ys, xs = np.nonzero(mask)
+        drawn = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float)
+        iou = box_iou(target["boxes"].numpy(), drawn)[0, 0]
+        assert iou >= 0.9, f"sample {k}: box {target['boxes'].tolist()} vs pixels {drawn.tolist()}"
+        checked += 1
+    return checked

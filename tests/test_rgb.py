@@ -12,10 +12,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import RGB_SIZES, write_split
+from conftest import RGB_SIZES, count_boxes_on_pixels, write_split
 
 from flirdata import BACKENDS, FlirDetection, ImageError, build_transform, collate_detection, make_loader
-from flirdata.boxes import box_iou
 from flirdata.cli import main
 from flirdata.images import infer_modality
 from flirdata.synth import FramePlan, RenderJob, synthesize
@@ -211,20 +210,13 @@ def test_rgb_preset_keeps_boxes_on_objects(tmp_path: Path) -> None:
     rgb[200:390, 300:440] = (230, 60, 40)
     write_split(tmp_path / "s", [np.ascontiguousarray(rgb[:, :, ::-1])], [[[300, 200, 140, 190]]], [[1]])
     ds = FlirDetection(tmp_path, tmp_path / "s", build_transform("rgb"), seed=11, modality="rgb")
-    checked = 0
-    for epoch in range(40):
-        image, target = ds.sample(0, epoch)
+
+    def red(image: torch.Tensor) -> np.ndarray:
         assert image.shape == (3, 480, 640)
         r, g, b = image.numpy().astype(int)
-        mask = (r > 128) & (r - g > 50) & (r - b > 50)  # the object's colour, not a grey noise speck
-        if len(target["boxes"]) == 0 or mask.sum() < 100:
-            continue
-        ys, xs = np.nonzero(mask)
-        drawn = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float)
-        iou = box_iou(target["boxes"].numpy(), drawn)[0, 0]
-        assert iou >= 0.9, f"epoch {epoch}: box {target['boxes'].tolist()} vs pixels {drawn.tolist()}"
-        checked += 1
-    assert checked >= 30
+        return (r > 128) & (r - g > 50) & (r - b > 50)  # the object's colour, not a grey noise speck
+
+    assert count_boxes_on_pixels((ds.sample(0, epoch) for epoch in range(40)), red) >= 30
 
 
 def test_rgb_preset_changes_colours_and_is_reproducible(red_root: Path) -> None:

@@ -6,6 +6,7 @@ speedup, efficiency and fraction of ideal lives in one place and is tested apart
 
 from __future__ import annotations
 
+import argparse
 import json
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +26,8 @@ __all__ = [
     "write_json",
     "write_markdown",
     "replace_block",
+    "publish",
+    "add_results_options",
     "plot_speedup",
     "POINT_COLUMNS",
     "BEST_COLUMNS",
@@ -255,3 +258,17 @@ def _plot_panel(ax: Any, records: Sequence[Record], cores: int) -> None:
     ax.set_xlabel("workers")
     ax.set_xticks(workers)
     ax.grid(alpha=0.3)
+
+
+def publish(text: str, results: str | Path | None, name: str, heading: str) -> int:
+    """A benchmark script's last step: print its block, and write it into ``results`` unless None."""
+    print(text)
+    if results is not None:
+        replace_block(results, name, text, heading)
+    return 0
+
+
+def add_results_options(parser: argparse.ArgumentParser, default: Path) -> None:
+    """``--results FILE`` (the markdown whose block a script replaces) and ``--no-write``."""
+    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
+    parser.add_argument("--results", type=Path, default=default, help="the markdown file whose block is replaced")
