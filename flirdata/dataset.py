@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from flirdata.boxes import box_area, clip_xyxy, coco_to_xyxy, valid_mask
+from flirdata.cache import FrameCache, build_cache, check_cache
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.errors import DataError, ImageError
 from flirdata.images import (
@@ -116,6 +117,12 @@ class FlirDetection(Dataset):
             channels do not match raises ``ImageError``.
         max_image_bytes: the largest image file read (default ``MAX_IMAGE_BYTES``, 64 MiB); a
             larger one raises ``ImageError`` after at most this many bytes plus one were read.
+        cache: None (decode every read) or "ram": keep each decoded frame once in one shared-memory
+            segment that worker processes read without copies (``flirdata.cache``); samples are
+            byte-identical to no cache. A bad image is never cached.
+        cache_bytes: the cache's budget (default: half the free space of /dev/shm). Over budget,
+            the first images that fit are cached, the rest decoded on every read, with one
+            ``CacheCapacityWarning`` naming the sizes.
     """
 
     def __init__(
@@ -129,6 +136,8 @@ class FlirDetection(Dataset):
         on_error: Literal["raise", "skip"] = "raise",
         modality: str | None = None,
         max_image_bytes: int = MAX_IMAGE_BYTES,
+        cache: Literal["ram"] | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -149,6 +158,10 @@ class FlirDetection(Dataset):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._keys: np.ndarray | None = None  # seeding key of each row (None: its own index); see subset
+        # Keyed like _keys (rows of the full split), so subsets share it.
+        self._cache: FrameCache | None = None
+        if check_cache(cache) == "ram":
+            self._cache = build_cache(self.index.heights, self.index.widths, self.channels, cache_bytes)
 
     # -- pickling: thread-local caches and locks do not cross process boundaries --------
     def __getstate__(self) -> dict[str, Any]:
@@ -202,14 +215,21 @@ class FlirDetection(Dataset):
         """``(image, boxes coco [N, 4], labels [N])`` before augmentation.
 
         ``image`` is ``uint8 [H, W]`` (thermal) or ``uint8 [H, W, 3]`` RGB (rgb).
+        With ``cache="ram"`` it is a read-only view of the shared cache.
         """
         k = self._check_index(i)
+        if self._cache is None:
+            image = self._decode(k)
+        else:
+            image = self._cache.get(k if self._keys is None else int(self._keys[k]), lambda: self._decode(k))
+        boxes, labels = self.index.annotations(k)
+        return image, boxes, labels
+
+    def _decode(self, k: int) -> np.ndarray:
         expect_hw = (int(self.index.heights[k]), int(self.index.widths[k]))
         # Files and symlink targets must stay in the dataset folder: coco.json is data, not a licence to read /etc.
         within = dataset_folder(self.root, self.split_dir)
-        image = read_image(self.image_path(k), expect_hw, self.modality, within=within, max_bytes=self.max_image_bytes)
-        boxes, labels = self.index.annotations(k)
-        return image, boxes, labels
+        return read_image(self.image_path(k), expect_hw, self.modality, within=within, max_bytes=self.max_image_bytes)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Target]:
         return self.sample(i)
@@ -231,7 +251,10 @@ class FlirDetection(Dataset):
             "area": torch.from_numpy(box_area(xyxy).astype(np.float32, copy=False)),
             "iscrowd": torch.from_numpy(self.index.crowd_flags(source)[kept].astype(np.int64)),
         }
-        return torch.from_numpy(as_chw(image)), target
+        chw = as_chw(image)
+        if not chw.flags.writeable:  # a cached frame passed through unchanged: the caller owns its tensor
+            chw = chw.copy()
+        return torch.from_numpy(chw), target
 
     def subset(self, rows: Sequence[int]) -> FlirDetection:
         """A dataset of the images ``rows`` (in that order) that keeps each image's augmentation.
