@@ -10,10 +10,11 @@ import torch
 
 from flirdata import FlirDetection, build_transform
 from flirdata.backends import _shm as shm
+from flirdata.tools.bench import timing
 from flirdata.tools.bench.machine import LIBRARIES, busy_seconds, machine_info, machine_line, tree_cpu_seconds
 from flirdata.tools.bench.memory import MemorySampler
 from flirdata.tools.bench.report import markdown_table, replace_block, text_columns
-from flirdata.tools.bench.timing import calibrate, single_threaded, tight_batches, timed_window
+from flirdata.tools.bench.timing import calibrate, calibrate_warmed, single_threaded, tight_batches, timed_window
 
 
 def test_machine_line_reads_only_the_machine_keys_of_a_record():
@@ -64,6 +65,24 @@ def test_tight_batches_cover_a_seeded_shuffle_and_calibrate_measures(synth_root)
     result = calibrate(dataset, batch_size=4, batches=2, seed=0)
     assert set(result) == {"tight_images_per_s", "pickle_ms_per_batch", "batch_mb"}
     assert result["tight_images_per_s"] > 0 and result["batch_mb"] > 4 * 512 * 640 / 2**20
+
+
+def _no_loop_here(*_):
+    raise RuntimeError("the tight loop ran in the test process")
+
+
+def test_calibrate_warmed_runs_the_loop_in_another_process(synth_root, monkeypatch):
+    dataset = FlirDetection(synth_root, transform=build_transform("thermal"), seed=0)
+    monkeypatch.setattr(timing, "tight_batches", _no_loop_here)  # this process only: the worker imports its own
+    with pytest.raises(RuntimeError, match="ran in the test process"):
+        calibrate(dataset, batch_size=4, batches=2, seed=0)
+    result = calibrate_warmed(dataset, batch_size=4, batches=2, seed=0)
+    warmed_only = {"tight_cpu_ms_per_image", "tight_others_cores"}
+    assert set(result) == {"tight_images_per_s", "pickle_ms_per_batch", "batch_mb"} | warmed_only
+    assert result["tight_images_per_s"] > 0 and result["tight_cpu_ms_per_image"] > 0
+    assert result["batch_mb"] > 4 * 512 * 640 / 2**20
+    with pytest.raises(ValueError, match=r"batches 0: expected at least 1"):
+        calibrate_warmed(dataset, batch_size=4, batches=0, seed=0)
 
 
 def test_memory_sampler_can_sample_pss_without_checkpoints():

@@ -18,8 +18,9 @@ every point instead of biasing the ones measured last. One repeat:
 
 The sequential backend is always measured (once per size, it has no workers): it is the
 baseline of ``speedup`` (rate / sequential rate) and ``efficiency`` (speedup / workers).
-``fraction_of_ideal`` compares with ``min(workers, cores)`` times the single-thread rate of a
-tight loop of decode + augment + collate in this process (OpenCV and torch at one thread).
+``fraction_of_ideal`` compares with ``min(workers, cores)`` times the single-core rate of a
+tight loop of decode + augment + collate in a warmed-up worker-like process (the workers'
+thread limits and allocator settings; ``timing.calibrate_warmed``).
 ``peak_pss_mb`` is the peak proportional set size of this process and all its children (PSS
 splits shared pages between the processes sharing them, so workers are not counted twice for
 the libraries they share), read after the first batch and right after the timed window;
@@ -49,7 +50,7 @@ from flirdata.errors import FlirdataError
 from flirdata.tools.bench import report
 from flirdata.tools.bench.machine import load_average, machine_info
 from flirdata.tools.bench.memory import MemorySampler
-from flirdata.tools.bench.timing import calibrate, timed_window
+from flirdata.tools.bench.timing import calibrate_warmed, timed_window
 
 __all__ = ["BenchConfig", "configure_parser", "run_command", "run_bench"]
 
@@ -282,7 +283,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> list[report.Record]
     with tqdm(total=config.repeats * (len(points) + 1), desc="bench", unit="run", disable=not progress) as bar:
         for _ in range(config.repeats):
             bar.set_postfix_str("tight loop, 1 thread")
-            calib.append(calibrate(largest, config.batch_size, calib_batches, config.seed))
+            calib.append(calibrate_warmed(largest, config.batch_size, calib_batches, config.seed))
             bar.update()
             for point in points:
                 bar.set_postfix_str(f"{point[0]} {point[1]} x{point[2]}")
@@ -313,7 +314,7 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path]:
 
 def _calibration_line(r: report.Record) -> str:
     return (
-        f"tight loop (decode + augment + collate, 1 thread): {r['tight_images_per_s']:.1f} images/s; "
+        f"tight loop (decode + augment + collate, 1 warmed worker process): {r['tight_images_per_s']:.1f} images/s; "
         f"a batch is {r['batch_mb']:.1f} MB, pickling it there and back {r['pickle_ms_per_batch']:.1f} ms"
     )
 
