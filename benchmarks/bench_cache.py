@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from flirdata import FlirDetection, build_transform
+from flirdata.cliargs import POSITIVE
 from flirdata.loader import make_loader
 from flirdata.tools.bench.machine import load_average, machine_info, machine_line
 from flirdata.tools.bench.memory import MemorySampler
@@ -121,13 +122,11 @@ def render(root: Path, repeats: int, batch_size: int, workers: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="dataset folder (flirdata synth DIR --size small)")
-    parser.add_argument("--repeats", type=int, default=3, help="passes per case")
-    parser.add_argument("--workers", type=int, default=2, help="process backend workers")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per collated batch")
+    parser.add_argument("--repeats", type=POSITIVE, default=3, help="passes per case")
+    parser.add_argument("--workers", type=POSITIVE, default=2, help="process backend workers")
+    parser.add_argument("--batch-size", type=POSITIVE, default=32, help="images per collated batch")
     add_results_options(parser, RESULTS)
     args = parser.parse_args(argv)
-    if min(args.repeats, args.workers, args.batch_size) < 1:
-        parser.error("--repeats, --workers and --batch-size must be at least 1")
     text = render(args.root, args.repeats, args.batch_size, args.workers)
     return publish(text, None if args.no_write else args.results, "bench_cache.py", HEADING)
 

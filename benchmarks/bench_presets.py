@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from flirdata import FlirDetection, build_transform
+from flirdata.cliargs import POSITIVE
 from flirdata.tools.bench.machine import load_average, machine_info, machine_line
 from flirdata.tools.bench.profile import PROFILE_COLUMNS, profile_pipeline
 from flirdata.tools.bench.report import add_results_options, markdown_table, publish, text_columns
@@ -77,13 +78,11 @@ def render(root: Path, images: int, repeats: int, batch_size: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="dataset folder (flirdata synth DIR --size small)")
-    parser.add_argument("--images", type=int, default=500, help="train images timed per preset and repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="passes per preset")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per collated batch")
+    parser.add_argument("--images", type=POSITIVE, default=500, help="train images timed per preset and repeat")
+    parser.add_argument("--repeats", type=POSITIVE, default=3, help="passes per preset")
+    parser.add_argument("--batch-size", type=POSITIVE, default=32, help="images per collated batch")
     add_results_options(parser, RESULTS)
     args = parser.parse_args(argv)
-    if min(args.images, args.repeats, args.batch_size) < 1:
-        parser.error("--images, --repeats and --batch-size must be at least 1")
     if args.images < 2 * args.batch_size:
         parser.error(f"--images {args.images} gives no batch to time after the warm-up batch of {args.batch_size}")
     text = render(args.root, args.images, args.repeats, args.batch_size)

@@ -144,6 +144,8 @@ class FlirDetection(Dataset):
         sample_seed_sequence(seed, 0, 0)  # validates the seed now, not in a worker
         self.root = Path(root)
         self.split_dir = resolve_split(root, split)
+        # Files and symlink targets must stay in the dataset folder: coco.json is data, not a licence to read /etc.
+        self._within = dataset_folder(self.root, self.split_dir)  # resolved once, not per read
         self.modality = infer_modality(self.split_dir) if modality is None else check_modality(modality)
         if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
             raise ValueError(f"max_image_bytes must be a positive int, got {max_image_bytes!r}")
@@ -227,9 +229,8 @@ class FlirDetection(Dataset):
 
     def _decode(self, k: int) -> np.ndarray:
         expect_hw = (int(self.index.heights[k]), int(self.index.widths[k]))
-        # Files and symlink targets must stay in the dataset folder: coco.json is data, not a licence to read /etc.
-        within = dataset_folder(self.root, self.split_dir)
-        return read_image(self.image_path(k), expect_hw, self.modality, within=within, max_bytes=self.max_image_bytes)
+        path = self.image_path(k)
+        return read_image(path, expect_hw, self.modality, within=self._within, max_bytes=self.max_image_bytes)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Target]:
         return self.sample(i)

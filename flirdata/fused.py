@@ -27,6 +27,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from flirdata.sampler import check_int
+
 __all__ = ["FusedAffine", "IntensityLUT", "NoiseBank", "noise_bank"]
 
 Pair = tuple[float, float]
@@ -288,9 +290,7 @@ class NoiseBank(A.ImageOnlyTransform):
         ):
             raise ValueError(f"noise_scale_factor must be in (0, 1], got {noise_scale_factor!r}")
         self.noise_scale_factor = float(noise_scale_factor)
-        if isinstance(bank_seed, bool) or not isinstance(bank_seed, int) or bank_seed < 0:
-            raise ValueError(f"bank_seed must be an integer >= 0, got {bank_seed!r}")
-        self.bank_seed = bank_seed
+        self.bank_seed = check_int("bank_seed", bank_seed, 0)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("std_range", "noise_scale_factor", "bank_seed")

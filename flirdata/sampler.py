@@ -14,18 +14,19 @@ import numpy as np
 
 from flirdata.seeding import shuffle_seed_sequence
 
-__all__ = ["BatchSampler", "resolve_shard"]
+__all__ = ["BatchSampler", "check_int", "resolve_shard"]
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int if it is one (not a bool) and ``>= minimum``, else ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def _check_shard(rank: object, world_size: object) -> tuple[int, int]:
-    world_size = _check_int("world_size", world_size, 1)
-    rank = _check_int("rank", rank, 0)
+    world_size = check_int("world_size", world_size, 1)
+    rank = check_int("rank", rank, 0)
     if rank >= world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     return rank, world_size
@@ -115,9 +116,9 @@ class BatchSampler:
     pad: bool = True
 
     def __post_init__(self) -> None:
-        _check_int("size", self.size, 0)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("seed", self.seed, 0)
+        check_int("size", self.size, 0)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0)
         _check_shard(self.rank, self.world_size)
 
     @property
@@ -144,7 +145,7 @@ class BatchSampler:
         if self.shuffle:
             indices = np.random.default_rng(shuffle_seed_sequence(self.seed, epoch)).permutation(self.size)
         else:
-            _check_int("epoch", epoch, 0)
+            check_int("epoch", epoch, 0)
             indices = np.arange(self.size)
         # np.resize repeats the order cyclically: its head pads it, as DistributedSampler's does.
         indices = np.resize(indices, self.total_size)
