@@ -14,8 +14,9 @@ Measured in one run, on a synthetic "medium" dataset (2,000 train images, synthe
   arrays); each repeat builds a new loader, skips ``workers`` batches (pool start, first
   wave) and times the rest of the epoch; repeats are interleaved round robin so drift
   spreads evenly;
-* the per-image cost of the shared-memory transport (worker write + consumer copy, and each
-  apart) against pickling the batch;
+* the per-image cost of making a batch and moving it to the consumer: collated into the ring
+  slot and the slot lent (in use), against the copy in and out it replaced and against
+  pickling the batch, with each copy apart;
 * peak PSS of the process tree (a thread reads it every 0.25 s) for the best backend on
   10,000 vs 500 images, and for 2 process workers vs sequential.
 
@@ -51,6 +52,7 @@ from flirdata import FlirDetection, build_transform
 from flirdata.backends import BACKENDS
 from flirdata.backends import _shm as shm
 from flirdata.backends._worker import forkserver_context, tune_malloc
+from flirdata.collate import batch_memory, collate_detection
 from flirdata.loader import make_loader
 from flirdata.synth import synthesize
 from flirdata.tools.bench.machine import load_average, machine_info, machine_line
@@ -201,35 +203,56 @@ def throughput(ds: Any, workers: int, repeats: int, retries: int) -> Rates:
 
 # -- transport ----------------------------------------------------------------------------
 def transport(repeats: int = 30) -> dict[str, float]:
-    """µs per 512x640 image to move a batch from a sender thread to the consumer through a pipe.
+    """µs per 512x640 image to make a batch from samples in a sender thread and hand it to the consumer.
 
-    Sender: pack (images into the ring, or everything pickled), pickle, write; consumer:
-    read, unpickle, unpack (one copy out of the ring). Two threads of one process stand
-    in for worker and consumer; the pipe and copies are the same as between processes.
+    Sender: collate the samples and pack the batch (images into a ring slot, or everything
+    pickled), pickle, write to a pipe; consumer: read, unpickle, unpack, let the batch go. Two
+    threads of one process stand in for worker and consumer; the pipe and copies are the same as
+    between processes. The path in use collates straight into the slot and lends the slot to the
+    consumer; the one before it collated into fresh memory, copied that into the slot, and the
+    consumer copied it out again.
     """
     images = torch.randint(0, 256, (BATCH, 1, 512, 640), dtype=torch.uint8)
     targets = [{"boxes": torch.rand(5, 4), "labels": torch.arange(5), "image_id": k} for k in range(BATCH)]
-    ring = shm.SharedRing(images.nbytes, 1)
+    samples = list(zip(images, targets, strict=True))
+    ring = shm.SharedRing(images.nbytes, 2, lend=1)
     reader, writer = multiprocessing.Pipe(duplex=False)
     try:
+
+        def send(slot: shm.Slot | None, into_slot: bool) -> None:
+            if into_slot and slot is not None:
+                with batch_memory(shm.slot_allocator(slot)):
+                    batch = collate_detection(samples)
+            else:
+                batch = collate_detection(samples)
+            writer.send_bytes(pickle.dumps(shm.pack_batch(batch, slot)))
+
+        def through_pipe(way: str) -> None:
+            slot = None if way == "pickled" else ring.acquire()
+            sender = threading.Thread(target=send, args=(slot, way == "lent"))
+            sender.start()
+            packed = pickle.loads(reader.recv_bytes())
+            if way == "lent":
+                shm.unpack_batch(packed, ring, slot)  # lent, then let go: the slot returns
+            else:
+                shm.unpack_batch(packed, ring)  # copied out
+                if slot is not None:
+                    ring.release(slot.index)
+            sender.join()
+
         slot = ring.acquire()
-
-        def through_pipe(slot: shm.Slot | None) -> Any:
-            send = threading.Thread(target=lambda: writer.send_bytes(pickle.dumps(shm.pack_batch(batch, slot))))
-            send.start()
-            out = shm.unpack_batch(pickle.loads(reader.recv_bytes()), ring)
-            send.join()
-            return out
-
-        batch = (images, targets)
+        packed = shm.pack_batch(collate_detection(samples), slot)
         ways = {
-            "batch through the ring (images: one write in, one copy out)": partial(through_pipe, slot),
-            "batch pickled through the pipe (the fallback)": partial(through_pipe, None),
-            "worker's write into the ring alone": partial(shm.pack_batch, batch, slot),
-            "consumer's copy out of the ring alone": partial(ring.read, shm.pack_batch(batch, slot).images),
+            "collated into the ring slot, lent to the consumer (used)": partial(through_pipe, "lent"),
+            "collated, copied into the ring, copied out (before)": partial(through_pipe, "copied"),
+            "collated, pickled through the pipe (the fallback)": partial(through_pipe, "pickled"),
+            "collate alone (the stack of the images)": partial(collate_detection, samples),
+            "a copy into the ring alone (saved by collating into it)": partial(shm.pack_batch, (images, targets), slot),
+            "a copy out of the ring alone (saved by lending the slot)": partial(ring.read, packed.images),
             "targets only, tensors pickled as numpy arrays (used)": lambda: pickle.loads(shm.dumps(targets)),
             "targets only, torch's own tensor pickling": lambda: pickle.loads(pickle.dumps(targets)),
         }
+        ring.release(slot.index)
         out = {name: _per_image_us(fn, repeats) for name, fn in ways.items()}
     finally:
         reader.close()

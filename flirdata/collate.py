@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 
-__all__ = ["collate_detection"]
+__all__ = ["collate_detection", "batch_memory"]
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
+# (shape, dtype) -> a tensor to stack a batch's images into, or None for a fresh one.
+Allocator = Callable[[tuple[int, ...], torch.dtype], "torch.Tensor | None"]
+_ALLOCATOR: ContextVar[Allocator | None] = ContextVar("flirdata_batch_memory", default=None)
+
+
+@contextlib.contextmanager
+def batch_memory(allocate: Allocator) -> Iterator[None]:
+    """Within the block, ``collate_detection`` stacks images into ``allocate(shape, dtype)``.
+
+    A process worker passes its ring slot, so the batch is made in the memory the consumer
+    reads and crosses with no copy, as torch's own workers collate into shared memory.
+    """
+    token = _ALLOCATOR.set(allocate)
+    try:
+        yield
+    finally:
+        _ALLOCATOR.reset(token)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    allocate = _ALLOCATOR.get()
+    out = allocate(shape, dtype) if allocate is not None else None
+    return torch.empty(shape, dtype=dtype) if out is None else out
 
 
 def collate_detection(samples: Sequence[Sample]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -29,7 +54,7 @@ def collate_detection(samples: Sequence[Sample]) -> tuple[torch.Tensor, list[dic
             f"images of one batch must share a shape, got {_describe(shapes)}; letterbox them to one size "
             "with a transform, e.g. build_transform('rgb', size=(480, 640)) (or 'thermal', or 'none')"
         )
-    out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype)
+    out = _empty((len(images), *images[0].shape), images[0].dtype)
     torch.stack(images, out=out)
     return out, [target for _, target in samples]
 

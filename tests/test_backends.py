@@ -21,9 +21,10 @@ import torch
 from flirdata import FlirDetection, build_transform
 from flirdata.backends import BACKENDS, Fetcher, WorkerCrashError
 from flirdata.backends import _shm as shm_module
-from flirdata.backends._pool import PoolBackend
+from flirdata.backends._pool import LENT_BATCHES, PoolBackend
 from flirdata.backends._shm import PackedBatch, SharedRing, ShmCapacityWarning, ShmImages, Slot
 from flirdata.backends.dataloader import RemoteFailure, Shipment
+from flirdata.collate import batch_memory, collate_detection
 from flirdata.loader import Loader, LoaderOptions, make_loader
 
 PARALLEL = ("dataloader", "loky", "process", "threads")
@@ -240,7 +241,7 @@ def test_images_travel_through_the_ring_and_stay_valid(backend: str) -> None:
     with make_loader(dataset, backend=backend, workers=2, batch_size=4) as loader:
         kept = list(loader) + list(loader)  # slots are reused many times over
         ring = loader.backend.ring if isinstance(loader.backend, PoolBackend) else None
-        assert ring is not None and ring.slots == 4
+        assert ring is not None and ring.slots == 4 + LENT_BATCHES  # the window's 2 x 2 and the lent ones
         assert ring.name.startswith(f"{shm_module.SEGMENT_PREFIX}{os.getpid()}-")
     expected = reference(dataset, (0,), batch_size=4)[0] * 2
     for batch, want in zip(kept, expected, strict=True):
@@ -288,6 +289,67 @@ def test_ring_round_trip_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
             segment.close()
         ring.close()
     assert not Path(f"/dev/shm/{ring.name}").exists()
+
+
+def _in_segment(tensor: torch.Tensor, ring: SharedRing, mapping: Any = None) -> bool:
+    """Whether ``tensor`` lies in the ring's segment, as this process maps it (the ring's or a worker's map)."""
+    start = np.frombuffer((mapping or ring._segment).buf, np.uint8).ctypes.data
+    return start <= tensor.data_ptr() < start + ring.slot_bytes * ring.slots
+
+
+def test_ring_lends_slots_and_takes_them_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shm_module, "_ATTACHED", {})
+    unraisable: list[Any] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    samples = [(torch.full((1, 4, 5), i, dtype=torch.uint8), {"i": i}) for i in range(3)]
+    ring = SharedRing(slot_bytes=64, slots=3, lend=1)
+    try:
+        slot = ring.acquire()
+        with batch_memory(shm_module.slot_allocator(slot)):  # as a worker collates: into the slot itself
+            batch = collate_detection(samples)
+        assert _in_segment(batch[0], ring, shm_module._ATTACHED[ring.name])  # the worker's own map of it
+        lent = shm_module.unpack_batch(shm_module.pack_batch(batch, slot), ring, slot)
+        assert _in_segment(lent[0], ring) and ring.lent == 1  # no copy: the batch is the slot
+        assert torch.equal(lent[0], torch.stack([image for image, _ in samples])) and lent[1][2] == {"i": 2}
+        slot2 = ring.acquire()
+        copied = shm_module.unpack_batch(shm_module.pack_batch(batch, slot2), ring, slot2)
+        assert not _in_segment(copied[0], ring) and torch.equal(copied[0], lent[0])  # no token left: a copy
+        assert {ring.acquire().index, ring.acquire().index} == {0, 1, 2} - {slot.index}  # slot2 came back at once
+        view = lent[0][1:]  # a view keeps the slot lent after the batch itself is gone
+        del lent, batch
+        assert ring.lent == 1
+        ring.close()  # closing the loader while the user still holds a batch
+        assert not Path(f"/dev/shm/{ring.name}").exists()
+        assert view.sum().item() == 4 * 5 * (1 + 2)  # still the batch's bytes
+        del view
+        assert ring.lent == 0 and ring.acquire().index == slot.index
+    finally:
+        shm_module.close_attached()
+        ring.close()
+    assert unraisable == []  # no "Exception ignored" from a segment closed under a live view
+
+
+def test_ring_refuses_to_lend_every_slot() -> None:
+    with pytest.raises(ValueError, match=r"lend must be in \[0, slots\), got lend=2 for 2 slots"):
+        SharedRing(slot_bytes=64, slots=2, lend=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_consumer_is_handed_the_ring_slots() -> None:
+    dataset = ToyDataset(size=40)
+    expected = reference(dataset, (0,), batch_size=4)[0]
+    with make_loader(dataset, backend="process", workers=2, batch_size=4) as loader:
+        got, lent = [], 0
+        for batch in loader:  # a consumer that lets each batch go: every batch after the first is lent
+            ring = loader.backend.ring if isinstance(loader.backend, PoolBackend) else None
+            lent += ring is not None and _in_segment(batch[0], ring)
+            got.append((batch[0].clone(), batch[1]))
+        del batch
+        assert ring is not None and ring.lent == 0  # all given back
+    assert lent == len(expected) - 2 * 2  # all but the first window (2 workers x 2), sent before the ring exists
+    for batch, want in zip(got, expected, strict=True):
+        assert_same_batch(batch, want)
 
 
 def test_batch_payload_keeps_tensors_as_tensors() -> None:

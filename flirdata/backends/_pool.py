@@ -2,7 +2,8 @@
 
 Shared by the "process" (``concurrent.futures``) and "loky" backends, which differ only
 in how their executor is built and shut down. At most ``workers * prefetch`` tasks are in
-flight; each holds one ring slot, so memory does not grow with the dataset.
+flight; each holds one ring slot, and the consumer up to ``LENT_BATCHES`` more (the batches it
+was handed, whose images are their slots), so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from flirdata.mapping import bounded_map
 __all__ = ["PoolBackend"]
 
 InFlight = tuple[Future, "Slot | None", int]  # (future, ring slot, samples in the task)
+# Batches whose images may stay in their ring slot while the consumer holds them (the batch in
+# use and the one the loop variable still holds); beyond that they are copied out.
+LENT_BATCHES = 2
 
 
 class _Resources:
@@ -165,16 +169,18 @@ class PoolBackend:
         future, slot, samples = pending
         ring = self._res.ring
         try:
-            batch = unpack_batch(future.result(timeout=self.timeout), ring)
-        except BrokenProcessPool as exc:  # loky's TerminatedWorkerError is a subclass
-            raise self._crash_error(exc) from exc
-        except FutureTimeout as exc:
-            self._kill_workers()  # a stuck worker would hold shutdown for ever
-            self._res.killed = True
-            raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
-        finally:
+            result = future.result(timeout=self.timeout)
+        except BaseException as exc:
             if slot is not None and ring is not None:
                 ring.release(slot.index)
+            if isinstance(exc, BrokenProcessPool):  # loky's TerminatedWorkerError is a subclass
+                raise self._crash_error(exc) from exc
+            if isinstance(exc, FutureTimeout):
+                self._kill_workers()  # a stuck worker would hold shutdown for ever
+                self._res.killed = True
+                raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
+            raise
+        batch = unpack_batch(result, ring, slot)  # the ring takes the slot back: lent as the images, or freed
         if not self._ring_tried:
             self._make_ring(batch, samples)
         return batch
@@ -185,7 +191,7 @@ class PoolBackend:
         images = batch[0] if type(batch) is tuple and batch else None
         if isinstance(images, torch.Tensor) and images.numel() and samples:
             slot_bytes = -(-images.nbytes * self._largest_task // samples)
-            self._res.ring = SharedRing.create(slot_bytes, self.depth)
+            self._res.ring = SharedRing.create(slot_bytes, self.depth + LENT_BATCHES, lend=LENT_BATCHES)
 
     def _abandon(self, window: deque[InFlight]) -> None:
         """Cancel what has not started; slots of running tasks are freed when they finish."""

@@ -2,14 +2,18 @@
 
 One segment holds ``slots`` fixed-size slots, one per batch in flight. The consumer hands
 a free slot to each task; the worker writes the batch's images into it and sends back only
-their layout (targets, being small, travel as pickle bytes). The consumer copies the images out
-into a fresh tensor (one memcpy) and frees the slot at once, so batches a user keeps stay
-valid while the slot carries the next one. A batch that does not fit travels pickled.
+their layout (targets, being small, travel as pickle bytes). The consumer is handed the slot
+itself: the batch's image tensor *is* the slot's memory, and the slot goes back to the ring
+when that tensor and every view of it are gone. A ring lends at most ``lend`` slots at once
+(its spare slots beyond the tasks in flight); past that, for a consumer that keeps its
+batches, images are copied out (one memcpy) and the slot freed at once, so the window of
+tasks in flight never waits for the consumer. A batch that does not fit travels pickled.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import queue
@@ -17,6 +21,7 @@ import secrets
 import shutil
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -33,6 +38,7 @@ __all__ = [
     "SharedRing",
     "dumps",
     "pack_batch",
+    "slot_allocator",
     "unpack_batch",
     "close_attached",
     "shm_free_bytes",
@@ -157,6 +163,24 @@ def close_attached() -> None:
     _ATTACHED.clear()
 
 
+def slot_allocator(slot: Slot) -> Callable[[tuple[int, ...], torch.dtype], torch.Tensor | None]:
+    """Worker side: ``(shape, dtype) -> `` a tensor over ``slot``'s memory, or None if it does not fit.
+
+    For ``flirdata.collate.batch_memory``: images stacked there need no copy in ``pack_batch``.
+    """
+
+    def allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        try:
+            np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        except (TypeError, RuntimeError):  # dtypes numpy lacks
+            return None
+        if math.prod(shape) * np_dtype.itemsize > slot.nbytes:
+            return None
+        return torch.from_numpy(_view(_attach(slot.name).buf, shape, np_dtype, slot.offset))
+
+    return allocate
+
+
 def pack_batch(batch: Any, slot: Slot | None) -> Any:
     """Worker side: images into ``slot``, the rest into pickle bytes.
 
@@ -172,9 +196,11 @@ def pack_batch(batch: Any, slot: Slot | None) -> Any:
     if payload is None:
         return batch
     target = np.ndarray(images.shape, images.dtype, buffer=_attach(slot.name).buf, offset=slot.offset)
-    np.copyto(target, images)
-    del target  # a live view would keep the segment from closing
-    return PackedBatch(ShmImages(slot.offset, images.shape, images.dtype.str), payload)
+    if target.ctypes.data != images.ctypes.data:  # not already collated into the slot
+        np.copyto(target, images)
+    layout = ShmImages(slot.offset, images.shape, images.dtype.str)
+    del target, images  # a live view would keep the segment from closing
+    return PackedBatch(layout, payload)
 
 
 def _warn_once(problem: str) -> None:
@@ -191,21 +217,48 @@ def _warn_once(problem: str) -> None:
 
 
 def _destroy(segment: SharedMemory) -> None:
-    segment.close()
+    try:
+        segment.close()
+    except BufferError:
+        # Batches the consumer still holds are views of the mapping: leave it to them (it is
+        # unmapped when the last one is garbage) and let go of the rest now.
+        segment._buf = segment._mmap = None  # type: ignore[attr-defined]
+        fd, segment._fd = getattr(segment, "_fd", -1), -1  # type: ignore[attr-defined]
+        if fd >= 0:
+            os.close(fd)
     try:
         segment.unlink()
     except FileNotFoundError:
         pass
 
 
+def _give_back(free: queue.SimpleQueue[int], tokens: queue.SimpleQueue[int], index: int) -> None:
+    """A lent slot's tensor is gone: the slot and the lending token return (any thread, even in GC)."""
+    free.put(index)
+    tokens.put(index)
+
+
+def _view(buffer: memoryview, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
+    """An array over ``buffer`` that holds an export on it, so the mapping cannot close under it.
+
+    Not ``np.ndarray(buffer=...)``: that keeps a reference but no export, so closing the segment
+    unmaps memory the array still points to (a segfault on the next read).
+    """
+    return np.frombuffer(buffer, dtype, count=math.prod(shape), offset=offset).reshape(shape)
+
+
 class SharedRing:
     """``slots`` reusable slots of ``slot_bytes`` in one shared-memory segment (consumer side).
 
     ``acquire`` blocks until a slot is free; ``release`` may be called from any thread
-    (executor callbacks free the slots of abandoned tasks when those finish).
+    (executor callbacks free the slots of abandoned tasks when those finish). ``take`` hands a
+    filled slot to the consumer, lending at most ``lend`` slots at a time: a ring for ``n``
+    tasks in flight has ``n + lend`` slots, so lent slots never hold the window up.
     """
 
-    def __init__(self, slot_bytes: int, slots: int) -> None:
+    def __init__(self, slot_bytes: int, slots: int, lend: int = 0) -> None:
+        if not 0 <= lend < slots:
+            raise ValueError(f"lend must be in [0, slots), got lend={lend} for {slots} slots")
         self.slot_bytes = -(-slot_bytes // _ALIGN) * _ALIGN
         self.slots = slots
         name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
@@ -214,10 +267,15 @@ class SharedRing:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(slots):
             self._free.put(index)
+        # One token per slot the consumer may hold; SimpleQueue, as its put is safe from a GC callback.
+        self._tokens: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.lend = lend
+        for token in range(lend):
+            self._tokens.put(token)
         self._finalizer = weakref.finalize(self, _destroy, self._segment)
 
     @classmethod
-    def create(cls, slot_bytes: int, slots: int) -> SharedRing | None:
+    def create(cls, slot_bytes: int, slots: int, lend: int = 0) -> SharedRing | None:
         """A ring, or None (after one ``ShmCapacityWarning``) when /dev/shm cannot hold it.
 
         tmpfs allocates lazily: an oversized segment is created fine and then kills the
@@ -227,7 +285,7 @@ class SharedRing:
         free = shm_free_bytes()
         if free is None or need <= free:
             try:
-                return cls(slot_bytes, slots)
+                return cls(slot_bytes, slots, lend)
             except OSError as exc:  # no /dev/shm mounted, no permission, ...
                 _warn_once(f"cannot create the shared-memory prefetch ring ({exc})")
                 return None
@@ -245,25 +303,66 @@ class SharedRing:
         self._free.put(index)
 
     def read(self, images: ShmImages) -> torch.Tensor:
-        """Copy images out of their slot into a fresh tensor (the one memcpy of the transport)."""
+        """Copy images out of their slot into a fresh tensor (one memcpy); the slot stays the caller's."""
         out = np.empty(images.shape, np.dtype(images.dtype))
         source = np.ndarray(images.shape, out.dtype, buffer=self._segment.buf, offset=images.offset)
         np.copyto(out, source)
         del source
         return torch.from_numpy(out)
 
+    def take(self, images: ShmImages, index: int) -> torch.Tensor:
+        """The images of slot ``index`` as a tensor; the ring takes the slot back in either case.
+
+        Lent (no copy) while a lending token is free: the tensor is a view of the slot, which
+        returns to the ring when the tensor and all its views are garbage. Otherwise copied
+        out and the slot released now.
+        """
+        try:
+            self._tokens.get_nowait()
+        except queue.Empty:
+            try:
+                return self.read(images)
+            finally:
+                self.release(index)
+        try:
+            view = _view(self._segment.buf, images.shape, np.dtype(images.dtype), images.offset)
+        except BaseException:
+            _give_back(self._free, self._tokens, index)
+            raise
+        # torch.from_numpy keeps ``view`` alive for as long as any tensor shares its memory.
+        weakref.finalize(view, _give_back, self._free, self._tokens, index)
+        return torch.from_numpy(view)
+
+    @property
+    def lent(self) -> int:
+        """Slots the consumer holds right now (approximate while other threads take or give back)."""
+        return self.lend - self._tokens.qsize()
+
     def close(self) -> None:
         """Unmap and unlink the segment (idempotent; also runs on garbage collection and exit)."""
         self._finalizer()
 
 
-def unpack_batch(result: Any, ring: SharedRing | None) -> Any:
-    """Consumer side: the batch as the worker's collate returned it."""
-    if not isinstance(result, PackedBatch):
-        return result
-    payload = pickle.loads(result.payload)
-    if result.images is None:
-        return payload
-    if ring is None:
-        raise RuntimeError("flirdata: a batch arrived in shared memory but the ring is closed")
-    return (ring.read(result.images), *payload)
+def unpack_batch(result: Any, ring: SharedRing | None, slot: Slot | None = None) -> Any:
+    """Consumer side: the batch as the worker's collate returned it.
+
+    With ``slot`` (the slot the task was given), the ring takes that slot back whatever
+    happens: lent as the batch's images, or released (copied out, pickled, or an error).
+    Without it the images are copied and the slot stays the caller's.
+    """
+    taken = False
+    try:
+        if not isinstance(result, PackedBatch):
+            return result
+        payload = pickle.loads(result.payload)
+        if result.images is None:
+            return payload
+        if ring is None:
+            raise RuntimeError("flirdata: a batch arrived in shared memory but the ring is closed")
+        if slot is None:
+            return (ring.read(result.images), *payload)
+        taken = True
+        return (ring.take(result.images, slot.index), *payload)
+    finally:
+        if slot is not None and ring is not None and not taken:
+            ring.release(slot.index)

@@ -20,8 +20,9 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from flirdata.backends._shm import Slot, pack_batch
+from flirdata.backends._shm import Slot, pack_batch, slot_allocator
 from flirdata.backends.protocol import TaskFunction, add_note
+from flirdata.collate import batch_memory
 
 __all__ = [
     "THREAD_ENV",
@@ -183,7 +184,11 @@ def run_installed(task: Any, slot: Slot | None) -> Any:
     if _FETCHER is None:
         raise RuntimeError("flirdata worker: no fetcher installed (the pool initializer did not run)")
     try:
-        batch = _FETCHER(task)
+        if slot is None:
+            batch = _FETCHER(task)
+        else:
+            with batch_memory(slot_allocator(slot)):  # collate_detection stacks into the slot itself
+                batch = _FETCHER(task)
     except Exception as exc:
         portable = portable_exception(exc)
         if portable is exc:
