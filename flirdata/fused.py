@@ -147,25 +147,32 @@ class FusedAffine(A.DualTransform):
         shape = tuple(params["shape"][:2])
         height, width = shape
         matrix = _IDENTITY
-        if self.py_random.random() < self.flip_p:
+        flipped = self.py_random.random() < self.flip_p
+        if flipped:
             matrix = np.array([[-1.0, 0.0, width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-        if self.py_random.random() < self.affine_p:
+        warped = self.py_random.random() < self.affine_p
+        if warped:
             # Draw order as A.Affine: translate x, y; scale x, y; angle.
             tx, ty = (self.py_random.uniform(*self.translate_percent) for _ in range(2))
             scale = (self.py_random.uniform(*self.scale), self.py_random.uniform(*self.scale))
             angle = self.py_random.uniform(*self.rotate)
             matrix = affine_matrix(shape, (int(tx * width), int(ty * height)), scale, angle) @ matrix
-        out_shape = shape if self.size is None else self.size
-        return {"matrix": matrix, "letterbox": letterbox_matrix(shape, self.size), "output_shape": out_shape}
+        out_shape = shape if self.size is None else tuple(self.size)
+        # The pixels' work, decided with the draws: none (native size, nothing drawn), a mirror copy, or a warp.
+        pixels = "warp" if warped or out_shape != shape else "flip" if flipped else "none"
+        return {
+            "matrix": matrix,
+            "letterbox": letterbox_matrix(shape, self.size),
+            "output_shape": out_shape,
+            "pixels": pixels,
+        }
 
-    def _warp(self, image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], flags: int) -> np.ndarray:
-        if image.shape[:2] == tuple(out_shape) and np.allclose(matrix, _IDENTITY):
+    def _warp(
+        self, image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], flags: int, pixels: str = "warp"
+    ) -> np.ndarray:
+        if pixels == "none":
             return image  # no flip, no affine, native size: no work at all
-        if (
-            image.shape[:2] == tuple(out_shape)
-            and np.allclose(matrix[:2, :2], [[-1, 0], [0, 1]])
-            and (np.allclose(matrix[:2, 2], [image.shape[1], 0]))
-        ):
+        if pixels == "flip":
             return _like(cv2.flip(image, 1), image)  # a flip alone: a copy, not an interpolating warp
         # Box coordinates put pixel i on [i, i + 1); OpenCV puts its centre at i: shift by half a pixel.
         pixel = _translation(-0.5, -0.5) @ matrix @ _translation(0.5, 0.5)
@@ -177,12 +184,12 @@ class FusedAffine(A.DualTransform):
     def apply(
         self, img: np.ndarray, matrix: np.ndarray, letterbox: np.ndarray, output_shape: tuple[int, int], **params: Any
     ) -> np.ndarray:
-        return self._warp(img, letterbox @ matrix, output_shape, cv2.INTER_LINEAR)
+        return self._warp(img, letterbox @ matrix, output_shape, cv2.INTER_LINEAR, params.get("pixels", "warp"))
 
     def apply_to_mask(
         self, mask: np.ndarray, matrix: np.ndarray, letterbox: np.ndarray, output_shape: tuple[int, int], **params: Any
     ) -> np.ndarray:
-        return self._warp(mask, letterbox @ matrix, output_shape, cv2.INTER_NEAREST)
+        return self._warp(mask, letterbox @ matrix, output_shape, cv2.INTER_NEAREST, params.get("pixels", "warp"))
 
     def apply_to_bboxes(
         self,
