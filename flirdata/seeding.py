@@ -65,12 +65,30 @@ def iter_random_nodes(transform: Any) -> Iterator[Any]:
 def reseed_transform(transform: Any, seed_sequence: np.random.SeedSequence) -> None:
     """Give every node of ``transform`` its own stream derived from ``seed_sequence``.
 
-    Each node gets a distinct 128-bit block of the sequence's output as the seed of both its
-    numpy and its Python generator (one ``generate_state`` call is ~5x cheaper than
-    ``spawn``). Mutates ``transform``: call it on a copy owned by the current thread.
+    Each node gets a distinct 384-bit block of the sequence's output: the state and increment
+    of its numpy PCG64 and the seed of its Python generator. The node's generators are its own
+    (albumentations' ``set_random_state`` hands one pair to every child; those are replaced once)
+    and are re-seeded in place, ~3x cheaper than building new ones per sample. Mutates
+    ``transform``: call it on a copy owned by the current thread.
     """
     nodes = list(iter_random_nodes(transform))
-    blocks = seed_sequence.generate_state(4 * len(nodes), dtype=np.uint32).reshape(-1, 4)
-    for node, words in zip(nodes, blocks, strict=True):
-        node.random_generator = np.random.Generator(np.random.PCG64(words))
-        node.py_random = random.Random(int.from_bytes(words.tobytes(), "little"))
+    blocks = seed_sequence.generate_state(6 * len(nodes), dtype=np.uint64).reshape(-1, 6).tolist()
+    for node, (s0, s1, i0, i1, p0, p1) in zip(nodes, blocks, strict=True):
+        generator, python = _own_generators(node)
+        generator.bit_generator.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": s0 << 64 | s1, "inc": i0 << 64 | i1 | 1},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        python.seed(p0 << 64 | p1)
+
+
+def _own_generators(node: Any) -> tuple[np.random.Generator, random.Random]:
+    """The node's own (numpy, Python) generators, made and installed the first time."""
+    owned = getattr(node, "_flirdata_generators", None)
+    if owned is None or node.random_generator is not owned[0] or node.py_random is not owned[1]:
+        owned = (np.random.Generator(np.random.PCG64()), random.Random())
+        node.random_generator, node.py_random = owned
+        node._flirdata_generators = owned
+    return owned

@@ -98,7 +98,12 @@ def test_same_seed_epoch_index_same_bytes_in_any_order_and_thread(synth_root: Pa
     assert forward == backward == threaded
     assert len(set(forward)) == len(forward)
     ds.set_epoch(4)
-    assert all(_digest(ds[i]) != forward[i] for i in range(len(ds)))
+    # Another epoch, other bytes; except where both epochs drew no change at all (p ~ 0.03 each
+    # for the thermal presets), which leaves the frame exactly as decoded.
+    raw = FlirDetection(synth_root, transform=None, seed=5)
+    same = [i for i in range(len(ds)) if _digest(ds[i]) == forward[i]]
+    assert len(same) <= len(ds) // 4
+    assert all(torch.equal(ds[i][0], raw[i][0]) for i in same)
     assert [_digest(ds.sample(i, epoch=3)) for i in range(len(ds))] == forward
 
 

@@ -183,9 +183,13 @@ def test_preview_draws_rgb_samples_in_colour(red_root: Path, tmp_path: Path) -> 
     assert tuple(tile[-400:][160, 400]) == (255, 0, 0)  # in the patch, under the title bar
     assert tuple(tile[-400:][300, 100]) == (60, 80, 100)
     out = tmp_path / "preview.png"
-    assert main(["preview", "--data", str(red_root), "--split", "rgb_train", "--out", str(out), "--n", "1"]) == 0
+    args = ["preview", "--data", str(red_root), "--split", "rgb_train", "--out", str(out), "--n", "1"]
+    assert main([*args, "--preset", "none"]) == 0  # colour as decoded: no jitter to move the red off
     grid = cv2.imread(str(out))[:, :, ::-1]
     assert (np.abs(grid.astype(int) - (255, 0, 0)).max(axis=2) < 40).sum() > 50  # the patch, scaled up
+    assert main(args) == 0  # the rgb training preset: still colour, red above green and blue in the patch
+    grid = cv2.imread(str(out))[:, :, ::-1].astype(int)
+    assert ((grid[:, :, 0] > 150) & (grid[:, :, 0] - grid[:, :, 1:].max(axis=2) > 100)).sum() > 50
 
 
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
