@@ -16,7 +16,7 @@ import pytest
 from flirdata import FlirDetection, build_transform
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["bench_backends.py", "bench_decode.py", "bench_presets.py"]
+SCRIPTS = ["bench_backends.py", "bench_decode.py", "bench_presets.py", "bench_cache.py"]
 
 
 def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -42,12 +42,15 @@ def test_script_help(name, monkeypatch, capsys):
         ("bench_backends.py", ["--images", "64"], "--images must be more than --workers x 32 = 64"),
         ("bench_backends.py", ["--repeats", "0"], "--repeats and --workers must be at least 1"),
         ("bench_backends.py", ["--large", "2000"], "--large must be more than --images"),
+        ("bench_cache.py", ["ROOT", "--sizes", "lots"], "--sizes: "),
+        ("bench_cache.py", ["ROOT", "--sizes", "1000000"], "expected image counts up to the"),
+        ("bench_cache.py", ["ROOT", "--sizes", "20"], "--sizes: 20 images leave no batch to time"),
     ],
 )
-def test_script_bad_arguments(name, args, message, monkeypatch, capsys):
+def test_script_bad_arguments(name, args, message, monkeypatch, capsys, synth_root):
     module = _load(name, monkeypatch)
     with pytest.raises(SystemExit) as done:
-        module.main([*args, "--no-write"])
+        module.main([str(synth_root) if a == "ROOT" else a for a in args] + ["--no-write"])
     assert done.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -109,3 +112,31 @@ def test_bench_backends_tiny_run_writes_its_block(tmp_path):
     text = results.read_text()
     for heading in ("| run | workers |", "| path | µs / image |", "| run | peak PSS (MB) |", "| target | measured |"):
         assert heading in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_presets_tiny_run_writes_its_block(tmp_path, synth_root):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Presets\n\nprose kept\n")
+    args = ("--images", "16", "--batch-size", "4", "--repeats", "1", "--results", str(results))
+    done = _run("bench_presets.py", str(synth_root), *args)
+    assert done.returncode == 0, done.stderr
+    text = results.read_text()
+    assert text.startswith("# Benchmark results\n\n## Presets\n\nprose kept\n")
+    for row in ("| thermal_reference | none |", "| thermal | ram |", "| thermal >= 2x thermal_reference, cache ram |"):
+        assert row in text
+    assert "| the preset's own transforms, ms |" in text and "| FusedAffine | transform |" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_cache_tiny_run_writes_its_block(tmp_path, synth_root):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Cache\n")
+    args = ("--sizes", "13,16", "--batch-size", "4", "--repeats", "1", "--results", str(results))
+    done = _run("bench_cache.py", str(synth_root), *args)
+    assert done.returncode == 0, done.stderr
+    text = results.read_text()
+    for row in ("| 13 | single thread | none |", "| 16 | single thread | ram |", "| 16 | process x2 | ram |"):
+        assert row in text
