@@ -114,29 +114,35 @@ def test_bench_backends_tiny_run_writes_its_block(tmp_path):
         assert heading in text
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_bench_presets_tiny_run_writes_its_block(tmp_path, synth_root):
-    results = tmp_path / "RESULTS.md"
-    results.write_text("# Benchmark results\n\n## Presets\n\nprose kept\n")
-    args = ("--images", "16", "--batch-size", "4", "--repeats", "1", "--results", str(results))
-    done = _run("bench_presets.py", str(synth_root), *args)
-    assert done.returncode == 0, done.stderr
-    text = results.read_text()
-    assert text.startswith("# Benchmark results\n\n## Presets\n\nprose kept\n")
-    for row in ("| thermal_reference | none |", "| thermal | ram |", "| thermal >= 2x thermal_reference, cache ram |"):
-        assert row in text
-    assert "| the preset's own transforms, ms |" in text and "| FusedAffine | transform |" in text
+TINY_RUNS = {
+    "bench_presets.py": (
+        ("--images", "16"),
+        "## Presets",
+        [
+            "| thermal_reference | none |",
+            "| thermal | ram |",
+            "| thermal >= 2x thermal_reference, cache ram |",
+            "| the preset's own transforms, ms |",
+            "| FusedAffine | transform |",
+        ],
+    ),
+    "bench_cache.py": (
+        ("--sizes", "13,16"),
+        "## Cache",
+        ["| 13 | single thread | none |", "| 16 | single thread | ram |", "| 16 | process x2 | ram |"],
+    ),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_bench_cache_tiny_run_writes_its_block(tmp_path, synth_root):
+@pytest.mark.parametrize("name", sorted(TINY_RUNS))
+def test_tiny_run_on_a_dataset_writes_its_block(name, tmp_path, synth_root):
+    args, heading, rows = TINY_RUNS[name]
     results = tmp_path / "RESULTS.md"
-    results.write_text("# Benchmark results\n\n## Cache\n")
-    args = ("--sizes", "13,16", "--batch-size", "4", "--repeats", "1", "--results", str(results))
-    done = _run("bench_cache.py", str(synth_root), *args)
+    results.write_text(f"# Benchmark results\n\n{heading}\n\nprose kept\n")
+    done = _run(name, str(synth_root), *args, "--batch-size", "4", "--repeats", "1", "--results", str(results))
     assert done.returncode == 0, done.stderr
     text = results.read_text()
-    for row in ("| 13 | single thread | none |", "| 16 | single thread | ram |", "| 16 | process x2 | ram |"):
-        assert row in text
+    assert text.startswith(f"# Benchmark results\n\n{heading}\n\nprose kept\n")
+    assert [row for row in rows if row not in text] == []
