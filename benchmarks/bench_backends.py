@@ -49,8 +49,8 @@ import numpy as np
 import torch
 
 from flirdata import FlirDetection, build_transform
-from flirdata.backends import BACKENDS
 from flirdata.backends import _shm as shm
+from flirdata.backends import installed_backends
 from flirdata.backends._worker import forkserver_context, tune_malloc
 from flirdata.collate import batch_memory, collate_detection
 from flirdata.loader import make_loader
@@ -179,7 +179,7 @@ def throughput(ds: Any, workers: int, repeats: int, retries: int) -> Rates:
     runs: dict[str, Callable[[], Measure]] = {
         "tight loop": partial(tight_loop, ds),
         "sequential": partial(backend_rate, ds, "sequential", 1),
-        **{name: partial(backend_rate, ds, name, workers) for name in BACKENDS if name != "sequential"},
+        **{name: partial(backend_rate, ds, name, workers) for name in installed_backends() if name != "sequential"},
         "peer DataLoader": partial(peer_rate, ds, workers),
         COURSE: partial(course_rate, ds, workers),
     }
@@ -331,7 +331,7 @@ def throughput_table(rates: Rates, workers: int) -> str:
 def targets(rates: Rates, peaks: dict[str, float], workers: int) -> str:
     med = medians(rates)
     ideal = workers * med["tight loop"]
-    best = max((n for n in BACKENDS if n != "sequential"), key=med.__getitem__)
+    best = max((n for n in installed_backends() if n != "sequential"), key=med.__getitem__)
     mem = list(peaks.values())
     checks = [
         (f"best backend ({best}) >= 0.95 of ideal", med[best] / ideal, 0.95),
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     with single_threaded():  # "sequential" and the transport are single-threaded work (the ideal runs in a worker)
         rates = throughput(medium, args.workers, args.repeats, args.retries)
         costs = transport()
-        best = max((n for n in BACKENDS if n != "sequential"), key=medians(rates).__getitem__)
+        best = max((n for n in installed_backends() if n != "sequential"), key=medians(rates).__getitem__)
         peaks = memory(medium, dataset(args.cache, "large", args.large), best, args.workers)
     meta = {**machine_info(), "load_before": load_before, "load_after": load_average()}
     result = {"machine": machine_line(meta), "rates": rates, "transport_us": costs, "peak_pss_mb": peaks}

@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "FlirdataError": "flirdata.errors",
     "ImageError": "flirdata.errors",
     "LoaderTimeoutError": "flirdata.errors",
+    "MissingExtraError": "flirdata.errors",
     "WorkerError": "flirdata.errors",
     "PRESETS": "flirdata.transforms",
     "OUTPUTS": "flirdata.outputs",
@@ -61,6 +62,7 @@ __all__ = [
     "LoaderOptions",
     "LoaderTimeoutError",
     "MainModuleError",
+    "MissingExtraError",
     "OUTPUTS",
     "PRESETS",
     "SPLITS",
@@ -100,6 +102,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
         FlirdataError,
         ImageError,
         LoaderTimeoutError,
+        MissingExtraError,
         WorkerError,
     )
     from flirdata.loader import Loader, LoaderOptions, make_loader

@@ -6,7 +6,15 @@ can turn it into one clear line instead of a traceback.
 
 from __future__ import annotations
 
-__all__ = ["FlirdataError", "DataError", "ImageError", "AnnotationError", "WorkerError", "LoaderTimeoutError"]
+__all__ = [
+    "FlirdataError",
+    "DataError",
+    "ImageError",
+    "AnnotationError",
+    "MissingExtraError",
+    "WorkerError",
+    "LoaderTimeoutError",
+]
 
 
 class FlirdataError(Exception):
@@ -23,6 +31,18 @@ class ImageError(DataError):
 
 class AnnotationError(DataError):
     """A ``coco.json`` is not valid JSON or does not follow the COCO layout."""
+
+
+class MissingExtraError(FlirdataError, ImportError):
+    """An optional dependency is not installed; the message names the command that installs it."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        super().__init__(f"{what} needs the {extra!r} extra, which is not installed: pip install 'flirdata[{extra}]'")
+        self.what = what
+        self.extra = extra
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.what, self.extra)
 
 
 class WorkerError(FlirdataError, RuntimeError):

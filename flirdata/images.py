@@ -16,13 +16,18 @@ ignored, as cameras append metadata there.
 Reading a file (``read_image_bytes``) checks, before opening it, that it resolves inside the
 dataset folder (a symlink may point anywhere inside it, not outside), that it is a regular
 file (a FIFO, device or socket is refused without opening it, so nothing hangs) and that it
-is at most ``MAX_IMAGE_BYTES`` long; it never reads more than the limit plus one byte.
+is at most ``MAX_IMAGE_BYTES`` long; it never reads more than the limit plus one byte. Inside
+``supplied_image_bytes(files)`` it returns the bytes another process read and checked that way
+instead (the ``ray`` backend's ``ship_images``: actors on nodes that cannot see the dataset).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import cv2
@@ -44,6 +49,7 @@ __all__ = [
     "read_gray",
     "read_image",
     "read_image_bytes",
+    "supplied_image_bytes",
 ]
 
 # Modality -> channels of its images.
@@ -63,6 +69,8 @@ _JPEG_START = b"\xff\xd8"
 _JPEG_EOF = "Premature end of JPEG file"
 # O_NONBLOCK: opening a FIFO that appeared after the stat must not wait for a writer.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+# This thread's ``supplied_image_bytes`` files (path -> bytes), if any.
+_SUPPLIED = threading.local()
 _SPECIAL_FILES = {
     stat.S_IFIFO: "a FIFO (named pipe)",
     stat.S_IFCHR: "a character device",
@@ -133,6 +141,22 @@ def _too_large(path: str | Path, size: int, limit: int) -> ImageError:
     )
 
 
+@contextlib.contextmanager
+def supplied_image_bytes(files: Mapping[str, bytes]) -> Iterator[None]:
+    """In this thread, inside the block, ``read_image_bytes(path)`` is ``files[str(path)]`` when it is there.
+
+    Whoever supplies ``files`` read them with ``read_image_bytes`` and the same ``within`` and
+    ``max_bytes`` (the checks need the dataset's own file system, which the reader of the
+    supplied bytes may not have); paths not in ``files`` are read from disk as usual.
+    """
+    saved = getattr(_SUPPLIED, "files", None)
+    _SUPPLIED.files = files
+    try:
+        yield
+    finally:
+        _SUPPLIED.files = saved
+
+
 def read_image_bytes(path: str | Path, within: str | Path | None = None, max_bytes: int | None = None) -> bytes:
     """The contents of one image file, checked before it is opened.
 
@@ -146,6 +170,9 @@ def read_image_bytes(path: str | Path, within: str | Path | None = None, max_byt
         ImageError: the file is missing, outside ``within``, a directory, FIFO, device or
             socket, or longer than ``max_bytes`` (at most ``max_bytes + 1`` bytes are read).
     """
+    supplied = getattr(_SUPPLIED, "files", None)
+    if supplied is not None and str(path) in supplied:
+        return supplied[str(path)]
     limit = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
     info = _stat_regular(path, within)
     if info.st_size > limit:

@@ -11,12 +11,13 @@ import math
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from flirdata.backends import BACKENDS, Backend, Fetcher, Task
 from flirdata.backends.protocol import TaskFunction
+from flirdata.backends.ray import may_run_elsewhere
 from flirdata.collate import collate_detection
 from flirdata.errors import DataError, WorkerError
 from flirdata.outputs import OUTPUTS, convert_batch
@@ -26,6 +27,8 @@ __all__ = [
     "LoaderOptions",
     "Loader",
     "WorkerCountWarning",
+    "backend_option_names",
+    "check_backend_options",
     "make_loader",
     "open_backend",
     "usable_cores",
@@ -44,6 +47,8 @@ class LoaderOptions:
     prefetch: int = 2
     output: str = "uint8"
     timeout: float | None = None
+    # The backend's own options as sorted (name, value) pairs: hashable, picklable, comparable.
+    backend_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and 0 < self.timeout < math.inf):
@@ -58,6 +63,9 @@ class LoaderOptions:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if not callable(self.collate_fn):
             raise ValueError(f"collate_fn must be callable, got {self.collate_fn!r}")
+        options = dict(self.backend_options)  # from a mapping or pairs
+        check_backend_options(self.backend, options)
+        object.__setattr__(self, "backend_options", tuple(sorted(options.items())))  # frozen: set once, here
 
     @property
     def effective_backend(self) -> str:
@@ -144,7 +152,8 @@ class Loader:
         if self._backend is None:
             o = self.options
             fetcher = Fetcher(self.dataset, o.collate_fn)
-            self._backend = open_backend(o.backend, fetcher, o.workers, o.prefetch, o.timeout)
+            options = dict(o.backend_options)
+            self._backend = open_backend(o.backend, fetcher, o.workers, o.prefetch, o.timeout, options)
         return self._backend
 
     def _close_active(self) -> None:
@@ -196,18 +205,47 @@ def _effective_backend(name: str, workers: int) -> str:
     return name if workers > 1 else "sequential"
 
 
-def open_backend(name: str, fn: TaskFunction, workers: int, prefetch: int = 2, timeout: float | None = None) -> Backend:
-    """``BACKENDS[name]`` running ``fn`` (picklable, for process backends) over the tasks given to its ``imap``.
-
-    ``workers <= 1`` is always the in-thread "sequential" path, as in ``make_loader``. The
-    caller closes the backend (its pool lives until then).
-
-    Raises:
-        ValueError: an unknown backend name.
-    """
+def backend_option_names(name: str) -> list[str]:
+    """The options backend ``name`` takes: its factory's keyword-only parameters, sorted."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
-    return BACKENDS[_effective_backend(name, workers)](fn, workers, prefetch, timeout)
+    parameters = inspect.signature(BACKENDS[name]).parameters.values()
+    return sorted(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_backend_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option ``name`` does not take, naming those it does (their values are checked when it opens)."""
+    valid = backend_option_names(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        takes = f"expected one of {valid}" if valid else "it takes none"
+        raise ValueError(f"unknown option {unknown[0]!r} for backend {name!r}; {takes}")
+
+
+def open_backend(
+    name: str,
+    fn: TaskFunction,
+    workers: int,
+    prefetch: int = 2,
+    timeout: float | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+) -> Backend:
+    """``BACKENDS[name]`` running ``fn`` (picklable, for process backends) over the tasks given to its ``imap``.
+
+    ``workers <= 1`` is always the in-thread "sequential" path, as in ``make_loader`` (the
+    options of ``name`` are checked, then unused). ``backend_options`` are passed to the
+    factory as keyword arguments (see ``make_loader``). The caller closes the backend (its
+    pool lives until then).
+
+    Raises:
+        ValueError: an unknown backend name, or an option it does not take.
+    """
+    options = dict(backend_options or {})
+    check_backend_options(name, options)
+    effective = _effective_backend(name, workers)
+    if effective != name:
+        options = {}
+    return BACKENDS[effective](fn, workers, prefetch, timeout, **options)
 
 
 def make_loader(
@@ -224,6 +262,7 @@ def make_loader(
     prefetch: int = 2,
     output: str = "uint8",
     timeout: float | None = None,
+    backend_options: Mapping[str, Any] | None = None,
 ) -> Loader:
     """A loader of ``collate_fn([dataset[i] for i in batch])`` batches over ``backend``.
 
@@ -249,10 +288,17 @@ def make_loader(
             also waits for its workers to start (seconds for loky); the stuck pool is closed and
             the next epoch starts a new one. None (default) waits for ever; the "sequential"
             path does its work in the calling thread and never waits.
+        backend_options: options of ``backend``, passed to its factory as keyword arguments
+            (``backend_option_names(backend)`` lists them; unused when ``workers <= 1``).
+            "ray": ``address`` (the cluster; default ``RAY_ADDRESS``, else a local instance
+            started and stopped with the loader), ``ship_images`` (the driver reads the image
+            files and sends their bytes to the actors, for nodes without the dataset; default
+            False), ``retries`` (how often a lost actor is replaced and its tasks re-run;
+            default 3). The other backends take none.
 
     Raises:
-        ValueError: an unknown backend, an invalid number, a malformed ``RANK``/``WORLD_SIZE``,
-            an empty dataset.
+        ValueError: an unknown backend or backend option, an invalid number, a malformed
+            ``RANK``/``WORLD_SIZE``, an empty dataset.
 
     Warns:
         WorkerCountWarning: more workers than this process may use cores.
@@ -260,8 +306,9 @@ def make_loader(
     _refuse_empty(dataset)
     rank, world_size = resolve_shard(rank, world_size)  # in the main process: workers get plain ints
     batching = BatchSampler(0, batch_size, shuffle, seed, drop_last, rank, world_size)
-    options = LoaderOptions(backend, workers, batching, collate_fn, prefetch, output, timeout)
-    warn_if_oversubscribed(options.backend, options.workers, stacklevel=2)
+    extra = tuple((backend_options or {}).items())
+    options = LoaderOptions(backend, workers, batching, collate_fn, prefetch, output, timeout, extra)
+    warn_if_oversubscribed(options.backend, options.workers, stacklevel=2, backend_options=dict(extra))
     return Loader(dataset, options)
 
 
@@ -277,9 +324,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def warn_if_oversubscribed(backend: str, workers: int, stacklevel: int = 2) -> None:
-    """``WorkerCountWarning`` if ``workers`` parallel workers of ``backend`` exceed the usable cores."""
+def warn_if_oversubscribed(
+    backend: str, workers: int, stacklevel: int = 2, backend_options: Mapping[str, Any] | None = None
+) -> None:
+    """``WorkerCountWarning`` if ``workers`` parallel workers of ``backend`` exceed the usable cores.
+
+    Not for "ray" workers that may run on other machines (``may_run_elsewhere``): there, the
+    cluster's CPUs count, and Ray places the actors on them.
+    """
     cores = usable_cores()
+    if backend == "ray" and may_run_elsewhere(**(backend_options or {})):
+        return
     if _effective_backend(backend, workers) != "sequential" and workers > cores:
         warnings.warn(
             f"flirdata: workers={workers} is more than the {cores} cores this process may use; "

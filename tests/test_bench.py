@@ -112,6 +112,17 @@ def test_bench_every_backend(synth_root, capsys):
         assert backend in stdout
 
 
+def test_default_backends_are_the_installed_ones(monkeypatch):
+    import importlib.util
+
+    from flirdata.backends import BACKENDS, installed_backends
+
+    assert installed_backends() == list(BACKENDS)  # the tests run with every extra installed
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert installed_backends() == [name for name in BACKENDS if name != "ray"]  # no Ray: bench skips it
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

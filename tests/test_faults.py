@@ -26,7 +26,7 @@ from flirdata.backends._shm import SEGMENT_PREFIX
 from flirdata.loader import make_loader
 
 PROCESS_BACKENDS = ("dataloader", "loky", "process")
-PARALLEL = ("dataloader", "loky", "process", "threads")
+PARALLEL = ("dataloader", "loky", "process", "ray", "threads")
 
 
 class Samples:
@@ -85,14 +85,14 @@ def alive(pids: set[int]) -> set[int]:
 @contextlib.contextmanager
 def leaves_nothing_behind() -> Iterator[None]:
     """Assert the block leaves no new process, thread or shared-memory segment."""
-    procs, threads, segments = children(), threading.active_count(), our_segments()
+    procs, threads, segments = children(), set(threading.enumerate()), our_segments()
     yield
-    deadline = time.monotonic() + 10  # exited workers may take a moment to be reaped
-    while alive(children() - procs) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10  # exited workers (and pool threads) may take a moment to end
+    while (alive(children() - procs) or set(threading.enumerate()) - threads) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(children() - procs), "worker processes left behind"
     assert our_segments() <= segments, "shared memory left in /dev/shm"
-    assert threading.active_count() <= threads, "threads left behind"
+    assert not set(threading.enumerate()) - threads, f"threads left behind: {set(threading.enumerate()) - threads}"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,7 +7,11 @@
 * "dataloader": torch ``DataLoader`` workers;
 * "threads": joblib's threading backend;
 * "loky": a joblib loky process pool, images through a shared-memory ring;
-* "process": ``concurrent.futures.ProcessPoolExecutor``, images through the same ring.
+* "process": ``concurrent.futures.ProcessPoolExecutor``, images through the same ring;
+* "ray": Ray actors on this machine or a cluster, batches through Ray's object store (Ray
+  is an optional extra, imported when the backend opens).
+
+A factory's keyword-only parameters are its options (``make_loader(backend_options=...)``).
 
 The path of one loader batch::
 
@@ -24,12 +28,15 @@ any script (``_spawning``).
 
 from __future__ import annotations
 
+import importlib.util
+
 from flirdata.backends._shm import ShmCapacityWarning
 from flirdata.backends._spawning import MainModuleError
 from flirdata.backends.dataloader import DataLoaderBackend
 from flirdata.backends.loky import make_loky_backend
 from flirdata.backends.process import make_process_backend
 from flirdata.backends.protocol import Backend, BackendFactory, Fetcher, Task, TaskFunction, WorkerCrashError
+from flirdata.backends.ray import make_ray_backend
 from flirdata.backends.sequential import SequentialBackend
 from flirdata.backends.threads import ThreadsBackend
 
@@ -37,13 +44,24 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendFactory",
+    "EXTRAS",
     "Fetcher",
     "MainModuleError",
     "ShmCapacityWarning",
     "Task",
     "TaskFunction",
     "WorkerCrashError",
+    "installed_backends",
 ]
+
+# Backends that need an optional extra: name -> the package it imports (and the extra's name).
+EXTRAS: dict[str, str] = {"ray": "ray"}
+
+
+def installed_backends() -> list[str]:
+    """The names of ``BACKENDS`` whose optional extra, if any, is installed (nothing is imported)."""
+    return [name for name in BACKENDS if name not in EXTRAS or importlib.util.find_spec(EXTRAS[name]) is not None]
+
 
 BACKENDS: dict[str, BackendFactory] = {
     "sequential": SequentialBackend,
@@ -51,4 +69,5 @@ BACKENDS: dict[str, BackendFactory] = {
     "threads": ThreadsBackend,
     "loky": make_loky_backend,
     "process": make_process_backend,
+    "ray": make_ray_backend,
 }

@@ -78,6 +78,10 @@ class Fetcher:
     dataset: Any
     collate_fn: Callable[[list[Any]], Any]
 
+    def samples(self, task: Task) -> tuple[int, ...]:
+        """The dataset indices ``task`` reads (what the ``ray`` backend's ``ship_images`` reads ahead)."""
+        return tuple(task[1])
+
     def __call__(self, task: Task) -> Any:
         epoch, indices = task
         get = item_getter(self.dataset, epoch)

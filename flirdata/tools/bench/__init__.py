@@ -83,7 +83,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     add = parser.add_argument
     add_root(parser, "dataset folder to measure (make one with `flirdata synth`)", data_alias=True)
-    add("--backends", metavar="LIST", help=f"comma-separated, from {choices_text(list(BACKENDS))} (default: all)")
+    add(
+        "--backends",
+        metavar="LIST",
+        help=f"comma-separated, from {choices_text(list(BACKENDS))} (default: all whose optional extra is installed)",
+    )
     add("--workers", metavar="LIST", type=IntList(WORKERS), default="1,2,4", help="worker counts (default: 1,2,4)")
     add(
         "--sizes",
@@ -129,10 +133,10 @@ def _items(text: str, what: str) -> list[str]:
 
 def parse_config(args: argparse.Namespace) -> BenchConfig:
     """Turn the parsed command line into a ``BenchConfig``; every bad list is one ``BenchError``."""
-    from flirdata.backends import BACKENDS
+    from flirdata.backends import BACKENDS, installed_backends
     from flirdata.synth import parse_size
 
-    backends = _items(args.backends, "--backends") if args.backends else list(BACKENDS)
+    backends = _items(args.backends, "--backends") if args.backends else installed_backends()
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise BenchError(f"--backends: unknown backend {unknown[0]!r}; expected one of {sorted(BACKENDS)}")

@@ -25,6 +25,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from flirdata.cliargs import IntRange
 from flirdata.files import write_atomic
-from flirdata.loader import open_backend, warn_if_oversubscribed
+from flirdata.loader import check_backend_options, open_backend, warn_if_oversubscribed
 from flirdata.tools.export.batch import (
     WORK_DIR,
     BatchResult,
@@ -181,7 +182,9 @@ def _check_arguments(
     return total
 
 
-def _run(writer: BatchWriter, pending: list[int], backend: str, workers: int, progress: bool) -> int:
+def _run(
+    writer: BatchWriter, pending: list[int], backend: str, workers: int, progress: bool, options: dict[str, Any]
+) -> int:
     """Write the pending batches through ``backend``, in order; return the number of images written."""
     left = sum(len(writer.items(batch)) for batch in pending)
     written = 0
@@ -195,8 +198,8 @@ def _run(writer: BatchWriter, pending: list[int], backend: str, workers: int, pr
     ) as bar:
         if not pending:
             return 0
-        warn_if_oversubscribed(backend, workers, stacklevel=3)  # blames export_augmented's caller
-        runner = open_backend(backend, writer, workers)
+        warn_if_oversubscribed(backend, workers, stacklevel=3, backend_options=options)  # blames the caller
+        runner = open_backend(backend, writer, workers, backend_options=options)
         try:
             for result in runner.imap(pending):
                 written += result.images
@@ -220,6 +223,7 @@ def export_augmented(
     resume: bool = False,
     progress: bool = True,
     limit: int | None = None,
+    backend_options: Mapping[str, Any] | None = None,
 ) -> ExportSummary:
     """Write ``copies`` augmented copies of every image of ``dataset`` as a new dataset.
 
@@ -245,6 +249,8 @@ def export_augmented(
         progress: show a tqdm progress bar.
         limit: export only the first ``limit`` items (copy 0 of the first images first), e.g.
             to save a few augmented samples for a look.
+        backend_options: options of ``backend`` (see ``make_loader``). On "ray", the actors
+            write the files: ``out`` must be the same shared folder on every node.
 
     Raises:
         ExportError: bad argument, ``out`` not empty (without ``resume``), not writable, or
@@ -253,6 +259,8 @@ def export_augmented(
     """
     start = time.perf_counter()
     total = _check_arguments(dataset, copies, fmt, quality, batch_size, workers, limit)
+    options = dict(backend_options or {})
+    check_backend_options(backend, options)
     category_ids = tuple(int(c) for c in dataset.index.category_ids)
     plan = ExportPlan(str(Path(out)), fmt, quality, batch_size, category_ids, _check_split(fmt, split))
     settings = _settings(dataset, plan, copies, total)
@@ -260,7 +268,7 @@ def export_augmented(
     written = 0
     if done is None:
         pending = pending_batches(plan, dataset, total)
-        written = _run(BatchWriter(dataset, plan, total), pending, backend, workers, progress)
+        written = _run(BatchWriter(dataset, plan, total), pending, backend, workers, progress, options)
         done = {"totals": finish_output(plan, settings, dataset.index, -(-total // batch_size))}
     totals = done["totals"]
     return ExportSummary(

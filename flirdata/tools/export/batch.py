@@ -245,6 +245,11 @@ class BatchWriter:
         size = self.plan.batch_size
         return range(batch * size, min(self.total, (batch + 1) * size))
 
+    def samples(self, batch: int) -> tuple[int, ...]:
+        """The dataset indices ``batch`` reads (what the ``ray`` backend's ``ship_images`` reads ahead)."""
+        n = len(self.dataset)
+        return tuple(j % n for j in self.items(batch))
+
     def __call__(self, batch: int) -> BatchResult:
         items = []
         for j in self.items(batch):

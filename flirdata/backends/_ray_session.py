@@ -1,0 +1,146 @@
+"""The Ray connection of the "ray" backend: import Ray on first use, connect or start, stop what we started.
+
+Three cases, decided when a backend opens:
+
+* Ray is already initialised in this process (the user called ``ray.init``): use it as it is
+  and never shut it down;
+* an address is given (the ``address`` option, else ``RAY_ADDRESS``): connect to that cluster,
+  and disconnect when the last backend using the connection closes;
+* otherwise start a private local instance (no dashboard, quiet logs, one CPU per worker or
+  per core, whichever is more) and stop it, with every process it started, when the last
+  backend using it closes.
+
+Backends that share a connection flirdata made count themselves in, so closing one loader never
+pulls Ray from under another. On the private local instance they also count the CPUs their
+actors hold: a backend that would need more than are left fails at once with what to do,
+where Ray would leave its actors waiting for CPUs for ever.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+
+from flirdata.errors import MissingExtraError
+
+__all__ = ["RaySession", "import_ray"]
+
+_QUIET = logging.ERROR  # Ray's driver logs "Started a local Ray instance" and more at INFO
+
+
+@dataclass
+class _Connection:
+    """The connection flirdata made (one per process at a time), and who uses it."""
+
+    number: int = 0  # counts connections made: a session only leaves its own
+    users: int = 0  # open sessions on it; 0: none, or Ray is the user's own
+    cpus: int | None = None  # CPUs of the private local instance (None: a cluster)
+    held: int = 0  # CPUs the open sessions' actors hold on it
+
+
+_LOCK = threading.Lock()
+_NOW = _Connection()
+
+
+def import_ray() -> ModuleType:
+    """The ``ray`` package, or ``MissingExtraError`` naming the command that installs it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingExtraError("flirdata's 'ray' backend", "ray") from exc
+    return ray
+
+
+def _usable_cores() -> int:
+    from flirdata.loader import usable_cores  # lazily: the loader imports the backends
+
+    return usable_cores()
+
+
+def _connect(ray: ModuleType, address: str | None, cpus: int) -> int | None:
+    """Connect, or start the private local instance; its CPUs (None for a cluster)."""
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        local_cpus = max(cpus, _usable_cores())
+        # "local": a new instance even if `ray start` left one running on this machine.
+        ray.init(address="local", num_cpus=local_cpus, include_dashboard=False, logging_level=_QUIET)
+        # Starting a head node leaves a reference cycle (Ray 2.60's start_api_server keeps the
+        # ImportError of its optional dashboard packages, whose traceback holds that frame), and
+        # its frames' callers are ours: the loader's frames, with the generator of the epoch,
+        # would stay alive until the next collection and the loader would think it still runs.
+        gc.collect()
+        return local_cpus
+    ray.init(address=address, logging_level=_QUIET)  # None: ray.init reads RAY_ADDRESS
+    return None
+
+
+def _check_same_cluster(ray: ModuleType, address: str | None) -> None:
+    """Refuse an ``address`` other than the cluster this process is already connected to."""
+    if address in (None, "auto"):
+        return
+    current = ray.get_runtime_context().gcs_address
+    if address != current:
+        raise ValueError(
+            f"flirdata 'ray' backend: address={address!r}, but this process is already connected to "
+            f"Ray at {current!r}; leave address out to use that connection, or call ray.shutdown() first"
+        )
+
+
+def _check_cpus_left(cpus: int) -> None:
+    """Refuse ``cpus`` more actors on the private local instance if its CPUs are held."""
+    if _NOW.cpus is not None and _NOW.held + cpus > _NOW.cpus:
+        raise ValueError(
+            f"flirdata 'ray' backend: workers={cpus}, but the local Ray instance flirdata started has "
+            f"{_NOW.cpus} CPUs and open ray loaders hold {_NOW.held}; close them first, or call "
+            "ray.init(num_cpus=N) before making the loaders (flirdata then uses that instance)"
+        )
+
+
+class RaySession:
+    """This backend's use of the Ray connection; ``close()`` ends the connection if flirdata made it."""
+
+    def __init__(self, ray: ModuleType, owned: bool, cpus: int = 0) -> None:
+        self.ray = ray
+        self.owned = owned  # flirdata made the connection (and ends it with its last user)
+        self.cpus = cpus  # held on the private local instance
+        self._connection = _NOW.number
+        self._open = True
+
+    @classmethod
+    def open(cls, address: str | None, cpus: int) -> RaySession:
+        """Use, connect to or start Ray (see the module docstring) for ``cpus`` one-CPU actors.
+
+        Raises:
+            MissingExtraError: Ray is not installed.
+            ValueError: ``address`` is not the cluster this process is connected to, or the
+                private local instance has fewer than ``cpus`` CPUs left.
+        """
+        ray = import_ray()
+        with _LOCK:
+            if ray.is_initialized():
+                _check_same_cluster(ray, address)
+                if _NOW.users == 0:  # the user's own ray.init: theirs to shut down
+                    return cls(ray, owned=False)
+                _check_cpus_left(cpus)
+            else:  # (a ray.shutdown() by someone else ended any connection we counted)
+                local_cpus = _connect(ray, address, cpus)
+                _NOW.number, _NOW.users, _NOW.cpus, _NOW.held = _NOW.number + 1, 0, local_cpus, 0
+            _NOW.users += 1
+            _NOW.held += cpus
+            return cls(ray, owned=True, cpus=cpus)
+
+    def close(self) -> None:
+        """Leave the connection; the last session on a connection flirdata made ends it (idempotent)."""
+        with _LOCK:
+            if not self._open:
+                return
+            self._open = False
+            if not self.owned or self._connection != _NOW.number:
+                return
+            _NOW.users -= 1
+            _NOW.held -= self.cpus
+            if _NOW.users == 0 and self.ray.is_initialized():
+                self.ray.shutdown()  # a local instance stops its processes; a cluster is only left

@@ -1,0 +1,233 @@
+"""The "ray" backend: ``workers`` Ray actors (one CPU each) on this machine or a Ray cluster.
+
+Ray is an optional extra (``pip install 'flirdata[ray]'``), imported only when this backend
+opens; importing this module does not import it. The path of one task::
+
+    bounded_map (driver) --submit--> actor k = task number % workers  (round robin)
+        actor.run([fn ref], task[, image bytes])  # fn fetched from the object store once per actor
+    <--receive-- ray.get(result ref, timeout)     # a Delivery, through Ray's object store
+        Delivery.unpack()                         # images copied out of the store, targets unpickled
+
+Faults: a batch is a pure function of its task, so a lost actor (killed, its node gone) is
+replaced by Ray and its tasks re-run on the new one (Ray's ``max_restarts`` and
+``max_task_retries``, both ``retries``); the epoch ends with the same bytes. Past that budget,
+``WorkerCrashError``. Where Ray connects (or what it starts and stops) is ``_ray_session``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import sys
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from flirdata.backends._ray_actor import Delivery, RayWorker, TaskImages
+from flirdata.backends._ray_session import RaySession
+from flirdata.backends._worker import THREAD_ENV
+from flirdata.backends.dataloader import RemoteTraceback
+from flirdata.backends.protocol import TaskFunction, WorkerCrashError, add_note
+from flirdata.errors import LoaderTimeoutError, WorkerError
+from flirdata.mapping import bounded_map
+
+__all__ = ["DEFAULT_RETRIES", "RayBackend", "RayOptions", "make_ray_backend", "may_run_elsewhere"]
+
+# Replacements of each actor, and re-runs of each task, after a death (Ray's max_restarts and
+# max_task_retries): enough for a node lost now and then; a worker that dies at every task
+# (a sample that crashes native code) still fails within a few batches.
+DEFAULT_RETRIES = 3
+_ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task name in its error text
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """The ``backend_options`` of the "ray" backend, validated.
+
+    Attributes:
+        address: the Ray cluster to connect to ("HOST:PORT", "ray://HOST:PORT", "auto"); None
+            (default) takes ``RAY_ADDRESS``, else starts a local instance for this backend.
+        ship_images: the driver reads each task's image files and sends their bytes with the
+            task, for actors on nodes that cannot read the dataset root (small clusters).
+        retries: how often each actor may be replaced, and each task re-run, after a worker
+            dies; 0 fails at the first death.
+    """
+
+    address: str | None = None
+    ship_images: bool = False
+    retries: int = DEFAULT_RETRIES
+
+    def __post_init__(self) -> None:
+        if self.address is not None and not (isinstance(self.address, str) and self.address):
+            raise ValueError(f"ray backend option address must be a non-empty string or None, got {self.address!r}")
+        if not isinstance(self.ship_images, bool):
+            raise ValueError(f"ray backend option ship_images must be True or False, got {self.ship_images!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"ray backend option retries must be an integer >= 0, got {self.retries!r}")
+
+
+@lru_cache(maxsize=1)
+def _remote_worker(ray: Any) -> Any:
+    """``RayWorker`` as a Ray actor class, made once per process."""
+    return ray.remote(RayWorker)
+
+
+class _Resources:
+    """What ``close`` releases, reachable from a finalizer without the backend itself."""
+
+    def __init__(self, session: RaySession) -> None:
+        self.session = session
+        self.actors: list[Any] | None = None
+        self.fn_box: list[Any] | None = None
+
+    def kill_actors(self) -> None:
+        actors, self.actors = self.actors, None
+        ray = self.session.ray
+        if not ray.is_initialized():  # shut down already (by its owner, or at exit): its actors with it
+            return  # (and any call now would start a new instance: Ray initialises on first use)
+        for actor in actors or ():
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+
+    def close(self) -> None:
+        try:
+            self.kill_actors()
+            self.fn_box = None
+        finally:
+            self.session.close()
+
+
+class RayBackend:
+    """``workers`` Ray actors, ``workers * prefetch`` tasks in flight, results in task order."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        fn: TaskFunction,
+        workers: int,
+        prefetch: int,
+        timeout: float | None = None,
+        options: RayOptions | None = None,
+    ) -> None:
+        options = options or RayOptions()
+        self.depth = workers * prefetch
+        self.timeout = timeout
+        self.options = options
+        self.shipped_bytes = 0  # image bytes the driver sent with tasks (ship_images)
+        self._images = TaskImages.of(fn) if options.ship_images else None  # refuse before starting Ray
+        session = RaySession.open(options.address, workers)
+        self._ray = session.ray
+        self._res = _Resources(session)
+        self._finalizer = weakref.finalize(self, self._res.close)
+        self._res.fn_box = [self._ray.put(fn)]  # nested: each actor fetches it on its first task
+        retries = options.retries
+        actor_class = _remote_worker(self._ray).options(
+            num_cpus=1,
+            max_restarts=retries,
+            max_task_retries=retries,
+            runtime_env={"env_vars": THREAD_ENV},  # in the environment before the actor imports numpy
+            scheduling_strategy="SPREAD",  # across the nodes of a cluster
+        )
+        self._res.actors = [actor_class.remote(list(sys.path)) for _ in range(workers)]
+        self._turn = itertools.count()
+
+    def imap(self, tasks: Sequence[Any]) -> Iterator[Any]:
+        yield from bounded_map(self._submit, tasks, self.depth, receive=self._receive, abandon=self._abandon)
+
+    def locate_workers(self) -> list[tuple[str, int]]:
+        """``(Ray node id, pid)`` of each actor, in actor order (waits for them to start)."""
+        return self._ray.get([actor.where.remote() for actor in self._actors()], timeout=self.timeout)
+
+    def close(self) -> None:
+        """Stop the actors, and Ray itself if this backend's session started it (idempotent)."""
+        self._finalizer()
+
+    def _actors(self) -> list[Any]:
+        if self._res.actors is None:
+            raise RuntimeError(f"flirdata {self.name!r} backend is closed")
+        return self._res.actors
+
+    def _submit(self, task: Any) -> Any:
+        actors = self._actors()
+        actor = actors[next(self._turn) % len(actors)]
+        if self._images is None:
+            return actor.run.remote(self._res.fn_box, task)
+        images = self._images(task)
+        self.shipped_bytes += sum(map(len, images.values()))
+        return actor.run.remote(self._res.fn_box, task, images)
+
+    def _receive(self, ref: Any) -> Any:
+        exceptions = self._ray.exceptions
+        try:
+            result = self._ray.get(ref, timeout=self.timeout)
+        except exceptions.RayTaskError as exc:  # the task function raised: its own error, as it was
+            cause = exc.cause
+            if not isinstance(cause, Exception):
+                raise
+            raise cause from RemoteTraceback(_ANSI_COLOUR.sub("", str(exc)))  # Ray's header and the traceback
+        except exceptions.GetTimeoutError as exc:
+            self._res.kill_actors()  # a stuck actor would hold its queue for ever
+            raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
+        except exceptions.RayError as exc:  # an actor lost past the retries, its node, its objects
+            raise self._failure(exc) from exc
+        return result.unpack() if isinstance(result, Delivery) else result
+
+    def _failure(self, exc: Exception) -> WorkerError:
+        """The error of a lost actor: could not start, or died more often than ``retries`` allows."""
+        if getattr(exc, "actor_init_failed", False):
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            return WorkerError(
+                f"flirdata {self.name!r} backend: a Ray actor could not start ({lines[-1] if lines else exc!r}); "
+                "every node needs flirdata (the same version) and the dataset's Python dependencies"
+            )
+        crash = WorkerCrashError(self.name, [int(pid) for pid in re.findall(r"\bpid: (\d+)", str(exc))])
+        add_note(
+            crash,
+            f"flirdata: Ray replaces a lost actor and re-runs its tasks up to retries={self.options.retries} "
+            "times (backend_options={'retries': N})",
+        )
+        return crash
+
+    def _abandon(self, window: deque[Any]) -> None:
+        """Cancel the tasks not started (a running actor task cannot be interrupted: it finishes)."""
+        if not self._ray.is_initialized():
+            return
+        for ref in window:
+            with contextlib.suppress(Exception):  # finished already, or Ray shut down
+                self._ray.cancel(ref)
+
+
+def may_run_elsewhere(address: str | None = None, **_: Any) -> bool:
+    """Whether the actors may run on other machines: an address, ``RAY_ADDRESS``, or Ray already up here.
+
+    (A ``ray.init`` of the program's own may have joined a cluster; only the private local
+    instance is known to be this machine alone.)
+    """
+    ray = sys.modules.get("ray")  # never imported for the question
+    initialised = ray is not None and ray.is_initialized()
+    return address is not None or bool(os.environ.get("RAY_ADDRESS")) or initialised
+
+
+def make_ray_backend(
+    fn: TaskFunction,
+    workers: int,
+    prefetch: int,
+    timeout: float | None = None,
+    *,
+    address: str | None = None,
+    ship_images: bool = False,
+    retries: int = DEFAULT_RETRIES,
+) -> RayBackend:
+    """Ray actors running ``fn``; the keyword arguments are the backend's options (see ``RayOptions``).
+
+    Raises:
+        MissingExtraError: Ray is not installed.
+        ValueError: an invalid option value.
+    """
+    return RayBackend(fn, workers, prefetch, timeout, RayOptions(address, ship_images, retries))
