@@ -113,8 +113,10 @@ def calibrate(dataset: Any, batch_size: int, batches: int, seed: int) -> dict[st
 
 def _warmed_calibration(dataset: Any, batch_size: int, batches: int, seed: int) -> dict[str, float]:
     """Runs in the calibration process: one untimed pass over the batches, then the same pass timed."""
-    # Warm-up (imports, allocator arenas, the page cache of these files); keeps the last batch to pickle.
-    (batch,) = collections.deque(itertools.islice(tight_batches(dataset, batch_size, seed), batches), maxlen=1)
+    # Warm-up (imports, allocator arenas, the page cache of these files); keeps the first (full) batch to pickle.
+    warm_up = tight_batches(dataset, batch_size, seed)
+    batch = next(warm_up)
+    collections.deque(itertools.islice(warm_up, batches - 1), maxlen=0)
     window = timed_window(tight_batches(dataset, batch_size, seed), 0, batches)
     return {
         "tight_images_per_s": window.images_per_s,
