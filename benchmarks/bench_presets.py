@@ -89,7 +89,8 @@ def _split(records: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 def _bound_rows(profiles: dict[str, list[dict[str, Any]]]) -> list[dict[str, str]]:
-    """What the profiles allow: the ratio as measured per step, and with the shared steps at no cost."""
+    """The profiles split: the ratio over all steps, and over the presets' own transforms alone (the
+    ratio the presets would reach if the steps both run cost nothing)."""
     (ref_shared, ref_own), (fast_shared, fast_own) = (_split(profiles[p]) for p in PRESETS)
     ref_all, fast_all = ref_shared + ref_own, fast_shared + fast_own
     rows = [

@@ -329,6 +329,32 @@ def test_ring_lends_slots_and_takes_them_back(monkeypatch: pytest.MonkeyPatch) -
     assert unraisable == []  # no "Exception ignored" from a segment closed under a live view
 
 
+def test_slot_memory_serves_one_batch_per_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shm_module, "_ATTACHED", {})
+    ring = SharedRing(slot_bytes=64, slots=2)
+    try:
+        with batch_memory(shm_module.slot_allocator(ring.acquire())):  # a collate that stacks twice
+            first = collate_detection([(torch.ones(1, 2, 2, dtype=torch.uint8), {})])
+            second = collate_detection([(torch.full((1, 2, 2), 2, dtype=torch.uint8), {})])
+        assert first[0].unique().tolist() == [1] and second[0].unique().tolist() == [2]
+        del first, second
+    finally:
+        shm_module.close_attached()
+        ring.close()
+
+
+def stack_in_halves(samples: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+    """A user's collate that calls ``collate_detection`` twice and joins the halves."""
+    head, tail = collate_detection(samples[:1]), collate_detection(samples[1:])
+    return torch.cat([head[0], tail[0]]), head[1] + tail[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_users_collate_that_stacks_twice_gets_its_own_bytes() -> None:
+    check_backend(ToyDataset(size=20), "process", 2, epochs=(0,), batch_size=4, collate_fn=stack_in_halves)
+
+
 def test_ring_refuses_to_lend_every_slot() -> None:
     with pytest.raises(ValueError, match=r"lend must be in \[0, slots\), got lend=2 for 2 slots"):
         SharedRing(slot_bytes=64, slots=2, lend=2)

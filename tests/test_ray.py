@@ -389,3 +389,17 @@ def test_what_crosses_to_the_actors_pickles(synth_root: Path) -> None:
         assert pickle.loads(pickle.dumps(thing)) == thing
     error = pickle.loads(pickle.dumps(MissingExtraError("the 'ray' backend", "ray")))
     assert isinstance(error, ImportError) and str(error).endswith("pip install 'flirdata[ray]'")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_more_actors_than_the_clusters_cpus_warn(shared_ray: None) -> None:
+    from flirdata.loader import WorkerCountWarning, open_backend
+
+    dataset = ToyDataset(size=8)
+    with pytest.warns(WorkerCountWarning, match=r"workers=3 actors of one CPU each, but the Ray cluster has 2 CPUs"):
+        backend = open_backend("ray", Fetcher(dataset, collate_detection), 3)
+    backend.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WorkerCountWarning)  # as many actors as CPUs: no warning
+        open_backend("ray", Fetcher(dataset, collate_detection), 2).close()

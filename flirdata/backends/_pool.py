@@ -171,13 +171,18 @@ class PoolBackend:
         try:
             result = future.result(timeout=self.timeout)
         except BaseException as exc:
-            if slot is not None and ring is not None:
-                ring.release(slot.index)
-            if isinstance(exc, BrokenProcessPool):  # loky's TerminatedWorkerError is a subclass
-                raise self._crash_error(exc) from exc
             if isinstance(exc, FutureTimeout):
                 self._kill_workers()  # a stuck worker would hold shutdown for ever
                 self._res.killed = True
+            if slot is not None and ring is not None:
+                # A task still running (Ctrl-C while waiting) may yet write into its slot: free it when done.
+                if future.cancel() or future.done() or self._res.killed:
+                    ring.release(slot.index)
+                else:
+                    future.add_done_callback(partial(_release_when_done, ring, slot.index))
+            if isinstance(exc, BrokenProcessPool):  # loky's TerminatedWorkerError is a subclass
+                raise self._crash_error(exc) from exc
+            if isinstance(exc, FutureTimeout):
                 raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
             raise
         batch = unpack_batch(result, ring, slot)  # the ring takes the slot back: lent as the images, or freed

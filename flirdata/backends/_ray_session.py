@@ -42,7 +42,9 @@ class _Connection:
     held: int = 0  # CPUs the open sessions' actors hold on it
 
 
-_LOCK = threading.Lock()
+# Re-entrant: ray.init and ray.shutdown run under it and may collect garbage, whose finalizers
+# (an unclosed loader's session) call close() on this same thread.
+_LOCK = threading.RLock()
 _NOW = _Connection()
 
 
@@ -126,8 +128,10 @@ class RaySession:
                     return cls(ray, owned=False)
                 _check_cpus_left(cpus)
             else:  # (a ray.shutdown() by someone else ended any connection we counted)
-                local_cpus = _connect(ray, address, cpus)
-                _NOW.number, _NOW.users, _NOW.cpus, _NOW.held = _NOW.number + 1, 0, local_cpus, 0
+                # A new connection number first: sessions of the old one, closed by a collection
+                # during the start, must not count against (or shut down) the new instance.
+                _NOW.number, _NOW.users, _NOW.cpus, _NOW.held = _NOW.number + 1, 0, None, 0
+                _NOW.cpus = _connect(ray, address, cpus)
             _NOW.users += 1
             _NOW.held += cpus
             return cls(ray, owned=True, cpus=cpus)

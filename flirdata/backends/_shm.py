@@ -167,9 +167,16 @@ def slot_allocator(slot: Slot) -> Callable[[tuple[int, ...], torch.dtype], torch
     """Worker side: ``(shape, dtype) -> `` a tensor over ``slot``'s memory, or None if it does not fit.
 
     For ``flirdata.collate.batch_memory``: images stacked there need no copy in ``pack_batch``.
+    One-shot: a second batch made in the same task (a collate that stacks twice) gets fresh
+    memory, so it cannot overwrite the first.
     """
+    used = False
 
     def allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        nonlocal used
+        if used:
+            return None
+        used = True
         try:
             np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         except (TypeError, RuntimeError):  # dtypes numpy lacks
@@ -239,7 +246,7 @@ def _give_back(free: queue.SimpleQueue[int], tokens: queue.SimpleQueue[int], ind
 
 
 def _view(buffer: memoryview, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
-    """An array over ``buffer`` that holds an export on it, so the mapping cannot close under it.
+    """An array over ``buffer`` that holds a buffer export on the mapping, so it cannot be unmapped under it.
 
     Not ``np.ndarray(buffer=...)``: that keeps a reference but no export, so closing the segment
     unmaps memory the array still points to (a segfault on the next read).
@@ -302,10 +309,16 @@ class SharedRing:
     def release(self, index: int) -> None:
         self._free.put(index)
 
+    def _buffer(self) -> memoryview:
+        buffer = self._segment.buf
+        if buffer is None:
+            raise RuntimeError("flirdata: a batch arrived in shared memory but the ring is closed")
+        return buffer
+
     def read(self, images: ShmImages) -> torch.Tensor:
         """Copy images out of their slot into a fresh tensor (one memcpy); the slot stays the caller's."""
         out = np.empty(images.shape, np.dtype(images.dtype))
-        source = np.ndarray(images.shape, out.dtype, buffer=self._segment.buf, offset=images.offset)
+        source = _view(self._buffer(), images.shape, out.dtype, images.offset)
         np.copyto(out, source)
         del source
         return torch.from_numpy(out)
@@ -325,7 +338,7 @@ class SharedRing:
             finally:
                 self.release(index)
         try:
-            view = _view(self._segment.buf, images.shape, np.dtype(images.dtype), images.offset)
+            view = _view(self._buffer(), images.shape, np.dtype(images.dtype), images.offset)
         except BaseException:
             _give_back(self._free, self._tokens, index)
             raise

@@ -22,7 +22,7 @@ from typing import Any
 
 from flirdata.backends._shm import Slot, pack_batch, slot_allocator
 from flirdata.backends.protocol import TaskFunction, add_note
-from flirdata.collate import batch_memory
+from flirdata.collate import batch_memory, collate_detection
 
 __all__ = [
     "THREAD_ENV",
@@ -184,8 +184,8 @@ def run_installed(task: Any, slot: Slot | None) -> Any:
     if _FETCHER is None:
         raise RuntimeError("flirdata worker: no fetcher installed (the pool initializer did not run)")
     try:
-        if slot is None:
-            batch = _FETCHER(task)
+        if slot is None or getattr(_FETCHER, "collate_fn", None) is not collate_detection:
+            batch = _FETCHER(task)  # a user's collate may keep or combine what it stacks: fresh memory
         else:
             with batch_memory(slot_allocator(slot)):  # collate_detection stacks into the slot itself
                 batch = _FETCHER(task)

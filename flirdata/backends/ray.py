@@ -21,6 +21,7 @@ import itertools
 import os
 import re
 import sys
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -102,6 +103,21 @@ class _Resources:
             self.session.close()
 
 
+def _warn_if_too_few_cpus(ray: Any, workers: int) -> None:
+    """Warn when the cluster has fewer CPUs than one-CPU actors asked for: the rest would wait unseen."""
+    from flirdata.loader import WorkerCountWarning  # lazily: the loader imports the backends
+
+    total = int(ray.cluster_resources().get("CPU", 0))
+    if total < workers:
+        warnings.warn(
+            f"flirdata 'ray' backend: workers={workers} actors of one CPU each, but the Ray cluster has "
+            f"{total} CPUs; the actors beyond them wait until the cluster grows (an autoscaling cluster) "
+            "and their batches with them: lower workers, or set timeout= to fail instead of waiting",
+            WorkerCountWarning,
+            stacklevel=4,
+        )
+
+
 class RayBackend:
     """``workers`` Ray actors, ``workers * prefetch`` tasks in flight, results in task order."""
 
@@ -125,17 +141,22 @@ class RayBackend:
         self._ray = session.ray
         self._res = _Resources(session)
         self._finalizer = weakref.finalize(self, self._res.close)
-        self._res.fn_box = [self._ray.put(fn)]  # nested: each actor fetches it on its first task
-        retries = options.retries
-        actor_class = _remote_worker(self._ray).options(
-            num_cpus=1,
-            max_restarts=retries,
-            max_task_retries=retries,
-            runtime_env={"env_vars": THREAD_ENV},  # in the environment before the actor imports numpy
-            scheduling_strategy="SPREAD",  # across the nodes of a cluster
-        )
-        self._res.actors = [actor_class.remote(list(sys.path)) for _ in range(workers)]
         self._turn = itertools.count()
+        try:
+            _warn_if_too_few_cpus(self._ray, workers)
+            self._res.fn_box = [self._ray.put(fn)]  # nested: each actor fetches it on its first task
+            retries = options.retries
+            actor_class = _remote_worker(self._ray).options(
+                num_cpus=1,
+                max_restarts=retries,
+                max_task_retries=retries,
+                runtime_env={"env_vars": THREAD_ENV},  # in the environment before the actor imports numpy
+                scheduling_strategy="SPREAD",  # across the nodes of a cluster
+            )
+            self._res.actors = [actor_class.remote(list(sys.path)) for _ in range(workers)]
+        except BaseException:
+            self.close()  # leave the session (and a private instance) at once, not at garbage collection
+            raise
 
     def imap(self, tasks: Sequence[Any]) -> Iterator[Any]:
         yield from bounded_map(self._submit, tasks, self.depth, receive=self._receive, abandon=self._abandon)

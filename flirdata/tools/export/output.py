@@ -28,7 +28,7 @@ from flirdata.tools.export.yolo import YOLO_SPLITS, data_yaml_text, read_data_ya
 
 __all__ = ["VERSION", "finish_output", "pending_batches", "prepare_output", "yolo_record"]
 
-VERSION = 2  # 2: segmentation in coco.json; YOLO splits in images/S and labels/S
+VERSION = 3  # 2: segmentation in coco.json; YOLO splits in images/S and labels/S; 3: reseeding in place (other bytes)
 
 
 # -- the output folder: new, interrupted or finished ------------------------------------------
