@@ -53,8 +53,8 @@ def measure(root: Path, images: int, repeats: int, batch_size: int) -> dict[Case
     batches = max(1, len(datasets[cases[0]]) // batch_size - 1)  # the first batch is the warm-up
     for (_, cache), ds in datasets.items():
         if cache is not None:
-            for i in range(len(ds)):  # fill the cache: the timed passes decode nothing
-                ds[i]
+            for i in range(len(ds)):  # fill the cache (decode only): the timed passes decode nothing
+                ds.load_raw(i)
     rates: dict[Case, list[float]] = {case: [] for case in cases}
     for _ in range(repeats):
         for case, ds in datasets.items():

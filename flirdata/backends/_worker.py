@@ -61,6 +61,9 @@ _WATCH_LOCK = threading.Lock()
 _WATCHING = 0  # pid of the process whose parent watch runs (a forked child must start its own)
 
 _FETCHER: TaskFunction | None = None
+# Whether the fetcher's batches may be stacked into the task's ring slot: only collate_detection's,
+# as a user's collate may keep or combine what it stacks. Decided once, when the fetcher arrives.
+_INTO_SLOT = False
 _LIMITS: Any = None  # threadpoolctl's limiter, kept alive for the worker's lifetime
 
 
@@ -159,8 +162,9 @@ def setup_worker(*_: Any, owner: int | None = None) -> None:
 def install_fetcher(fetcher: TaskFunction, owner: int | None = None) -> None:
     """Pool initializer: set the worker up and keep the fetcher (and its dataset) for good."""
     setup_worker(owner=owner)
-    global _FETCHER
+    global _FETCHER, _INTO_SLOT
     _FETCHER = fetcher
+    _INTO_SLOT = getattr(fetcher, "collate_fn", None) is collate_detection
 
 
 def portable_exception(exc: BaseException) -> BaseException:
@@ -184,8 +188,8 @@ def run_installed(task: Any, slot: Slot | None) -> Any:
     if _FETCHER is None:
         raise RuntimeError("flirdata worker: no fetcher installed (the pool initializer did not run)")
     try:
-        if slot is None or getattr(_FETCHER, "collate_fn", None) is not collate_detection:
-            batch = _FETCHER(task)  # a user's collate may keep or combine what it stacks: fresh memory
+        if slot is None or not _INTO_SLOT:
+            batch = _FETCHER(task)
         else:
             with batch_memory(slot_allocator(slot)):  # collate_detection stacks into the slot itself
                 batch = _FETCHER(task)
