@@ -53,15 +53,27 @@ class WorkerError(FlirdataError, RuntimeError):
 
 
 class LoaderTimeoutError(WorkerError):
-    """No batch arrived within the loader's ``timeout`` (a stopped or stuck worker)."""
+    """No batch arrived within the loader's ``timeout`` (a stopped or stuck worker).
 
-    def __init__(self, backend: str, timeout: float) -> None:
+    ``starting=True``: a worker did not even start within ``timeout``, the backend's start
+    allowance (Ray actors waiting for a free CPU of the cluster, or a node slow to start one).
+    """
+
+    def __init__(self, backend: str, timeout: float, starting: bool = False) -> None:
+        if starting:
+            what = (
+                f"a worker did not start within {timeout:g} s (no free CPU in the cluster, or a node slow to start one)"
+            )
+        else:
+            what = (
+                f"no batch arrived within timeout={timeout:g} s; a worker is stuck (stopped, or blocked on a slow read)"
+            )
         super().__init__(
-            f"flirdata {backend!r} backend: no batch arrived within timeout={timeout:g} s; a worker is stuck "
-            "(stopped, or blocked on a slow read). Its pool was closed; iterating again starts a new one."
+            f"flirdata {backend!r} backend: {what}. Its pool was closed; iterating again starts a new one."
         )
         self.backend = backend
         self.timeout = timeout
+        self.starting = starting
 
-    def __reduce__(self) -> tuple[type, tuple[str, float]]:
-        return type(self), (self.backend, self.timeout)
+    def __reduce__(self) -> tuple[type, tuple[str, float, bool]]:
+        return type(self), (self.backend, self.timeout, self.starting)

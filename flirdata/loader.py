@@ -285,9 +285,11 @@ def make_loader(
             models take). Workers still send uint8, 4x fewer bytes.
         timeout: seconds to wait for one batch before ``LoaderTimeoutError`` (a stopped or
             stuck worker), as torch's ``DataLoader(timeout=)``; the first batch of a new pool
-            also waits for its workers to start (seconds for loky); the stuck pool is closed and
-            the next epoch starts a new one. None (default) waits for ever; the "sequential"
-            path does its work in the calling thread and never waits.
+            also waits for its workers to start (seconds for loky), except on "ray", where a
+            batch's wait counts from when its actor has started and starting one may take the
+            larger of ``timeout`` and 60 s; the stuck pool is closed and the next epoch starts a
+            new one. None (default) waits for ever; the "sequential" path does its work in the
+            calling thread and never waits.
         backend_options: options of ``backend``, passed to its factory as keyword arguments
             (``backend_option_names(backend)`` lists them; unused when ``workers <= 1``).
             "ray": ``address`` (the cluster; default ``RAY_ADDRESS``, else a local instance

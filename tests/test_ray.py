@@ -30,6 +30,7 @@ from test_backends import ProbeDataset, ToyDataset, assert_same_batch, check_bac
 
 import flirdata.backends._ray_actor as ray_actor
 import flirdata.backends._ray_session as ray_session
+import flirdata.backends.ray
 import flirdata.tools.export
 from flirdata import FlirDetection, build_transform
 from flirdata.backends import Fetcher, WorkerCrashError
@@ -58,6 +59,20 @@ class Slow(ToyDataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         time.sleep(self.delay)
         return super().__getitem__(i)
+
+
+class SlowToStart(ToyDataset):
+    """``ToyDataset`` that takes ``delay`` seconds to unpickle outside this process (an actor's start)."""
+
+    def __init__(self, size: int, delay: float) -> None:
+        super().__init__(size=size)
+        self.delay = delay
+        self.driver = os.getpid()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if os.getpid() != self.driver:
+            time.sleep(self.delay)
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +290,33 @@ def test_a_stopped_actor_times_out(shared_ray: None) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+def test_an_actors_start_does_not_count_against_a_batchs_timeout(shared_ray: None) -> None:
+    dataset = SlowToStart(size=12, delay=4)  # each actor takes 4 s to load it: twice the timeout
+    expected = reference(dataset, (0,), batch_size=3)[0]
+    with make_loader(dataset, backend="ray", workers=2, batch_size=3, timeout=2) as loader:
+        got = list(loader)
+    assert len(got) == len(expected)
+    for batch, want in zip(got, expected, strict=True):
+        assert_same_batch(batch, want)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_an_actor_that_does_not_start_in_its_allowance_times_out(
+    shared_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flirdata.backends.ray, "ACTOR_START_S", 3.0)  # 60 s in use
+    with make_loader(SlowToStart(size=8, delay=60), backend="ray", workers=2, batch_size=2, timeout=1) as loader:
+        start = time.monotonic()
+        with pytest.raises(LoaderTimeoutError, match=r"'ray' backend: a worker did not start within 3 s") as caught:
+            next(iter(loader))
+        assert 3 <= time.monotonic() - start < 15
+        assert caught.value.starting and loader.backend is None
+        assert len(list(make_loader(ToyDataset(size=4), backend="ray", workers=2, batch_size=2))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_shipped_images_need_no_files_on_the_actors(
     shared_ray: None, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -389,6 +431,8 @@ def test_what_crosses_to_the_actors_pickles(synth_root: Path) -> None:
         assert pickle.loads(pickle.dumps(thing)) == thing
     error = pickle.loads(pickle.dumps(MissingExtraError("the 'ray' backend", "ray")))
     assert isinstance(error, ImportError) and str(error).endswith("pip install 'flirdata[ray]'")
+    late = pickle.loads(pickle.dumps(LoaderTimeoutError("ray", 60.0, starting=True)))
+    assert late.starting and str(late) == str(LoaderTimeoutError("ray", 60.0, starting=True))
 
 
 @pytest.mark.slow

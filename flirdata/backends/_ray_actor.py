@@ -2,8 +2,9 @@
 
 ``RayWorker`` is the body of each actor (made remote by ``flirdata.backends.ray``): set up
 like every flirdata worker process (one thread per library, the allocator tuned), it fetches
-the task function from the object store on its first task and keeps it, so the function (and
-its dataset) reaches each actor once, and again only in an actor that replaced a dead one.
+the task function from the object store when the driver first asks whether it is ready (or on
+its first task) and keeps it, so the function (and its dataset) reaches each actor once, and
+again only in an actor that replaced a dead one.
 Like a spawned multiprocessing worker, it can import what the driver can: the driver's
 ``sys.path`` entries are added after its own (Ray itself only adds the script's folder and the
 working directory), so a dataset class from a module on the driver's path unpickles there.
@@ -47,8 +48,9 @@ class RayWorker:
     """One actor: runs ``fn(task)`` for the tasks it is sent, in the order it is sent them.
 
     The function arrives as ``[ObjectRef]``: a reference nested in a list is not resolved by
-    Ray, so the actor fetches it once, on its first task, and no constructor argument pins it
-    (Ray warns about constructor arguments in the object store of restartable actors).
+    Ray, so the actor fetches it once, in ``ready`` (the driver's first call) or else on its
+    first task, and no constructor argument pins it (Ray warns about constructor arguments in
+    the object store of restartable actors).
     """
 
     def __init__(self, driver_path: list[str]) -> None:
@@ -57,22 +59,31 @@ class RayWorker:
         tune_malloc()
         self._fn: TaskFunction | None = None
 
+    def ready(self, fn_box: list[Any]) -> bool:
+        """Fetch the task function now (its dataset, the modules it imports): the actor is then started."""
+        self._load(fn_box)
+        return True
+
     def run(self, fn_box: list[Any], task: Any, images: dict[str, bytes] | None = None) -> Any:
         """``fn(task)``, with ``images`` read from memory instead of disk; errors come back picklable."""
-        if self._fn is None:
-            import ray
-
-            self._fn = ray.get(fn_box[0])
+        fn = self._load(fn_box)  # an actor that replaced a dead one gets here without ready()
         try:
             if images is None:
-                return Delivery.pack(self._fn(task))
+                return Delivery.pack(fn(task))
             with supplied_image_bytes(images):
-                return Delivery.pack(self._fn(task))
+                return Delivery.pack(fn(task))
         except Exception as exc:
             portable = portable_exception(exc)
             if portable is exc:
                 raise
             raise portable from None
+
+    def _load(self, fn_box: list[Any]) -> TaskFunction:
+        if self._fn is None:
+            import ray
+
+            self._fn = ray.get(fn_box[0])
+        return self._fn
 
     def where(self) -> tuple[str, int]:
         """``(Ray node id, pid)`` of this actor."""

@@ -3,10 +3,15 @@
 Ray is an optional extra (``pip install 'flirdata[ray]'``), imported only when this backend
 opens; importing this module does not import it. The path of one task::
 
+    (at start) actor.ready([fn ref])              # each actor fetches fn from the object store once
     bounded_map (driver) --submit--> actor k = task number % workers  (round robin)
-        actor.run([fn ref], task[, image bytes])  # fn fetched from the object store once per actor
-    <--receive-- ray.get(result ref, timeout)     # a Delivery, through Ray's object store
+        actor.run([fn ref], task[, image bytes])
+    <--receive-- ray.get(ready of k, start allowance), once per actor; then
+                 ray.get(result ref, timeout)     # a Delivery, through Ray's object store
         Delivery.unpack()                         # images copied out of the store, targets unpickled
+
+``timeout`` is a batch's wait once its actor has started; an actor's start (a process importing
+torch; on a cluster, maybe waiting for a free CPU) has the larger of ``timeout`` and 60 s.
 
 Faults: a batch is a pure function of its task, so a lost actor (killed, its node gone) is
 replaced by Ray and its tasks re-run on the new one (Ray's ``max_restarts`` and
@@ -43,6 +48,9 @@ __all__ = ["DEFAULT_RETRIES", "RayBackend", "RayOptions", "make_ray_backend", "m
 # max_task_retries): enough for a node lost now and then; a worker that dies at every task
 # (a sample that crashes native code) still fails within a few batches.
 DEFAULT_RETRIES = 3
+# A batch's timeout counts from when its actor has started: starting one (a process importing
+# torch, on a cluster perhaps waiting for a CPU or a node) has the larger of this and timeout=.
+ACTOR_START_S = 60.0
 _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task name in its error text
 
 
@@ -134,6 +142,7 @@ class RayBackend:
         options = options or RayOptions()
         self.depth = workers * prefetch
         self.timeout = timeout
+        self.start_timeout = None if timeout is None else max(timeout, ACTOR_START_S)
         self.options = options
         self.shipped_bytes = 0  # image bytes the driver sent with tasks (ship_images)
         self._images = TaskImages.of(fn) if options.ship_images else None  # refuse before starting Ray
@@ -142,6 +151,7 @@ class RayBackend:
         self._res = _Resources(session)
         self._finalizer = weakref.finalize(self, self._res.close)
         self._turn = itertools.count()
+        self._starting: dict[int, Any] = {}  # actor number -> ref of its ready(), until it answered
         try:
             _warn_if_too_few_cpus(self._ray, workers)
             self._res.fn_box = [self._ray.put(fn)]  # nested: each actor fetches it on its first task
@@ -154,6 +164,7 @@ class RayBackend:
                 scheduling_strategy="SPREAD",  # across the nodes of a cluster
             )
             self._res.actors = [actor_class.remote(list(sys.path)) for _ in range(workers)]
+            self._starting = {k: actor.ready.remote(self._res.fn_box) for k, actor in enumerate(self._res.actors)}
         except BaseException:
             self.close()  # leave the session (and a private instance) at once, not at garbage collection
             raise
@@ -163,7 +174,7 @@ class RayBackend:
 
     def locate_workers(self) -> list[tuple[str, int]]:
         """``(Ray node id, pid)`` of each actor, in actor order (waits for them to start)."""
-        return self._ray.get([actor.where.remote() for actor in self._actors()], timeout=self.timeout)
+        return self._ray.get([actor.where.remote() for actor in self._actors()], timeout=self.start_timeout)
 
     def close(self) -> None:
         """Stop the actors, and Ray itself if this backend's session started it (idempotent)."""
@@ -174,18 +185,20 @@ class RayBackend:
             raise RuntimeError(f"flirdata {self.name!r} backend is closed")
         return self._res.actors
 
-    def _submit(self, task: Any) -> Any:
+    def _submit(self, task: Any) -> tuple[int, Any]:
         actors = self._actors()
-        actor = actors[next(self._turn) % len(actors)]
+        k = next(self._turn) % len(actors)
         if self._images is None:
-            return actor.run.remote(self._res.fn_box, task)
+            return k, actors[k].run.remote(self._res.fn_box, task)
         images = self._images(task)
         self.shipped_bytes += sum(map(len, images.values()))
-        return actor.run.remote(self._res.fn_box, task, images)
+        return k, actors[k].run.remote(self._res.fn_box, task, images)
 
-    def _receive(self, ref: Any) -> Any:
+    def _receive(self, pending: tuple[int, Any]) -> Any:
+        k, ref = pending
         exceptions = self._ray.exceptions
         try:
+            self._wait_started(k)
             result = self._ray.get(ref, timeout=self.timeout)
         except exceptions.RayTaskError as exc:  # the task function raised: its own error, as it was
             cause = exc.cause
@@ -198,6 +211,18 @@ class RayBackend:
         except exceptions.RayError as exc:  # an actor lost past the retries, its node, its objects
             raise self._failure(exc) from exc
         return result.unpack() if isinstance(result, Delivery) else result
+
+    def _wait_started(self, k: int) -> None:
+        """Wait (at most ``start_timeout``) for actor ``k`` to start, once: batches' timeouts count from then."""
+        ready = self._starting.get(k)
+        if ready is None:
+            return
+        try:
+            self._ray.get(ready, timeout=self.start_timeout)
+        except self._ray.exceptions.GetTimeoutError as exc:
+            self._res.kill_actors()
+            raise LoaderTimeoutError(self.name, self.start_timeout or 0.0, starting=True) from exc
+        del self._starting[k]
 
     def _failure(self, exc: Exception) -> WorkerError:
         """The error of a lost actor: could not start, or died more often than ``retries`` allows."""
@@ -215,11 +240,11 @@ class RayBackend:
         )
         return crash
 
-    def _abandon(self, window: deque[Any]) -> None:
+    def _abandon(self, window: deque[tuple[int, Any]]) -> None:
         """Cancel the tasks not started (a running actor task cannot be interrupted: it finishes)."""
         if not self._ray.is_initialized():
             return
-        for ref in window:
+        for _, ref in window:
             with contextlib.suppress(Exception):  # finished already, or Ray shut down
                 self._ray.cancel(ref)
 
