@@ -154,7 +154,7 @@ class RayBackend:
         self._starting: dict[int, Any] = {}  # actor number -> ref of its ready(), until it answered
         try:
             _warn_if_too_few_cpus(self._ray, workers)
-            self._res.fn_box = [self._ray.put(fn)]  # nested: each actor fetches it on its first task
+            self._res.fn_box = [self._ray.put(fn)]  # nested: each actor fetches it itself, in ready()
             retries = options.retries
             actor_class = _remote_worker(self._ray).options(
                 num_cpus=1,
