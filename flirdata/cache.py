@@ -16,7 +16,6 @@ creating process owns the segment and unlinks it when the cache is collected, cl
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 import weakref
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from flirdata.backends._shm import SEGMENT_PREFIX, _attach, shm_free_bytes
+from flirdata.backends._shm import _aligned, _attach, _unmap, _view, new_segment_name, shm_free_bytes
 
 __all__ = [
     "CACHES",
@@ -35,11 +34,9 @@ __all__ = [
     "FrameCache",
     "build_cache",
     "check_cache",
-    "default_cache_bytes",
 ]
 
 CACHES = ("ram",)
-_ALIGN = 64  # each frame starts on a cache line
 _OWNED: weakref.WeakValueDictionary[str, FrameCache] = weakref.WeakValueDictionary()
 
 
@@ -52,12 +49,6 @@ def check_cache(cache: str | None) -> str | None:
     if cache is not None and cache not in CACHES:
         raise ValueError(f"cache must be None or one of {CACHES}, got {cache!r}")
     return cache
-
-
-def default_cache_bytes() -> int | None:
-    """Half the free space of /dev/shm (None where it does not exist: no limit)."""
-    free = shm_free_bytes()
-    return None if free is None else free // 2
 
 
 @dataclass(frozen=True)
@@ -88,16 +79,9 @@ class CacheLayout:
         return layout, position
 
 
-def _aligned(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
-
-
 def _destroy(segment: SharedMemory, owner: int) -> None:
     """Unmap ``segment``; unlink it only in the creating process (a forked child inherits the finalizer)."""
-    try:
-        segment.close()
-    except BufferError:  # a caller still holds a frame view: the mapping goes with it, the name goes now
-        pass
+    _unmap(segment)  # a frame the caller still holds keeps the mapping; the name goes now
     if os.getpid() == owner:
         try:
             segment.unlink()
@@ -126,8 +110,7 @@ class FrameCache:
         if layout.capacity == 0:
             self.name = ""
         elif name is None:
-            name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"  # attributable, like the ring's
-            segment = SharedMemory(name, create=True, size=layout.nbytes)
+            segment = SharedMemory(new_segment_name(), create=True, size=layout.nbytes)
             self.name = segment.name.lstrip("/")
             self._segment = segment
             self._finalizer = weakref.finalize(self, _destroy, segment, os.getpid())
@@ -162,7 +145,7 @@ class FrameCache:
         if buffer is None:
             return decode()
         shape = self.layout.shapes[k]
-        view = np.ndarray(shape, np.uint8, buffer=buffer, offset=self.layout.offsets[k])
+        view = _view(buffer, shape, np.dtype(np.uint8), self.layout.offsets[k])  # keeps the mapping alive
         if not buffer[k]:
             image = decode()  # raises before anything is written: a bad image is never cached
             if image.shape != shape or image.dtype != np.uint8:
@@ -180,14 +163,17 @@ class FrameCache:
 
 
 def build_cache(heights: Any, widths: Any, channels: int, cache_bytes: int | None) -> FrameCache:
-    """A cache for frames of these sizes within ``cache_bytes`` (None: ``default_cache_bytes()``)."""
+    """A cache for frames of these sizes within ``cache_bytes`` (None: half of /dev/shm's free space).
+
+    The budget is capped at /dev/shm's free space; where /dev/shm does not exist, None is no limit.
+    """
     bad = isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 1
     if cache_bytes is not None and bad:
         raise ValueError(f"cache_bytes must be a positive int or None, got {cache_bytes!r}")
-    budget = default_cache_bytes() if cache_bytes is None else cache_bytes
+    budget = cache_bytes
     free = shm_free_bytes()
-    if budget is not None and free is not None:
-        budget = min(budget, free)  # tmpfs allocates lazily: an oversized segment dies with SIGBUS on write
+    if free is not None:  # tmpfs allocates lazily: an oversized segment dies with SIGBUS on write
+        budget = free // 2 if cache_bytes is None else min(cache_bytes, free)
     layout, need = CacheLayout.plan(heights, widths, channels, budget)
     if layout.capacity < len(heights):
         warnings.warn(

@@ -223,7 +223,7 @@ class FlirDetection(Dataset):
         if self._cache is None:
             image = self._decode(k)
         else:
-            image = self._cache.get(k if self._keys is None else int(self._keys[k]), lambda: self._decode(k))
+            image = self._cache.get(self._key(k), lambda: self._decode(k))
         boxes, labels = self.index.annotations(k)
         return image, boxes, labels
 
@@ -244,7 +244,7 @@ class FlirDetection(Dataset):
         k = self._check_index(i)
         epoch = self.epoch if epoch is None else epoch
         image, boxes, labels, source = self._load_or_skip(k)
-        image, xyxy, kept = self._augment(image, boxes, k if self._keys is None else int(self._keys[k]), epoch)
+        image, xyxy, kept = self._augment(image, boxes, self._key(k), epoch)
         target = {
             "boxes": torch.from_numpy(xyxy.astype(np.float32, copy=False)),
             "labels": torch.from_numpy(labels[kept].astype(np.int64, copy=False)),
@@ -283,6 +283,10 @@ class FlirDetection(Dataset):
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n} images")
         return int(i) % n
+
+    def _key(self, k: int) -> int:
+        """Row ``k``'s index in the full split: its seeding key and its place in the cache."""
+        return k if self._keys is None else int(self._keys[k])
 
     def _load_or_skip(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Load sample ``k``; with ``on_error="skip"`` fall back to the next good sample."""

@@ -168,7 +168,7 @@ class FusedAffine(A.DualTransform):
         }
 
     def _warp(
-        self, image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], flags: int, pixels: str = "warp"
+        self, image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], flags: int, pixels: str
     ) -> np.ndarray:
         if pixels == "none":
             return image  # no flip, no affine, native size: no work at all
@@ -182,14 +182,26 @@ class FusedAffine(A.DualTransform):
         return _like(out, image)
 
     def apply(
-        self, img: np.ndarray, matrix: np.ndarray, letterbox: np.ndarray, output_shape: tuple[int, int], **params: Any
+        self,
+        img: np.ndarray,
+        matrix: np.ndarray,
+        letterbox: np.ndarray,
+        output_shape: tuple[int, int],
+        pixels: str,
+        **params: Any,
     ) -> np.ndarray:
-        return self._warp(img, letterbox @ matrix, output_shape, cv2.INTER_LINEAR, params.get("pixels", "warp"))
+        return self._warp(img, letterbox @ matrix, output_shape, cv2.INTER_LINEAR, pixels)
 
     def apply_to_mask(
-        self, mask: np.ndarray, matrix: np.ndarray, letterbox: np.ndarray, output_shape: tuple[int, int], **params: Any
+        self,
+        mask: np.ndarray,
+        matrix: np.ndarray,
+        letterbox: np.ndarray,
+        output_shape: tuple[int, int],
+        pixels: str,
+        **params: Any,
     ) -> np.ndarray:
-        return self._warp(mask, letterbox @ matrix, output_shape, cv2.INTER_NEAREST, params.get("pixels", "warp"))
+        return self._warp(mask, letterbox @ matrix, output_shape, cv2.INTER_NEAREST, pixels)
 
     def apply_to_bboxes(
         self,

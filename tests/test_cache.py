@@ -204,6 +204,30 @@ def test_no_segment_left_after_the_dataset_is_gone(synth_root: Path) -> None:
     assert frame.shape == (int(FlirDetection(synth_root, "train").index.heights[1]), frame.shape[1])
 
 
+def test_frame_outliving_its_cache_keeps_its_pixels(synth_root: Path) -> None:
+    # In a child: a frame whose mapping was unmapped under it segfaults, which would end the test run.
+    code = f"""
+import gc
+import numpy as np
+from flirdata import FlirDetection
+from flirdata.cache import CacheLayout, FrameCache
+
+layout, _ = CacheLayout.plan([3], [4], 1, None)
+cache = FrameCache(layout)
+frame = cache.get(0, lambda: np.arange(12, dtype=np.uint8).reshape(3, 4))
+cache.close()
+assert frame.tobytes() == bytes(range(12)), frame
+
+dataset = FlirDetection({str(synth_root)!r}, "train", cache="ram")
+image = dataset.load_raw(0)[0]
+del dataset
+gc.collect()
+assert image.tobytes() == FlirDetection({str(synth_root)!r}, "train").load_raw(0)[0].tobytes()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+
+
 def test_attachment_outliving_its_owner_decodes(synth_root: Path) -> None:
     cached = FlirDetection(synth_root, "train", cache="ram")
     assert cached._cache is not None

@@ -35,6 +35,7 @@ import flirdata.tools.export
 from flirdata import FlirDetection, build_transform
 from flirdata.backends import Fetcher, WorkerCrashError
 from flirdata.backends._ray_actor import Delivery, RayWorker, TaskImages
+from flirdata.backends._ray_session import RaySession
 from flirdata.backends.ray import RayBackend, RayOptions
 from flirdata.cli import main
 from flirdata.collate import collate_detection
@@ -177,8 +178,34 @@ def test_two_nodes_one_cpu_each_get_one_actor_each_and_the_same_batches(no_ray: 
             for batch, want in zip(got[epoch], expected[epoch], strict=True):
                 assert_same_batch(batch, want)
         assert not ray.is_initialized()  # flirdata connected, so flirdata disconnected
+        # The same cluster by another name than the one Ray reports (a host name for its IP):
+        alias = "localhost:" + cluster.address.rsplit(":", 1)[1]
+        first = RaySession.open(alias, 1)
+        second = RaySession.open(alias, 1)  # joins the connection, not "already connected elsewhere"
+        assert first.owned and second.owned
+        first.close()
+        assert ray.is_initialized()
+        second.close()
+        assert not ray.is_initialized()
     finally:
         cluster.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_ray_init_of_the_users_own_after_ours_was_shut_down_stays_theirs(no_ray: None) -> None:
+    ours = RaySession.open(None, 1)  # flirdata's private local instance
+    try:
+        ray.shutdown()  # the user ends it under the open session, and starts their own
+        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level=logging.ERROR)
+        theirs = RaySession.open(None, 1)
+        assert not theirs.owned
+        theirs.close()
+        ours.close()  # the last session of flirdata's connection: that connection is gone already
+        assert ray.is_initialized(), "flirdata shut down the user's own Ray"
+    finally:
+        ours.close()
+        ray.shutdown()
 
 
 @pytest.mark.slow

@@ -14,12 +14,12 @@ import re
 import signal
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -38,10 +38,16 @@ InFlight = tuple[Future, "Slot | None", int]  # (future, ring slot, samples in t
 LENT_BATCHES = 2
 
 
+class Shutdown(Protocol):
+    """How a backend stops its executor; ``wait=False`` returns without waiting for the executor's threads."""
+
+    def __call__(self, executor: Executor, wait: bool = True) -> None: ...
+
+
 class _Resources:
     """What must be released, reachable from a finalizer without the backend itself."""
 
-    def __init__(self, executor: Executor, shutdown: Callable[[Executor], None]) -> None:
+    def __init__(self, executor: Executor, shutdown: Shutdown) -> None:
         self.executor: Executor | None = executor
         self.shutdown = shutdown
         self.ring: SharedRing | None = None
@@ -50,15 +56,10 @@ class _Resources:
     def close(self) -> None:
         executor, self.executor = self.executor, None
         try:
-            if executor is not None and self.killed:
-                # Its workers are dead, so nobody writes into the ring; waiting for the executor's
-                # manager thread could block on a queue a stopped worker left half-read.
-                try:
-                    executor.shutdown(wait=False, cancel_futures=True)
-                except TypeError:  # loky's shutdown takes no cancel_futures
-                    executor.shutdown(wait=False)
-            elif executor is not None:
-                self.shutdown(executor)  # workers first: nobody may write into the ring after
+            if executor is not None:
+                # Workers first: nobody may write into the ring after. Killed workers write nothing, and
+                # waiting for the executor's manager thread could block on a queue one left half-read.
+                self.shutdown(executor, wait=not self.killed)
         finally:
             ring, self.ring = self.ring, None
             if ring is not None:
@@ -76,6 +77,20 @@ def _release_when_done(ring: SharedRing, index: int, _: Future) -> None:
     ring.release(index)
 
 
+def _cancel(future: Future, slot: Slot | None, ring: SharedRing | None, killed: bool = False) -> None:
+    """Cancel ``future`` if it has not started; give its slot back once nothing can write into it.
+
+    That is now if the task is cancelled, done or its worker ``killed``; else when it finishes.
+    """
+    cancelled = future.cancel()
+    if slot is None or ring is None:
+        return
+    if cancelled or future.done() or killed:
+        ring.release(slot.index)
+    else:
+        future.add_done_callback(partial(_release_when_done, ring, slot.index))
+
+
 class PoolBackend:
     """Ordered map of ``run_installed`` over tasks, ``workers * prefetch`` of them in flight.
 
@@ -87,7 +102,7 @@ class PoolBackend:
         self,
         name: str,
         executor: Executor,
-        shutdown: Callable[[Executor], None],
+        shutdown: Shutdown,
         workers: int,
         prefetch: int,
         start: WorkerStart | None = None,
@@ -176,10 +191,7 @@ class PoolBackend:
                 self._res.killed = True
             if slot is not None and ring is not None:
                 # A task still running (Ctrl-C while waiting) may yet write into its slot: free it when done.
-                if future.cancel() or future.done() or self._res.killed:
-                    ring.release(slot.index)
-                else:
-                    future.add_done_callback(partial(_release_when_done, ring, slot.index))
+                _cancel(future, slot, ring, killed=self._res.killed)
             if isinstance(exc, BrokenProcessPool):  # loky's TerminatedWorkerError is a subclass
                 raise self._crash_error(exc) from exc
             if isinstance(exc, FutureTimeout):
@@ -202,10 +214,4 @@ class PoolBackend:
         """Cancel what has not started; slots of running tasks are freed when they finish."""
         ring = self._res.ring
         for future, slot, _ in window:
-            cancelled = future.cancel()
-            if slot is None or ring is None:
-                continue
-            if cancelled:
-                ring.release(slot.index)
-            else:
-                future.add_done_callback(partial(_release_when_done, ring, slot.index))
+            _cancel(future, slot, ring)

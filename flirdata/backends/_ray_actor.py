@@ -22,8 +22,8 @@ own serialisation, every tensor pickled on its own, costs several times the CPU 
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flirdata.backends._worker import limit_threads, portable_exception, tune_malloc
+from flirdata.backends._worker import limit_threads, portable_errors, tune_malloc
 from flirdata.backends.dataloader import Shipment
 from flirdata.backends.protocol import TaskFunction
 from flirdata.errors import ImageError
@@ -67,16 +67,9 @@ class RayWorker:
     def run(self, fn_box: list[Any], task: Any, images: dict[str, bytes] | None = None) -> Any:
         """``fn(task)``, with ``images`` read from memory instead of disk; errors come back picklable."""
         fn = self._load(fn_box)  # an actor that replaced a dead one gets here without ready()
-        try:
-            if images is None:
-                return Delivery.pack(fn(task))
-            with supplied_image_bytes(images):
-                return Delivery.pack(fn(task))
-        except Exception as exc:
-            portable = portable_exception(exc)
-            if portable is exc:
-                raise
-            raise portable from None
+        supplied = contextlib.nullcontext() if images is None else supplied_image_bytes(images)
+        with portable_errors(), supplied:
+            return Delivery.pack(fn(task))
 
     def _load(self, fn_box: list[Any]) -> TaskFunction:
         if self._fn is None:
@@ -113,8 +106,7 @@ class Delivery:
 
     def unpack(self) -> Any:
         """The task's result; its images in writable memory of this process (the store's is read-only)."""
-        payload = pickle.loads(self.payload)
-        return payload if self.images is None else (torch.from_numpy(self.images.copy()), *payload)
+        return Shipment(None if self.images is None else torch.from_numpy(self.images.copy()), self.payload).unpack()
 
 
 @dataclass(frozen=True)

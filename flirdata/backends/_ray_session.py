@@ -40,6 +40,8 @@ class _Connection:
     users: int = 0  # open sessions on it; 0: none, or Ray is the user's own
     cpus: int | None = None  # CPUs of the private local instance (None: a cluster)
     held: int = 0  # CPUs the open sessions' actors hold on it
+    address: str | None = None  # the address it was made with (None: the private local instance)
+    job: tuple[str, str] | None = None  # the connection's cluster and job: a ray.init of the user's has others
 
 
 # Re-entrant: ray.init and ray.shutdown run under it and may collect garbage, whose finalizers
@@ -79,9 +81,22 @@ def _connect(ray: ModuleType, address: str | None, cpus: int) -> int | None:
     return None
 
 
-def _check_same_cluster(ray: ModuleType, address: str | None) -> None:
-    """Refuse an ``address`` other than the cluster this process is already connected to."""
-    if address in (None, "auto"):
+def _job(ray: ModuleType) -> tuple[str, str] | None:
+    """This process's Ray connection: the cluster's GCS address and the job id each ``ray.init`` gets there."""
+    try:
+        context = ray.get_runtime_context()
+        return context.gcs_address, str(context.get_job_id())
+    except Exception:  # a client connection that does not say
+        return None
+
+
+def _check_same_cluster(ray: ModuleType, address: str | None, connected_with: str | None) -> None:
+    """Refuse an ``address`` other than the cluster this process is already connected to.
+
+    The same cluster is named by its GCS address, or by the address flirdata connected with
+    (a ``ray://`` address, a host name where Ray reports an IP).
+    """
+    if address in (None, "auto", connected_with):
         return
     current = ray.get_runtime_context().gcs_address
     if address != current:
@@ -123,8 +138,9 @@ class RaySession:
         ray = import_ray()
         with _LOCK:
             if ray.is_initialized():
-                _check_same_cluster(ray, address)
-                if _NOW.users == 0:  # the user's own ray.init: theirs to shut down
+                ours = _NOW.users > 0 and _job(ray) == _NOW.job
+                _check_same_cluster(ray, address, _NOW.address if ours else None)
+                if not ours:  # the user's own ray.init (even after shutting ours down): theirs to end
                     return cls(ray, owned=False)
                 _check_cpus_left(cpus)
             else:  # (a ray.shutdown() by someone else ended any connection we counted)
@@ -132,6 +148,8 @@ class RaySession:
                 # during the start, must not count against (or shut down) the new instance.
                 _NOW.number, _NOW.users, _NOW.cpus, _NOW.held = _NOW.number + 1, 0, None, 0
                 _NOW.cpus = _connect(ray, address, cpus)
+                _NOW.address = address or os.environ.get("RAY_ADDRESS")
+                _NOW.job = _job(ray)
             _NOW.users += 1
             _NOW.held += cpus
             return cls(ray, owned=True, cpus=cpus)
@@ -146,5 +164,5 @@ class RaySession:
                 return
             _NOW.users -= 1
             _NOW.held -= self.cpus
-            if _NOW.users == 0 and self.ray.is_initialized():
+            if _NOW.users == 0 and self.ray.is_initialized() and _job(self.ray) == _NOW.job:
                 self.ray.shutdown()  # a local instance stops its processes; a cluster is only left

@@ -41,11 +41,12 @@ __all__ = [
     "slot_allocator",
     "unpack_batch",
     "close_attached",
+    "new_segment_name",
     "shm_free_bytes",
 ]
 
 SEGMENT_PREFIX = "flirdata-"  # segment names: flirdata-<pid>-<random>, so leaks are attributable
-_ALIGN = 64
+_ALIGN = 64  # slots and cached frames start on a cache line
 _warned = False
 
 
@@ -119,6 +120,16 @@ def shm_free_bytes() -> int | None:
         return None
 
 
+def new_segment_name() -> str:
+    """A fresh segment name, ``flirdata-<pid>-<random>``: a leaked segment names its creator."""
+    return f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _aligned(n: int) -> int:
+    """``n`` bytes rounded up to a whole number of cache lines."""
+    return -(-n // _ALIGN) * _ALIGN
+
+
 def _image_array(batch: Any) -> np.ndarray | None:
     """The images of a ``(images, ...)`` batch as a contiguous numpy array, if they have one."""
     if type(batch) is not tuple or not batch or not isinstance(batch[0], torch.Tensor):
@@ -159,7 +170,7 @@ def close_attached() -> None:
     benchmark of the transport) calls this before the consumer closes the ring.
     """
     for segment in _ATTACHED.values():
-        segment.close()
+        _unmap(segment)
     _ATTACHED.clear()
 
 
@@ -223,16 +234,21 @@ def _warn_once(problem: str) -> None:
         )
 
 
-def _destroy(segment: SharedMemory) -> None:
+def _unmap(segment: SharedMemory) -> None:
+    """Close this process's handle on ``segment``, even while arrays still view its mapping."""
     try:
         segment.close()
     except BufferError:
-        # Batches the consumer still holds are views of the mapping: leave it to them (it is
-        # unmapped when the last one is garbage) and let go of the rest now.
+        # Batches or frames the caller still holds are views of the mapping: leave it to them
+        # (it is unmapped when the last one is garbage) and let go of the rest now.
         segment._buf = segment._mmap = None  # type: ignore[attr-defined]
         fd, segment._fd = getattr(segment, "_fd", -1), -1  # type: ignore[attr-defined]
         if fd >= 0:
             os.close(fd)
+
+
+def _destroy(segment: SharedMemory) -> None:
+    _unmap(segment)
     try:
         segment.unlink()
     except FileNotFoundError:
@@ -266,10 +282,9 @@ class SharedRing:
     def __init__(self, slot_bytes: int, slots: int, lend: int = 0) -> None:
         if not 0 <= lend < slots:
             raise ValueError(f"lend must be in [0, slots), got lend={lend} for {slots} slots")
-        self.slot_bytes = -(-slot_bytes // _ALIGN) * _ALIGN
+        self.slot_bytes = _aligned(slot_bytes)
         self.slots = slots
-        name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        self._segment = SharedMemory(name=name, create=True, size=self.slot_bytes * slots)
+        self._segment = SharedMemory(name=new_segment_name(), create=True, size=self.slot_bytes * slots)
         self.name = self._segment.name.lstrip("/")
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(slots):
@@ -288,7 +303,7 @@ class SharedRing:
         tmpfs allocates lazily: an oversized segment is created fine and then kills the
         worker with SIGBUS on write, so the size is checked up front.
         """
-        need = -(-slot_bytes // _ALIGN) * _ALIGN * slots
+        need = _aligned(slot_bytes) * slots
         free = shm_free_bytes()
         if free is None or need <= free:
             try:

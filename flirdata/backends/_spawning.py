@@ -113,19 +113,19 @@ def unguarded_line(main: ModuleType) -> int | None:
     return line
 
 
-def _problem(main: ModuleType) -> str | None:
-    """Why re-running ``__main__`` in a child would fail, or None if it would work."""
+def _problem(main: ModuleType) -> tuple[str, bool] | None:
+    """Why re-running ``__main__`` in a child would fail and whether a ``__main__`` guard fixes it; None: it works."""
     path = getattr(main, "__file__", None)
     if not _reruns(main):  # python -c, a notebook: the workers have no main program to import
-        return "the main program has no file (python -c, a notebook) that worker processes could import"
+        return "the main program has no file (python -c, a notebook) that worker processes could import", False
     if path is not None and not os.path.isfile(path):
-        return f"the main program ({path}) is not a file that worker processes can re-run"
+        return f"the main program ({path}) is not a file that worker processes can re-run", False
     line = unguarded_line(main)
     if line is not None:
         return (
             f"worker processes re-run {path}, and its line {line} starts this loader outside "
             '`if __name__ == "__main__":`'
-        )
+        ), True
     return None
 
 
@@ -165,10 +165,11 @@ def plan_worker_start(payload: Any, backend: str) -> WorkerStart:
         return WorkerStart(hide_main=False)
     if not names:
         return WorkerStart(hide_main=_reruns(main))
-    problem = _problem(main)
-    if problem is None:
+    found = _problem(main)
+    if found is None:
         return WorkerStart(hide_main=False)
-    guard = 'put the code that runs the loader under `if __name__ == "__main__":`, ' if "outside" in problem else ""
+    problem, unguarded = found
+    guard = 'put the code that runs the loader under `if __name__ == "__main__":`, ' if unguarded else ""
     raise MainModuleError(
         f"flirdata {backend!r} backend: {problem}; the workers need {', '.join(names)} from it. "
         f"To fix it, {guard}move those definitions into a module, or use backend='threads' or 'loky', "

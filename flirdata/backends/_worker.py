@@ -33,6 +33,7 @@ __all__ = [
     "install_fetcher",
     "run_installed",
     "portable_exception",
+    "portable_errors",
     "forkserver_context",
 ]
 
@@ -183,21 +184,25 @@ def portable_exception(exc: BaseException) -> BaseException:
         return substitute
 
 
-def run_installed(task: Any, slot: Slot | None) -> Any:
-    """The task function of process pools: fetch with the installed fetcher, pack for transport."""
-    if _FETCHER is None:
-        raise RuntimeError("flirdata worker: no fetcher installed (the pool initializer did not run)")
+@contextlib.contextmanager
+def portable_errors() -> Iterator[None]:
+    """Re-raise an exception of the block as ``portable_exception`` makes it: one the consumer can unpickle."""
     try:
-        if slot is None or not _INTO_SLOT:
-            batch = _FETCHER(task)
-        else:
-            with batch_memory(slot_allocator(slot)):  # collate_detection stacks into the slot itself
-                batch = _FETCHER(task)
+        yield
     except Exception as exc:
         portable = portable_exception(exc)
         if portable is exc:
             raise
         raise portable from None
+
+
+def run_installed(task: Any, slot: Slot | None) -> Any:
+    """The task function of process pools: fetch with the installed fetcher, pack for transport."""
+    if _FETCHER is None:
+        raise RuntimeError("flirdata worker: no fetcher installed (the pool initializer did not run)")
+    into_slot = slot is not None and _INTO_SLOT  # collate_detection stacks into the slot itself
+    with portable_errors(), batch_memory(slot_allocator(slot)) if into_slot else contextlib.nullcontext():
+        batch = _FETCHER(task)
     return pack_batch(batch, slot)
 
 

@@ -20,11 +20,12 @@ from flirdata.backends.protocol import TaskFunction
 __all__ = ["make_loky_backend"]
 
 
-def _shutdown(executor: Executor) -> None:
+def _shutdown(executor: Executor, wait: bool = True) -> None:
     # Not kill_workers=True: with it, loky 3.6 calls set_exception() on the futures the
     # loader has just cancelled, its manager thread dies of InvalidStateError and the
     # workers are left running. Running tasks (one batch per worker) finish instead.
-    executor.shutdown(wait=True)
+    # (Its shutdown takes no cancel_futures.)
+    executor.shutdown(wait=wait)
 
 
 def make_loky_backend(fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> PoolBackend:

@@ -13,9 +13,9 @@ from flirdata.backends.protocol import TaskFunction
 __all__ = ["make_process_backend"]
 
 
-def _shutdown(executor: Executor) -> None:
+def _shutdown(executor: Executor, wait: bool = True) -> None:
     # Running tasks (at most one batch per worker) finish; queued ones are dropped.
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=wait, cancel_futures=True)
 
 
 def make_process_backend(

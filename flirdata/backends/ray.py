@@ -11,7 +11,9 @@ opens; importing this module does not import it. The path of one task::
         Delivery.unpack()                         # images copied out of the store, targets unpickled
 
 ``timeout`` is a batch's wait once its actor has started; an actor's start (a process importing
-torch; on a cluster, maybe waiting for a free CPU) has the larger of ``timeout`` and 60 s.
+torch; on a cluster, maybe waiting for a free CPU) has the larger of ``timeout`` and 60 s. (An
+actor that replaces a lost one starts within the wait of the batch it re-runs: the driver
+cannot tell that start from the batch's work.)
 
 Faults: a batch is a pure function of its task, so a lost actor (killed, its node gone) is
 replaced by Ray and its tasks re-run on the new one (Ray's ``max_restarts`` and
@@ -41,6 +43,7 @@ from flirdata.backends.dataloader import RemoteTraceback
 from flirdata.backends.protocol import TaskFunction, WorkerCrashError, add_note
 from flirdata.errors import LoaderTimeoutError, WorkerError
 from flirdata.mapping import bounded_map
+from flirdata.sampler import check_int
 
 __all__ = ["DEFAULT_RETRIES", "RayBackend", "RayOptions", "make_ray_backend", "may_run_elsewhere"]
 
@@ -76,8 +79,7 @@ class RayOptions:
             raise ValueError(f"ray backend option address must be a non-empty string or None, got {self.address!r}")
         if not isinstance(self.ship_images, bool):
             raise ValueError(f"ray backend option ship_images must be True or False, got {self.ship_images!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"ray backend option retries must be an integer >= 0, got {self.retries!r}")
+        object.__setattr__(self, "retries", check_int("ray backend option retries", self.retries, 0))  # frozen
 
 
 @lru_cache(maxsize=1)
@@ -136,10 +138,9 @@ class RayBackend:
         fn: TaskFunction,
         workers: int,
         prefetch: int,
-        timeout: float | None = None,
-        options: RayOptions | None = None,
+        timeout: float | None,
+        options: RayOptions,
     ) -> None:
-        options = options or RayOptions()
         self.depth = workers * prefetch
         self.timeout = timeout
         self.start_timeout = None if timeout is None else max(timeout, ACTOR_START_S)
