@@ -28,9 +28,9 @@ _EXPORTS: dict[str, str] = {
     "AnnotationError": "flirdata.errors",
     "DataError": "flirdata.errors",
     "FlirdataError": "flirdata.errors",
-    "DetectionError": "flirdata.evaluate",
-    "evaluate": "flirdata.evaluate",
-    "stats_table": "flirdata.evaluate",
+    "DetectionError": "flirdata.evaluation",
+    "evaluate": "flirdata.evaluation",
+    "stats_table": "flirdata.evaluation",
     "ImageError": "flirdata.errors",
     "LoaderTimeoutError": "flirdata.errors",
     "MissingExtraError": "flirdata.errors",
@@ -111,7 +111,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
         MissingExtraError,
         WorkerError,
     )
-    from flirdata.evaluate import DetectionError, evaluate, stats_table
+    from flirdata.evaluation import DetectionError, evaluate, stats_table
     from flirdata.loader import Loader, LoaderOptions, make_loader
     from flirdata.outputs import OUTPUTS
     from flirdata.sampler import BatchSampler

@@ -75,7 +75,7 @@ def _transform(name: str) -> Any:
 
 def run_command(args: argparse.Namespace) -> int:
     from flirdata.dataset import FlirDetection
-    from flirdata.evaluate import DetectionError, evaluate, stats_table
+    from flirdata.evaluation import DetectionError, evaluate, stats_table
     from flirdata.files import write_atomic
 
     dataset = FlirDetection(args.root, args.split, transform=_transform(args.transform))
