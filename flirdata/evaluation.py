@@ -191,8 +191,9 @@ def _probe(dataset: Any, pipeline: Any, size: tuple[int, int], channels: int) ->
             "augmentation); predictions need one frame per image size: build the dataset with "
             "build_transform('none') or transform=None"
         )
-    scale = (first[0, 2:] - first[0, :2]) / (width, height) if len(first) == 2 else np.zeros(2)
-    offset = first[0, :2]
+    scale, offset = np.zeros(2), np.zeros(2)
+    if len(first) == 2:
+        scale, offset = (first[0, 2:] - first[0, :2]) / (width, height), first[0, :2]
     expected = coco_to_xyxy(probe[1:]) * np.tile(scale, 2) + np.tile(offset, 2)
     if len(first) != 2 or not np.allclose(first[1:], expected, atol=_PROBE_ATOL):
         raise ValueError(

@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,7 @@ from flirdata import (
 )
 from flirdata.cli import main
 from flirdata.evaluation import STATS
+from flirdata.transforms import ensure_detection_compose
 
 # pycocotools' compiled helpers warn under numpy 2 about their own __array__; nothing of ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept:DeprecationWarning")
@@ -153,6 +155,14 @@ def test_the_eval_transform_and_the_export_keep_the_same_boxes(tmp_path: Path) -
 def test_a_random_transform_is_refused(synth_root: Path) -> None:
     ds = FlirDetection(synth_root, "val", transform=build_transform("thermal"))
     with pytest.raises(ValueError, match=r"moves boxes differently from sample to sample .*build_transform\('none'\)"):
+        evaluate(ds, [])
+
+
+@pytest.mark.parametrize("transform", [A.HorizontalFlip(p=1.0), A.CenterCrop(32, 32)])
+def test_a_transform_that_is_not_a_resize_is_refused(tmp_path: Path, transform) -> None:
+    ds = _swapped_ids(tmp_path)
+    ds.transform = ensure_detection_compose(transform)
+    with pytest.raises(ValueError, match=r"does more than resize and pad a 96x64 frame"):
         evaluate(ds, [])
 
 
