@@ -19,6 +19,8 @@ from torch import nn
 
 __all__ = ["TinyDetector", "assign_targets", "detection_loss", "train_step"]
 
+_MAX_LOG_SIZE = 8.0  # a box's log size in cells: e**8 cells is far past any frame, and exp stays finite
+
 Target = dict[str, Any]
 
 # Thermal frames are dull grey on average; fixed constants keep the model free of data stats.
@@ -70,6 +72,29 @@ class TinyDetector(nn.Module):
         x = (images.float() / 255.0 - _MEAN) / _STD
         features = self.body(x)
         return self.cls_head(features), self.box_head(features)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, max_detections: int = 100) -> list[dict[str, torch.Tensor]]:
+        """Detections as torchvision's models return them: per image ``{"boxes"`` xyxy in the
+        input's pixels, ``"scores"``, ``"labels"`` 1..K``}``, the ``max_detections`` best
+        (class, cell) pairs decoded as ``assign_targets`` encodes a box."""
+        was_training = self.training
+        self.eval()
+        logits, regression = self(images)
+        self.train(was_training)
+        _, _, height, width = logits.shape
+        scores = logits.sigmoid().flatten(1)  # [B, K * h * w]
+        found = []
+        for b, (best, index) in enumerate(zip(*scores.topk(min(max_detections, scores.shape[1]), dim=1), strict=True)):
+            label, cell = index // (height * width), index % (height * width)
+            iy, ix = cell // width, cell % width
+            offset_x, offset_y, log_w, log_h = regression[b, :, iy, ix]
+            cx, cy = (ix + 0.5 + offset_x) * self.stride, (iy + 0.5 + offset_y) * self.stride
+            half_w = log_w.clamp(max=_MAX_LOG_SIZE).exp() * self.stride / 2
+            half_h = log_h.clamp(max=_MAX_LOG_SIZE).exp() * self.stride / 2
+            boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+            found.append({"boxes": boxes, "scores": best, "labels": label + 1})
+        return found
 
 
 def assign_targets(

@@ -104,6 +104,7 @@ class DemoResult:
     image_ids: list[list[int]] = field(default_factory=list)  # per step, the batch's COCO image ids
     rank: int = 0
     ranks: list[tuple[int, int, float]] = field(default_factory=list)  # every rank's (steps, images, loop_s)
+    model: Any = field(default=None, repr=False)  # the trained TinyDetector, for val_map
 
     @property
     def loop_images_per_s(self) -> float:
@@ -201,6 +202,7 @@ def run_demo(
             save_samples(dataset, loader, save_to)
         probe_loader(loader, result)
         train(loader, model, optimizer, steps, epochs, result)
+    result.model = model
     if distributed:
         share_results(result)
     return result
@@ -247,6 +249,30 @@ def compare(result: DemoResult, base: DemoResult) -> str:
     return (
         f"speedup over sequential: data loading {data:.2f}x, whole loop {loop:.2f}x; "
         f"efficiency (speedup / {w} worker(s)): {data / w:.2f}, {loop / w:.2f}"
+    )
+
+
+def val_map(model: Any, root: Path, batch_size: int) -> str:
+    """The trained model's COCO metrics on ROOT's val split (letterboxed, un-augmented), one line."""
+    from flirdata import FlirDetection, build_transform, collate_detection, evaluate
+    from flirdata.errors import DataError, MissingExtraError
+
+    try:
+        val = FlirDetection(root, "val", transform=build_transform("none"))
+    except DataError as exc:
+        return f"val mAP   : not computed, no val split ({exc})"
+    model = getattr(model, "module", model)  # DistributedDataParallel wraps it
+    detections = []
+    for start in range(0, len(val), batch_size):
+        images, targets = collate_detection([val[i] for i in range(start, min(len(val), start + batch_size))])
+        detections += [{"image_id": t["image_id"], **d} for t, d in zip(targets, model.predict(images), strict=True)]
+    try:
+        stats = evaluate(val, detections)
+    except MissingExtraError as exc:
+        return f"val mAP   : not computed: {exc}"
+    return (
+        f"val mAP   : AP {stats['AP']:.3f}, AP50 {stats['AP50']:.3f}, AR100 {stats['AR100']:.3f} "
+        f"on {len(val)} val images (COCOeval through flirdata.evaluate)"
     )
 
 
@@ -337,6 +363,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> int:
         args.distributed,
     )
     print(report(result))
+    if rank == 0:
+        print(val_map(result.model, root, args.batch_size))
     if args.record is not None:
         write_record(result, args.record)
     if args.compare:

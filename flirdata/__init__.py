@@ -1,8 +1,8 @@
 """flirdata: an on-the-fly PyTorch data pipeline for object detection on FLIR thermal images.
 
-The public API is flat: ``FlirDetection``, ``build_transform``, ``collate_detection``, and the
-parallel loader ``make_loader`` with its registry ``BACKENDS``. Names are imported on first
-use, so ``flirdata synth`` and worker processes that only need numpy do not pay for torch.
+The public API is flat: ``FlirDetection``, ``build_transform``, ``collate_detection``, the
+parallel loader ``make_loader`` with its registry ``BACKENDS``, and ``evaluate`` (COCO metrics).
+Names are imported on first use, so ``flirdata synth`` and worker processes that only need numpy do not pay for torch.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ _EXPORTS: dict[str, str] = {
     "AnnotationError": "flirdata.errors",
     "DataError": "flirdata.errors",
     "FlirdataError": "flirdata.errors",
+    "DetectionError": "flirdata.evaluation",
+    "evaluate": "flirdata.evaluation",
+    "stats_table": "flirdata.evaluation",
     "ImageError": "flirdata.errors",
     "LoaderTimeoutError": "flirdata.errors",
     "MissingExtraError": "flirdata.errors",
@@ -54,6 +57,7 @@ __all__ = [
     "BatchSampler",
     "CocoIndex",
     "DataError",
+    "DetectionError",
     "FLIR_CLASSES",
     "FlirDetection",
     "FlirdataError",
@@ -71,9 +75,11 @@ __all__ = [
     "WorkerError",
     "build_transform",
     "collate_detection",
+    "evaluate",
     "export_augmented",
     "load_coco",
     "make_loader",
+    "stats_table",
     "synthesize",
 ]
 
@@ -105,6 +111,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
         MissingExtraError,
         WorkerError,
     )
+    from flirdata.evaluation import DetectionError, evaluate, stats_table
     from flirdata.loader import Loader, LoaderOptions, make_loader
     from flirdata.outputs import OUTPUTS
     from flirdata.sampler import BatchSampler

@@ -1,8 +1,15 @@
-"""Pure numpy box maths: format conversion, clipping, validity, IoU.
+"""Pure numpy box maths: format conversion, clipping, validity, IoU, and which boxes exist.
 
 Box formats are named as albumentations names them: ``coco`` is ``[x, y, w, h]`` and
 ``pascal_voc`` is ``[x_min, y_min, x_max, y_max]``, both in pixels. No function mutates its
 input; every function takes and returns ``float32``/``float64`` arrays of shape ``[N, 4]``.
+
+Which boxes exist is one rule, ``box_exists``: clipped to its frame, a box is at least
+``MIN_BOX_SIDE`` pixels wide and high. The annotation index applies it to every box of a
+``coco.json`` in the image's own frame, so a dataset without transform, the export and
+``flirdata.evaluate``'s ground truth hold the same boxes; augmenting presets apply it again
+to the boxes they output (``min_side`` in ``transforms.default_bbox_params``), while a resize
+alone (the ``none`` preset) keeps every box: it judged none of them.
 """
 
 from __future__ import annotations
@@ -17,10 +24,20 @@ __all__ = [
     "valid_mask",
     "box_area",
     "box_iou",
+    "box_exists",
     "clean_coco_boxes",
     "corrupt_coco_boxes",
+    "MIN_BOX_SIDE",
     "OFF_FRAME_SLIP",
+    "SIDE_SLACK",
 ]
+
+# A box narrower or lower than a pixel marks no object a detector could find: FLIR's zero-width
+# clicks, and the sliver of a box that reaches a pixel's width past the frame's edge.
+MIN_BOX_SIDE = 1.0
+# Sides computed from float32 ratios carry noise: albumentations measures a 1-px box at the
+# right edge of a 640-px frame (639/640 to 640/640) as 0.99997 px.
+SIDE_SLACK = 1e-3
 
 # A box lying off its frame by up to this fraction of the frame's size is an annotator's slip,
 # dropped as degenerate: FLIR's zero-width "click without a drag" beside a box dragged past the
@@ -66,6 +83,12 @@ def valid_mask(boxes: np.ndarray, min_size: float = 1e-3) -> np.ndarray:
     return finite & positive
 
 
+def box_exists(boxes: np.ndarray) -> np.ndarray:
+    """True where a corner box, already clipped to its frame, is an object: finite, and at least
+    ``MIN_BOX_SIDE`` pixels wide and high (less ``SIDE_SLACK``)."""
+    return valid_mask(boxes, min_size=MIN_BOX_SIDE - SIDE_SLACK)
+
+
 def box_area(boxes: np.ndarray) -> np.ndarray:
     """Area of corner boxes (zero for inverted boxes)."""
     b = _as_boxes(boxes)
@@ -93,12 +116,12 @@ def clean_coco_boxes(
 
     Returns:
         ``(clipped_coco_boxes, keep, was_clipped)``: the boxes clipped to the frame, a mask of
-        the boxes that still have positive width and height, and a mask of the kept boxes
+        the boxes that exist once clipped (``box_exists``), and a mask of the kept boxes
         whose coordinates clipping changed.
     """
     xyxy = coco_to_xyxy(boxes)
     clipped = clip_xyxy(xyxy, width, height)
-    keep = valid_mask(clipped)
+    keep = box_exists(clipped)
     with np.errstate(invalid="ignore"):
         changed = ~np.all(np.isclose(clipped, xyxy), axis=1)
     return xyxy_to_coco(clipped), keep, changed & keep

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("flirdata.tools.preview", "draw a grid of augmented samples with their boxes"),
     "bench": ("flirdata.tools.bench", "sweep backends x workers x dataset sizes"),
     "export": ("flirdata.tools.export.cli", "write augmented copies with their annotations"),
+    "eval": ("flirdata.tools.evaluate", "score a detector's saved detections: the 12 COCO box metrics"),
 }
 
 

@@ -14,11 +14,13 @@ from typing import Any
 import albumentations as A
 import cv2
 
+from flirdata.boxes import MIN_BOX_SIDE, SIDE_SLACK
 from flirdata.fused import FusedAffine, IntensityLUT, NoiseBank
 
 __all__ = [
     "PRESETS",
     "PRESET_SIZES",
+    "RESIZE_ONLY",
     "MODALITY_PRESETS",
     "build_transform",
     "default_bbox_params",
@@ -30,16 +32,21 @@ BOX_FORMATS = ("coco", "pascal_voc")
 PIPELINE_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 
-def default_bbox_params(min_visibility: float = 0.1) -> A.BboxParams:
-    """COCO boxes in and out; boxes cut to the frame are clipped, ones that vanish dropped."""
+def default_bbox_params(min_visibility: float = 0.1, min_side: float = MIN_BOX_SIDE) -> A.BboxParams:
+    """COCO boxes in and out; boxes cut to the frame are clipped, ones that vanish dropped.
+
+    ``min_side``: boxes the pipeline leaves narrower or lower than this many pixels are dropped;
+    ``MIN_BOX_SIDE``, the rule of ``flirdata.boxes.box_exists``, for pipelines that augment.
+    """
+    side = max(0.0, min_side - SIDE_SLACK)
     return A.BboxParams(
         format="coco",
         label_fields=["labels"],
         clip=True,
         filter_invalid_bboxes=True,
         min_visibility=min_visibility,
-        min_width=1.0,
-        min_height=1.0,
+        min_width=side,
+        min_height=side,
         # Filtering once at the end instead of after every transform saves ~1.5 ms per image
         # (a quarter of the thermal preset); clip=True keeps the intermediate boxes sane.
         check_each_transform=False,
@@ -134,6 +141,10 @@ PRESET_SIZES: dict[str, Size] = {
     "rgb": (480, 640),
     "none": (512, 640),
 }
+# Presets that only resize and pad: they keep every box of the index, which judged each box in
+# its image's own frame (``boxes.box_exists``). Judging again after the resize would drop a 2-px
+# box of a 2048-px RGB frame (0.6 px at 640) that the split and its export keep.
+RESIZE_ONLY = frozenset({"none"})
 # The training preset the CLI picks for a split of each modality when none is given.
 MODALITY_PRESETS: dict[str, str] = {"thermal": "thermal", "rgb": "rgb"}
 
@@ -164,7 +175,8 @@ def build_transform(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)} or a .json/.yaml file")
     steps = PRESETS[preset](_as_size(PRESET_SIZES[preset] if size is None else size))
-    return A.Compose(steps, bbox_params=default_bbox_params(min_visibility))
+    min_side = 0.0 if preset in RESIZE_ONLY else MIN_BOX_SIDE
+    return A.Compose(steps, bbox_params=default_bbox_params(min_visibility, min_side))
 
 
 def load_pipeline(path: str | Path, *, min_visibility: float = 0.1) -> A.Compose:

@@ -82,6 +82,7 @@ def test_demo_synthesizes_its_dataset_and_saves_samples(tmp_path):
     assert done.returncode == 0, done.stderr
     _check_report(done.stdout)
     assert (tmp_path / "cache" / "synth-12-seed0" / "images_thermal_train" / "coco.json").is_file()
+    assert re.search(r"val mAP   : AP [\d.]+, AP50 [\d.]+, AR100 [\d.]+ on 12 val images", done.stdout)
     coco = json.loads((samples / "coco.json").read_text())
     assert len(coco["images"]) == 8 and all((samples / im["file_name"]).is_file() for im in coco["images"])
 

@@ -182,6 +182,17 @@ def _check_arguments(
     return total
 
 
+def _keeps_ids(dataset: Any, total: int) -> bool:
+    """Whether the images keep their source ids: an export of the original frames, one copy of
+    each (what ``flirdata export`` writes for val and test), is the same split re-encoded, so
+    predictions tagged with the source's ``image_id`` match it. Augmented copies are other images:
+    they are numbered 1..N in item order. A subset listing an image twice is numbered too."""
+    if dataset.transform is not None or total > len(dataset):
+        return False
+    ids = dataset.index.image_ids[:total]
+    return len(set(ids.tolist())) == len(ids)
+
+
 def _run(
     writer: BatchWriter, pending: list[int], backend: str, workers: int, progress: bool, options: dict[str, Any]
 ) -> int:
@@ -238,6 +249,9 @@ def export_augmented(
         copies: augmented copies per image.
         fmt: "coco" (``data/*.jpg`` + ``coco.json``, readable by ``FlirDetection(out, split=out)``)
             or "yolo" (``images/SPLIT``, ``labels/SPLIT`` and ``data.yaml`` for Ultralytics).
+            ``coco.json`` keeps the source's category ids; its images keep their source ids where
+            the export is the original frames (``transform=None``, one copy), else are numbered
+            1..N in item order; each image's ``extra_info`` names its source file, id and copy.
         split: yolo only: the split this dataset becomes, one of "train" (default), "val",
             "test"; ``data.yaml`` lists every split exported into ``out``. Export val from an
             un-augmented dataset (``transform=None``, ``copies=1``) so validation sees the
@@ -262,7 +276,9 @@ def export_augmented(
     options = dict(backend_options or {})
     check_backend_options(backend, options)
     category_ids = tuple(int(c) for c in dataset.index.category_ids)
-    plan = ExportPlan(str(Path(out)), fmt, quality, batch_size, category_ids, _check_split(fmt, split))
+    plan = ExportPlan(
+        str(Path(out)), fmt, quality, batch_size, category_ids, _check_split(fmt, split), _keeps_ids(dataset, total)
+    )
     settings = _settings(dataset, plan, copies, total)
     done = prepare_output(plan, settings, resume)
     written = 0

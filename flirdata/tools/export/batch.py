@@ -61,6 +61,7 @@ class ExportPlan:
     batch_size: int
     category_ids: tuple[int, ...]  # label -> the coco.json category id
     split: str | None = None  # the YOLO split this export fills; None for coco
+    keep_ids: bool = False  # images keep their source ids (original frames, one copy); else 1..N
 
     @property
     def images(self) -> str:
@@ -89,6 +90,7 @@ class ExportItem:
     xyxy: np.ndarray  # float32 [N, 4]
     labels: np.ndarray  # int64 [N]
     source_id: int
+    row_id: int  # the source id of image i, whose place this item takes (source_id unless skipped)
     source_file: str
     source_boxes: int  # boxes before augmentation, to count the dropped ones
     area: np.ndarray | None = None  # float [N], the dataset's target["area"] if it has one
@@ -144,6 +146,7 @@ def export_item(dataset: Any, j: int) -> ExportItem:
         xyxy=target["boxes"].numpy(),
         labels=target["labels"].numpy(),
         source_id=source_id,
+        row_id=int(index.image_ids[i]),
         source_file=index.file_name(row),
         source_boxes=int(np.diff(index.box_start[row : row + 2])[0]),
         area=_optional(target, "area"),
@@ -200,7 +203,7 @@ def _write_item(item: ExportItem, plan: ExportPlan) -> tuple[dict[str, Any], lis
     if plan.labels is not None:
         text = yolo_label_text(corners, labels - 1, width, height)
         write_atomic(Path(plan.out) / plan.labels / f"{item.stem}.txt", text.encode())
-    image_id = item.index + 1
+    image_id = item.row_id if plan.keep_ids else item.index + 1
     image = {
         "id": image_id,
         "file_name": file_name,

@@ -28,7 +28,9 @@ from flirdata.tools.export.yolo import YOLO_SPLITS, data_yaml_text, read_data_ya
 
 __all__ = ["VERSION", "finish_output", "pending_batches", "prepare_output", "yolo_record"]
 
-VERSION = 3  # 2: segmentation in coco.json; YOLO splits in images/S and labels/S; 3: reseeding in place (other bytes)
+# 2: segmentation in coco.json; YOLO splits in images/S and labels/S; 3: reseeding in place (other bytes);
+# 4: un-augmented exports keep the source image ids; boxes under a pixel (boxes.box_exists) dropped
+VERSION = 4
 
 
 # -- the output folder: new, interrupted or finished ------------------------------------------
