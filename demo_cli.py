@@ -16,7 +16,16 @@ from typing import Any
 
 from flirdata.cliargs import POSITIVE, SEED, WORKERS, OneLineParser, add_root, choices_text, resolve_root
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_STEPS", "PROG", "RUN_TIME", "ask_interactive", "build_parser", "cores", "parse_args"]
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_STEPS",
+    "PROG",
+    "RUN_TIME",
+    "ask_interactive",
+    "build_parser",
+    "cores",
+    "parse_args",
+]
 
 PROG = "train_demo.py"
 DEFAULT_STEPS = 200
