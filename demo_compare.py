@@ -115,18 +115,18 @@ def _notes(rows: list[report.Record]) -> list[str]:
     return notes
 
 
-def compare_report(result: Any, base: Any, dataset: Any, batch_size: int, seed: int, cores: int) -> str:
+def compare_report(result: Any, base: Any, dataset: Any, batch_size: int, batches: int, seed: int, cores: int) -> str:
     """The table, how it is computed and any efficiency above 1 with its cause.
 
-    Measures the warmed tight loop on ``dataset`` first (as ``flirdata bench`` does), except
-    under ``--distributed``, where every rank would measure it on the same cores at once.
+    Measures the warmed tight loop on ``batches`` batches of ``dataset`` first (as ``flirdata
+    bench`` does), except under ``--distributed``, where every rank would measure it on the same
+    cores at once.
     """
     tight = NAN
     if len(result.ranks) <= 1:
         from flirdata.tools.bench.timing import calibrate_warmed
-        from train_demo import PROBE_BATCHES
 
-        tight = calibrate_warmed(dataset, batch_size, PROBE_BATCHES, seed)["tight_images_per_s"]
+        tight = calibrate_warmed(dataset, batch_size, batches, seed)["tight_images_per_s"]
     rows = compare_records(result, base, cores, tight)
     shown = f" ({tight:.1f} images/s)" if tight == tight else " (not measured under --distributed)"
     lines = [

@@ -351,7 +351,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> int:
                 distributed=args.distributed, torch_threads=result.torch_threads,
             )  # fmt: skip
         print(report(base))
-        print(compare_report(result, base, dataset, args.batch_size, args.seed, cores()))
+        print(compare_report(result, base, dataset, args.batch_size, PROBE_BATCHES, args.seed, cores()))
     return 0
 
 
