@@ -92,6 +92,7 @@ COMPARE_COLUMNS: list[report.Column] = [
     ("efficiency", lambda r: _number(r["efficiency"]) + ("*" if r["efficiency"] > 1.0 else "")),
     ("of ideal", lambda r: _number(r["fraction_of_ideal"])),
     ("CPU ms/image", lambda r: _number(r["cpu_ms_per_image"])),
+    ("others (cores)", lambda r: _number(r["others_cores"])),
 ]
 
 HOW = (
@@ -100,7 +101,8 @@ HOW = (
     "min(workers, {cores}) for the loader alone, min(workers + torch threads, {cores}) for the whole loop "
     "(in-thread: 1 and min(torch threads, {cores})); of ideal = images/s over min(workers, {cores}) x "
     "the 1-thread tight loop in a warmed worker process{tight}; CPU ms/image = CPU of the process tree "
-    "(workers included) per image; * = efficiency above 1, cause below"
+    "(workers included) per image; others = cores other processes of the machine took meanwhile; "
+    "* = efficiency above 1, cause below"
 )
 
 

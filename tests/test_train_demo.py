@@ -67,6 +67,8 @@ def test_demo_on_a_dataset_with_compare(synth_root, tmp_path):
         "ideal",
         "CPU",
         "ms/image",
+        "others",
+        "(cores)",
     ]
     rows = [line.split() for line in table[2:6]]
     assert [row[:4] for row in rows] == [

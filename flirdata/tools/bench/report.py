@@ -155,6 +155,7 @@ POINT_COLUMNS: list[Column] = [
     ("efficiency", _efficiency_cell),
     ("of ideal", lambda r: f"{r['fraction_of_ideal']:.2f}"),
     ("CPU ms/image", lambda r: f"{r.get('cpu_ms_per_image', float('nan')):.2f}"),
+    ("others (cores)", lambda r: f"{r.get('others_cores', float('nan')):.2f}"),
     ("startup s", lambda r: f"{r['startup_s']:.2f}"),
     ("epoch s (est.)", lambda r: f"{r['epoch_s']:.1f}"),
     ("peak PSS MB", lambda r: f"{r['peak_pss_mb']:.0f}"),
@@ -178,6 +179,7 @@ RATIOS_NOTE = (
     "calling thread with one thread per library, as every worker does); efficiency = speedup / cores, "
     "cores = min(workers, the machine's cores); of ideal = images/s over cores x the 1-thread tight loop "
     "in a warmed worker process; CPU ms/image = CPU of the whole process tree over the timed window; "
+    "others = the most cores other processes of the machine took during a timed window; "
     "* = efficiency above 1, cause below"
 )
 
