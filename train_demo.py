@@ -27,11 +27,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from demo_cli import DEFAULT_STEPS, PROG, ask_interactive, build_parser, cores, parse_args
 from flirdata.cli import run_translated
 from flirdata.errors import FlirdataError
+
+if TYPE_CHECKING:
+    from flirdata.tools.bench.timing import Window
 
 __all__ = [
     "DemoError",
@@ -96,6 +99,8 @@ class DemoResult:
     data_images_per_s: float = 0.0  # the loader alone, after its first batch
     steps: int = 0
     images: int = 0
+    data_window: Window | None = None  # the loader alone: the bench engine's timed window
+    loop_window: Window | None = None  # the whole loop, timed by the same engine
     loop_s: float = 0.0
     wait_s: float = 0.0  # inside the loop, waiting for the next batch
     step_s: float = 0.0  # inside the loop, in train_step
@@ -122,18 +127,20 @@ class DemoResult:
 
 
 def probe_loader(loader: Any, result: DemoResult) -> None:
-    """Time to the first batch, then the loader's rate with nobody training (epoch 0)."""
+    """Time to the first batch, then the loader's rate with nobody training (epoch 0).
+
+    Timed as ``flirdata bench`` times a point: the rest of the first wave skipped (one batch per
+    extra worker), then ``PROBE_BATCHES`` batches in the engine's ``timed_window``.
+    """
+    from flirdata.tools.bench.timing import timed_window
+
     start = time.perf_counter()
     batches = iter(loader)
     try:
         next(batches)
         result.startup_s = time.perf_counter() - start
-        tick, images = time.perf_counter(), 0
-        for k, (_images, targets) in enumerate(batches, 1):
-            images += len(targets)
-            if k >= PROBE_BATCHES:
-                break
-        result.data_images_per_s = images / (time.perf_counter() - tick) if images else 0.0
+        result.data_window = timed_window(batches, max(0, result.workers - 1), PROBE_BATCHES)
+        result.data_images_per_s = result.data_window.images_per_s if result.data_window.images else 0.0
     finally:
         batches.close()  # cancels what the probe will not read; the pool stays for training
 
@@ -141,8 +148,9 @@ def probe_loader(loader: Any, result: DemoResult) -> None:
 def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: int | None, result: DemoResult) -> None:
     """The training loop, split into time waiting for batches and time in ``train_step``."""
     from demo_model import train_step
+    from flirdata.tools.bench.timing import Stopwatch
 
-    start = time.perf_counter()
+    watch = Stopwatch()  # the bench engine's timer: wall time and the process tree's CPU
     epoch = 0
     while (epochs is None or epoch < epochs) and (steps is None or result.steps < steps):
         loader.set_epoch(epoch)
@@ -160,7 +168,8 @@ def train(loader: Any, model: Any, optimizer: Any, steps: int | None, epochs: in
         finally:
             batches.close()
         epoch += 1
-    result.loop_s = time.perf_counter() - start
+    result.loop_window = watch.stop(result.images)
+    result.loop_s = result.loop_window.seconds
     # Everything outside train_step is the loop waiting for data (batch hand-over included).
     result.wait_s = result.loop_s - result.step_s
     result.losses = list(result.local_losses)
@@ -177,8 +186,12 @@ def run_demo(
     seed: int,
     save_to: str | None = None,
     distributed: bool = False,
+    torch_threads: int | None = None,
 ) -> DemoResult:
-    """Probe the loader alone, then train a fresh ``TinyDetector`` through it (DDP if ``distributed``)."""
+    """Probe the loader alone, then train a fresh ``TinyDetector`` through it (DDP if ``distributed``).
+
+    The model trains at ``torch_threads`` threads; by default at what the workers leave of the cores.
+    """
     import torch
 
     from demo_model import TinyDetector
@@ -190,7 +203,7 @@ def run_demo(
     ) as loader:
         runs_as = loader.options.effective_backend  # workers <= 1 runs in this thread
         # Worker threads and processes need cores too: training takes what they leave.
-        threads = cores() if runs_as == "sequential" else max(1, cores() - workers)
+        threads = torch_threads or (cores() if runs_as == "sequential" else max(1, cores() - workers))
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         model = TinyDetector(num_classes=len(dataset.classes) - 1)
@@ -239,17 +252,6 @@ def _ranks_report(r: DemoResult) -> list[str]:
         f"per rank  : {', '.join(rates)} images/s (each {r.steps} steps on its own shard)",
         f"all ranks : {r.total_images_per_s:.1f} images/s ({images} images on {len(r.ranks)} ranks in {slowest:.1f} s)",
     ]
-
-
-def compare(result: DemoResult, base: DemoResult) -> str:
-    """Speedup over the sequential run and efficiency (speedup per worker), seed-report style."""
-    data = result.data_images_per_s / base.data_images_per_s if base.data_images_per_s else float("nan")
-    loop = result.loop_images_per_s / base.loop_images_per_s if base.loop_images_per_s else float("nan")
-    w = max(1, result.workers)
-    return (
-        f"speedup over sequential: data loading {data:.2f}x, whole loop {loop:.2f}x; "
-        f"efficiency (speedup / {w} worker(s)): {data / w:.2f}, {loop / w:.2f}"
-    )
 
 
 def val_map(model: Any, root: Path, batch_size: int) -> str:
@@ -339,6 +341,7 @@ def write_record(result: DemoResult, folder: str) -> None:
 # -- the program ---------------------------------------------------------------------------------
 def _train(args: argparse.Namespace, rank: int, world_size: int) -> int:
     from flirdata import FlirDetection, build_transform
+    from flirdata.tools.bench.timing import single_threaded
 
     steps = args.steps if args.steps or args.epochs else DEFAULT_STEPS
     root = resolve_data_in_turn(args, rank, world_size)
@@ -368,12 +371,16 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> int:
     if args.record is not None:
         write_record(result, args.record)
     if args.compare:
-        print("\nsequential baseline, same steps:")
-        base = run_demo(
-            dataset, "sequential", 1, args.batch_size, steps, args.epochs, args.seed, distributed=args.distributed
-        )
+        print(f"\nsequential baseline, same steps, same training set-up ({result.torch_threads} torch thread(s)):")
+        with single_threaded():  # OpenCV at one thread in the baseline's loader, as in every worker
+            base = run_demo(
+                dataset, "sequential", 1, args.batch_size, steps, args.epochs, args.seed,
+                distributed=args.distributed, torch_threads=result.torch_threads,
+            )  # fmt: skip
         print(report(base))
-        print(compare(result, base))
+        from flirdata.tools.bench.compare import compare_report
+
+        print(compare_report(result, base, dataset, args.batch_size, PROBE_BATCHES, args.seed, cores()))
     return 0
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 import time
 from pathlib import Path
 
+import cv2
 import matplotlib.image
 import psutil
 import pytest
@@ -15,9 +17,17 @@ import torch
 
 from flirdata import FlirDetection, build_transform
 from flirdata.cli import main
-from flirdata.tools.bench import BenchConfig, _open_sizes
+from flirdata.tools.bench import BenchConfig, _open_sizes, measure_once
 from flirdata.tools.bench.memory import MemorySampler, tree_memory_mb
-from flirdata.tools.bench.report import BEST_COLUMNS, POINT_COLUMNS, add_ratios, best_per_size, format_table
+from flirdata.tools.bench.report import (
+    BEST_COLUMNS,
+    POINT_COLUMNS,
+    add_ratios,
+    best_per_size,
+    efficiency_cause,
+    efficiency_notes,
+    format_table,
+)
 
 RECORD_FIELDS = {
     "backend",
@@ -31,6 +41,9 @@ RECORD_FIELDS = {
     "images_per_s_max",
     "speedup",
     "efficiency",
+    "point_cores",
+    "cpu_ms_per_image",
+    "others_cores",
     "fraction_of_ideal",
     "ideal_images_per_s",
     "tight_images_per_s",
@@ -196,6 +209,61 @@ def test_ratios_and_best_per_size():
     assert best == {"sequential": 1, "threads": 4}
     assert "threads (as sequential)" in format_table(records, POINT_COLUMNS)
     assert math.isnan(add_ratios([_rec("threads", 2, 1.0)], cores=2)[0]["speedup"])  # no baseline
+
+
+def test_efficiency_is_over_the_cores_a_point_can_use():
+    records = add_ratios([_rec("sequential", 1, 100.0), _rec("process", 2, 180.0), _rec("process", 4, 170.0)], cores=2)
+    by = {r["workers"]: r for r in records if r["backend"] == "process"}
+    # 4 workers on 2 cores time-share the 2 cores: efficiency is over 2, not over 4
+    assert by[4]["point_cores"] == 2 and by[4]["efficiency"] == pytest.approx(1.7 / 2)
+    assert by[2]["efficiency"] == pytest.approx(0.9)
+    assert efficiency_notes(records) == [] and "*" not in format_table(records, POINT_COLUMNS)
+
+
+def _pair(base: dict, point: dict) -> tuple[dict, dict]:
+    seq = {**_rec("sequential", 1, 100.0), "cpu_ms_per_image": 10.0, "others_cores": 0.0, **base}
+    par = {**_rec("process", 2, 240.0), "cpu_ms_per_image": 10.0, "others_cores": 0.0, **point}
+    base_out, point_out = add_ratios([seq, par], cores=2)
+    return base_out, point_out
+
+
+@pytest.mark.parametrize(
+    ("base", "point", "cause"),
+    [
+        ({"others_cores": 1.0}, {}, "the baseline shared the machine: others took 1.00 cores then, 0.00 here"),
+        ({"cpu_ms_per_image": 13.0}, {}, r"each image cost less CPU here \(10.00 ms\) than in the baseline \(13.00"),
+        ({"images_per_s_max": 130.0}, {"images_per_s_min": 200.0}, r"within the repeats' spread .*: 0.77\)"),
+        ({}, {}, r"not explained by the CPU counters \(other processes took up to 0.00 cores\): measure again"),
+    ],
+)
+def test_efficiency_above_one_is_printed_with_its_cause(base, point, cause):
+    seq, par = _pair(base, point)
+    assert par["efficiency"] == pytest.approx(1.2)
+    assert re.search(cause, efficiency_cause(par, seq)), efficiency_cause(par, seq)
+    assert efficiency_cause(seq, seq) == ""
+    records = [seq, par]
+    (note,) = efficiency_notes(records)
+    assert note.startswith("* s process x2: efficiency 1.20 > 1: ")
+    assert "1.20*" in format_table(records, POINT_COLUMNS) and "1.20*" in format_table(records, BEST_COLUMNS)
+
+
+def test_the_baseline_runs_one_thread_per_library_as_workers_do(synth_root):
+    """The sequential point's loader runs in this thread: OpenCV at 1 thread there, as in a worker."""
+    seen = []
+
+    class Probe(FlirDetection):
+        def sample(self, index, epoch=None):
+            seen.append((cv2.getNumThreads(), torch.get_num_threads()))
+            return super().sample(index, epoch)
+
+    config = BenchConfig(data=str(synth_root), backends=("sequential",), workers=(1,), sizes=("8",), batch_size=4)
+    dataset = Probe(synth_root, "train", transform=build_transform("thermal"), seed=0)
+    cv2.setNumThreads(2)
+    with MemorySampler() as memory:
+        out = measure_once(dataset, "sequential", 1, config, memory)
+    assert out["runs_as"] == "sequential" and out["cpu_ms_per_image"] > 0
+    assert seen and set(seen) == {(1, 1)}
+    assert cv2.getNumThreads() == 2  # restored afterwards
 
 
 def test_memory_sampler_sees_this_process():

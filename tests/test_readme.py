@@ -69,3 +69,40 @@ def test_readme_command_table_follows_the_cli() -> None:
     assert rows["train_demo.py"].startswith("python train_demo.py [ROOT] ")
     section = (ROOT / "README.md").read_text().split("## Command line", 1)[1]
     assert "`--data ROOT`" in section and "deprecated alias" in section and "`--no-progress`" in section
+
+
+def _flat(text: str) -> str:
+    """Whitespace folded to single spaces: README and argparse wrap lines differently."""
+    return " ".join(text.split())
+
+
+def test_the_main_job_run_time_is_the_same_in_readme_and_help() -> None:
+    from demo_cli import RUN_TIME, build_parser
+
+    readme = _flat((ROOT / "README.md").read_text())
+    assert _flat(RUN_TIME) in _flat(build_parser().format_help())
+    assert f"({_flat(RUN_TIME)})" in readme
+    # no other figure for it: every "minute" of the README's set-up section is this one
+    setup = _flat((ROOT / "README.md").read_text().split("## Set-up on a fresh machine", 1)[1].split("\n## ", 1)[0])
+    assert setup.count("minute") == _flat(RUN_TIME).count("minute")
+
+
+def _python_blocks(readme: str) -> list[tuple[int, str]]:
+    """(offset, code) of every python block of the README."""
+    return [(m.start(), m.group(1)) for m in re.finditer(r"```python\n(.*?)```", readme, re.S)]
+
+
+def test_every_snippets_dataset_comes_from_a_command_shown_before_it() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = [(m.start(), m.group(1), m.group(2)) for m in re.finditer(r"^    flirdata synth (\S+)(.*)$", readme, re.M)]
+    reads = [
+        (offset, root, split)
+        for offset, code in _python_blocks(readme)
+        for root, split in re.findall(r'FlirDetection\("([^"]+)", split="([^"]+)"', code)
+    ]
+    assert {root for _, root, _ in reads} == {"data"} and len(reads) >= 3
+    for offset, root, split in reads:
+        before = [options for at, folder, options in shown if at < offset and folder == root]
+        assert before, f"the snippet reading {root!r} at offset {offset} has no `flirdata synth {root}` before it"
+        if split.startswith("rgb"):
+            assert any("--rgb" in options for options in before), f"{split}: no `flirdata synth {root} --rgb`"

@@ -59,7 +59,29 @@ def test_demo_on_a_dataset_with_compare(synth_root, tmp_path):
     assert done.returncode == 0, done.stderr
     _check_report(done.stdout)
     assert "threads, 2 workers; training at 1 torch thread(s)" in done.stdout
-    assert re.search(r"speedup over sequential: data loading [\d.]+x, whole loop [\d.]+x; efficiency", done.stdout)
+    # the baseline trains as the run does: the same torch threads
+    assert "sequential, in the training thread; training at 1 torch thread(s)" in done.stdout
+    table = done.stdout.split("the course report's table):\n", 1)[1].splitlines()
+    assert table[0].split() == "stage technique workers torch threads cores images/s speedup efficiency".split() + [
+        "of",
+        "ideal",
+        "CPU",
+        "ms/image",
+        "others",
+        "(cores)",
+    ]
+    rows = [line.split() for line in table[2:6]]
+    assert [row[:4] for row in rows] == [
+        ["loader", "alone", "sequential", "in-thread"],
+        ["loader", "alone", "threads", "2"],
+        ["whole", "loop", "sequential", "in-thread"],
+        ["whole", "loop", "threads", "2"],
+    ]
+    assert {row[4] for row in rows} == {"1"}  # torch threads, every row
+    assert [row[7] for row in rows] == ["1.00", rows[1][7], "1.00", rows[3][7]]  # speedup of the baseline
+    for row in rows:  # efficiency = speedup / (cores / 1), and any figure above 1 comes with its cause
+        assert float(row[8].rstrip("*")) == pytest.approx(float(row[7]) / int(row[5]), abs=0.006)
+        assert not row[8].endswith("*") or re.search(rf"{row[2]}: efficiency {row[8][:-1]} > 1: \w", done.stdout)
     assert not list(tmp_path.iterdir())  # --data given: nothing synthesized
 
 

@@ -17,10 +17,16 @@ every point instead of biasing the ones measured last. One repeat:
    big sizes stay feasible; ``epoch_s`` estimates a whole epoch as startup + images / rate.
 
 The sequential backend is always measured (once per size, it has no workers): it is the
-baseline of ``speedup`` (rate / sequential rate) and ``efficiency`` (speedup / workers).
-``fraction_of_ideal`` compares with ``min(workers, cores)`` times the single-core rate of a
-tight loop of decode + augment + collate in a warmed-up worker-like process (the workers'
-thread limits and allocator settings; ``timing.calibrate_warmed``).
+baseline of ``speedup`` (rate / sequential rate) and ``efficiency`` (speedup / the cores the
+point may use, ``min(workers, cores)``). Every point that runs in this thread (the baseline, and
+a backend at 1 worker) runs with one thread per library, as the workers do, so the baseline is
+one core's work and 1.0 is the most efficiency can be; a figure above 1 is printed with its
+cause (``report.efficiency_cause``). ``fraction_of_ideal`` compares with ``min(workers, cores)``
+times the single-core rate of a tight loop of decode + augment + collate in a warmed-up
+worker-like process (the workers' thread limits and allocator settings;
+``timing.calibrate_warmed``). ``cpu_ms_per_image`` is the CPU time of this process and its
+workers over the timed window, per image; ``others_cores`` the most cores other processes of the
+machine took during a repeat's window.
 ``peak_pss_mb`` is the peak proportional set size of this process and all its children (PSS
 splits shared pages between the processes sharing them, so workers are not counted twice for
 the libraries they share), read after the first batch and right after the timed window;
@@ -38,6 +44,7 @@ plot). A size is ``FlirDetection.subset`` of the split's first images.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Sequence
@@ -50,7 +57,7 @@ from flirdata.errors import FlirdataError
 from flirdata.tools.bench import report
 from flirdata.tools.bench.machine import load_average, machine_info
 from flirdata.tools.bench.memory import MemorySampler
-from flirdata.tools.bench.timing import calibrate_warmed, timed_window
+from flirdata.tools.bench.timing import calibrate_warmed, single_threaded, timed_window
 
 __all__ = ["BenchConfig", "configure_parser", "run_command", "run_bench"]
 
@@ -203,7 +210,12 @@ def measure_once(
         rank=0,
         world_size=1,
     )
-    with loader:
+    with loader, contextlib.ExitStack() as stack:
+        if loader.options.effective_backend == BASELINE:
+            # In this thread: one thread per library, as in every worker and in the warmed ideal, so that
+            # the baseline is one core's work (OpenCV's own pool made it up to 2 cores, or collapse on a busy
+            # machine, and efficiency above 1).
+            stack.enter_context(single_threaded())
         batches = iter(loader)
         next(batches)
         first = time.perf_counter() - start
@@ -225,6 +237,8 @@ def measure_once(
         "seconds": window.seconds,
         "shutdown_s": time.perf_counter() - closing,
         "runs_as": loader.options.effective_backend,
+        "cpu_ms_per_image": window.cpu_ms_per_image,
+        "others_cores": window.others_cores,
         "peak_pss_mb": memory.peak_pss_mb,
         "peak_rss_mb": memory.peak_rss_mb,
     }
@@ -269,6 +283,8 @@ def _record(
         "shutdown_s": statistics.median(r["shutdown_s"] for r in runs),
         "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in runs),
+        "others_cores": max(r["others_cores"] for r in runs),
         **{key: statistics.median(c[key] for c in calib) for key in calib[0]},
     }
 
@@ -335,6 +351,8 @@ def run_command(args: argparse.Namespace) -> int:
     print(report.format_table(records, report.POINT_COLUMNS))
     print()
     print(report.format_table(report.best_per_size(records), report.BEST_COLUMNS))
+    print(f"({report.RATIOS_NOTE})")
+    print("\n".join(report.efficiency_notes(records)))
     if "json" in outputs:
         report.write_json(outputs["json"], records)
     if "markdown" in outputs:

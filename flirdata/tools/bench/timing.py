@@ -9,8 +9,10 @@ workers' settings and warmth, so no backend can beat it by a measurement artefac
 main process with glibc's default allocator is slower than a worker, and made ``process``
 look faster than ideal). ``calibrate`` is the same loop in this process, for callers that
 want this process's own rate.
-``timed_window`` times a stretch of any batch iterator and says how much CPU this process
-tree used and how many cores other processes of a shared machine took meanwhile.
+``Stopwatch`` is the one timer: wall seconds, the CPU this process tree used and how many cores
+other processes of a shared machine took meanwhile. ``timed_window`` uses it over a stretch of
+any batch iterator; a caller whose loop does more than take batches (``train_demo.py``'s training
+loop) starts and stops it around its own loop.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 
 from flirdata.tools.bench.machine import busy_seconds, tree_cpu_seconds
 
-__all__ = ["Window", "single_threaded", "tight_batches", "calibrate", "calibrate_warmed", "timed_window"]
+__all__ = ["Stopwatch", "Window", "single_threaded", "tight_batches", "calibrate", "calibrate_warmed", "timed_window"]
 
 
 class Window(NamedTuple):
@@ -48,6 +50,25 @@ class Window(NamedTuple):
     @property
     def cpu_ms_per_image(self) -> float:
         return self.cpu_seconds / self.images * 1e3
+
+    @property
+    def cores_used(self) -> float:
+        """CPU seconds of this process tree per wall second: the cores the stretch kept busy."""
+        return self.cpu_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+class Stopwatch:
+    """Started at construction; ``stop(images)`` gives the ``Window`` since then."""
+
+    def __init__(self) -> None:
+        self._busy, self._mine = busy_seconds(), tree_cpu_seconds()
+        self._start = time.perf_counter()
+
+    def stop(self, images: int) -> Window:
+        elapsed = time.perf_counter() - self._start
+        used = tree_cpu_seconds() - self._mine
+        others = (busy_seconds() - self._busy - used) / elapsed if elapsed > 0 else 0.0
+        return Window(images, elapsed, used, max(others, 0.0))
 
 
 @contextlib.contextmanager
@@ -85,14 +106,10 @@ def timed_window(batches: Iterable[Any], skip: int, count: int) -> Window:
     batches = iter(batches)
     for _ in range(skip):
         next(batches, None)
-    busy, mine = busy_seconds(), tree_cpu_seconds()
-    start, images = time.perf_counter(), 0
+    watch, images = Stopwatch(), 0
     for batch in itertools.islice(batches, count):
         images += len(batch[1])
-    elapsed = time.perf_counter() - start
-    used = tree_cpu_seconds() - mine
-    others = (busy_seconds() - busy - used) / elapsed if elapsed > 0 else 0.0
-    return Window(images, elapsed, used, max(others, 0.0))
+    return watch.stop(images)
 
 
 def _pickle_cost(batch: Any) -> dict[str, float]:
