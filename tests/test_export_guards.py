@@ -77,18 +77,22 @@ def test_an_export_holding_the_folder_refuses_a_second_at_once(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    _interrupted(source, out, monkeypatch)
-    argv = ["export", str(source), "--out", str(out), "--copies", "2", "--seed", str(SEED), "--no-progress"]
+    argv = ["export", str(source), "--out", str(out), "--copies", "2", "--batch-size", "5", "--no-progress"]
+    with monkeypatch.context() as patch:  # every batch written, stopped before the merge
+        patch.setattr(flirdata.tools.export, "finish_output", functools.partial(_raise, KeyboardInterrupt))
+        assert main(argv) == 130
+    capsys.readouterr()
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT)  # what a running export holds
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         before = _digest(out)
         assert main([*argv, "--resume"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and str(out) in err and "another flirdata export is writing into this folder" in err
+        assert err.count("\n") == 1 and f"{out}: another flirdata export is writing into this folder" in err
         assert _digest(out) == before  # nothing touched
     finally:
         os.close(fd)
+    assert main([*argv, "--resume"]) == 0  # once it is free
 
 
 def test_the_lock_goes_with_the_export_whatever_its_end(source: Path, tmp_path: Path) -> None:
