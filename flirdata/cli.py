@@ -76,22 +76,28 @@ def error_line(prog: str, exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    # Further SIGTERMs wait until the clean-up this one starts is done (run_translated restores
-    # the handler): a second one would break off the clean-up and leave workers and segments.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated()
-
-
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While the block runs, SIGTERM raises ``Terminated`` in the main thread (not installed elsewhere)."""
+def _sigterm_as_interrupt() -> Iterator[threading.Event]:
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread (not installed elsewhere).
+
+    Yields an event set once SIGTERM came: code that turns every ``KeyboardInterrupt`` into a
+    plain one (Ray's ``ray.get``) loses the class, not the fact.
+    """
+    received = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.set()
+        # Further SIGTERMs wait until the clean-up this one starts is done (the handler is
+        # restored below): a second one would break it off and leave workers and segments.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
@@ -101,10 +107,13 @@ def run_translated(prog: str, run: Callable[[], int | None]) -> int:
 
     SIGTERM is handled as Ctrl-C is (``Terminated``), exit code 143.
     """
+    terminated = threading.Event()
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt() as terminated:
             return int(run() or 0)
     except (KeyboardInterrupt, Exception) as exc:
+        if terminated.is_set() and type(exc) is KeyboardInterrupt:
+            exc = Terminated(*exc.args)
         mapped = error_line(prog, exc)
         if mapped is None:
             raise

@@ -222,10 +222,12 @@ def _export_argv(source: Path, out: Path, backend: str, *extra: str) -> list[str
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("backend", ["process", "loky"])
+@pytest.mark.parametrize("backend", ["process", "loky", "ray"])
 def test_sigterm_mid_export_is_one_line_exit_143_and_resumes(
     source: Path, tmp_path: Path, backend: str, capsys: pytest.CaptureFixture
 ) -> None:
+    if backend == "ray":
+        pytest.importorskip("ray")
     out = tmp_path / "out"
     argv = _export_argv(source, out, backend)
     proc = subprocess.Popen([sys.executable, "-m", "flirdata", *argv], cwd=REPO, stderr=subprocess.PIPE)
