@@ -6,22 +6,29 @@ when their subcommand runs, so ``flirdata synth`` does not pay for importing tor
 
 ``run_translated`` is the one place where failures become what a user reads (the idea of
 httpx's ``map_exceptions``): one line on stderr and an exit code. ``train_demo.py`` uses it too.
+While it runs, SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``) in the main thread, so a
+command stopped by ``kill``, ``timeout``, Slurm or ``docker stop`` cleans up as after Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 
 from flirdata.cliargs import OneLineParser, UsageError, resolve_root
-from flirdata.errors import FlirdataError, WorkerError
+from flirdata.errors import FlirdataError, Terminated, WorkerError
 
 __all__ = [
     "COMMANDS",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "build_parser",
     "error_line",
@@ -32,6 +39,7 @@ __all__ = [
 EXIT_FAILED = 1  # the run failed (a worker crashed or hung; check found bad files), the input was fine
 EXIT_USAGE = 2  # the user's input: arguments, files, folders, disk
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+EXIT_TERMINATED = 143  # SIGTERM, as a shell reports it
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,8 +58,11 @@ def _one_line(text: str) -> str:
 
 def error_line(prog: str, exc: BaseException) -> tuple[str, int] | None:
     """The line and exit code an expected failure maps to; ``None`` for a bug (let it raise)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return f"{prog}: interrupted", EXIT_INTERRUPTED
+    if isinstance(exc, KeyboardInterrupt):  # the command may say how to continue: str(exc)
+        detail = f"; {_one_line(str(exc))}" if str(exc) else ""
+        if isinstance(exc, Terminated):
+            return f"{prog}: terminated (SIGTERM){detail}", EXIT_TERMINATED
+        return f"{prog}: interrupted{detail}", EXIT_INTERRUPTED
     if isinstance(exc, UsageError):  # the parser that refused it names the subcommand
         return f"{exc.prog or prog}: error: {_one_line(str(exc))}", EXIT_USAGE
     if isinstance(exc, WorkerError):
@@ -66,11 +77,44 @@ def error_line(prog: str, exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
-def run_translated(prog: str, run: Callable[[], int | None]) -> int:
-    """Call ``run``; an expected failure becomes one line on stderr and its exit code (``error_line``)."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[threading.Event]:
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread (not installed elsewhere).
+
+    Yields an event set once SIGTERM came: code that turns every ``KeyboardInterrupt`` into a
+    plain one (Ray's ``ray.get``) loses the class, not the fact.
+    """
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.set()
+        # Further SIGTERMs wait until the clean-up this one starts is done (the handler is
+        # restored below): a second one would break it off and leave workers and segments.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        return int(run() or 0)
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
+def run_translated(prog: str, run: Callable[[], int | None]) -> int:
+    """Call ``run``; an expected failure becomes one line on stderr and its exit code (``error_line``).
+
+    SIGTERM is handled as Ctrl-C is (``Terminated``), exit code 143.
+    """
+    terminated = threading.Event()
+    try:
+        with _sigterm_as_interrupt() as terminated:
+            return int(run() or 0)
     except (KeyboardInterrupt, Exception) as exc:
+        if terminated.is_set() and type(exc) is KeyboardInterrupt:
+            exc = Terminated(*exc.args)
         mapped = error_line(prog, exc)
         if mapped is None:
             raise

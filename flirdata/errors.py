@@ -14,6 +14,7 @@ __all__ = [
     "MissingExtraError",
     "WorkerError",
     "LoaderTimeoutError",
+    "Terminated",
 ]
 
 
@@ -77,3 +78,11 @@ class LoaderTimeoutError(WorkerError):
 
     def __reduce__(self) -> tuple[type, tuple[str, float, bool]]:
         return type(self), (self.backend, self.timeout, self.starting)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, Slurm, ``docker stop``) received by a ``flirdata`` command.
+
+    A ``KeyboardInterrupt``, so that it unwinds every loop and backend as Ctrl-C does (workers
+    stopped, shared memory freed); ``flirdata.cli.run_translated`` raises it and reports it.
+    """

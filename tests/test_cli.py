@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import pickle
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from flirdata.cliargs import (
     UsageError,
     resolve_root,
 )
-from flirdata.errors import DataError, WorkerError
+from flirdata.errors import DataError, Terminated, WorkerError
 
 DATASET_COMMANDS = ("synth", "check", "preview", "export", "bench")
 ALIASED = ("preview", "export", "bench")  # the commands that took --data ROOT before
@@ -168,10 +171,39 @@ def _raise(exc: BaseException) -> Callable[[], int]:
         ),
         (WorkerError("a worker died"), 1, "x: error: a worker died"),
         (KeyboardInterrupt(), 130, "x: interrupted"),
+        (KeyboardInterrupt("run it again to finish"), 130, "x: interrupted; run it again to finish"),
+        (Terminated(), 143, "x: terminated (SIGTERM)"),
     ],
 )
 def test_translator_maps_each_failure_to_one_line(exc: BaseException, code: int, line: str, capsys) -> None:
     assert _one_line_error(capsys, lambda: cli.run_translated("x", _raise(exc)), code) == line
+
+
+def _terminated_while_running(plain: bool) -> Callable[[], int]:
+    def run() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)  # the handler interrupts it
+        except KeyboardInterrupt:
+            if plain:  # what Ray's ray.get makes of any KeyboardInterrupt
+                raise KeyboardInterrupt from None
+            raise
+        return 0
+
+    return run
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_sigterm_unwinds_as_ctrl_c_does_and_exits_143(capsys, plain: bool) -> None:
+    def unhandled(signum: int, frame: object) -> None:  # without run_translated's own: fail, not kill pytest
+        raise RuntimeError("SIGTERM reached the handler run_translated should have replaced")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        line = _one_line_error(capsys, lambda: cli.run_translated("x", _terminated_while_running(plain)), 143)
+        assert line == "x: terminated (SIGTERM)" and signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_translator_lets_a_bug_raise() -> None:

@@ -292,11 +292,12 @@ def test_unwritable_out_is_one_line(source: Path, tmp_path: Path, capsys: pytest
 def test_disk_full_is_one_line_and_leaves_no_temporary(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full_disk_open(path: object, mode: str = "r", **kwargs: object) -> object:
-        if str(path).endswith(".tmp") and "/data/" in str(path):
-            Path(path).write_bytes(b"")  # the temporary exists, then the write fails: ENOSPC
-            return open("/dev/full", mode, **kwargs)
-        return open(path, mode, **kwargs)
+    def full_disk_open(fd: int, mode: str = "r", **kwargs: object) -> object:
+        if "/data/" in os.readlink(f"/proc/self/fd/{fd}"):  # the temporary exists, then the write fails: ENOSPC
+            full = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(full, fd)
+            os.close(full)
+        return open(fd, mode, **kwargs)
 
     monkeypatch.setattr(flirdata.files, "open", full_disk_open, raising=False)
     out = tmp_path / "out"

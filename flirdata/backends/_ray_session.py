@@ -18,10 +18,13 @@ where Ray would leave its actors waiting for CPUs for ever.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
+import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -63,6 +66,21 @@ def _usable_cores() -> int:
     from flirdata.loader import usable_cores  # lazily: the loader imports the backends
 
     return usable_cores()
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """Put back a SIGTERM handler set in Python (the ``flirdata`` CLI's) that starting Ray replaced.
+
+    ``ray.init`` installs its own, and its C++ core one then prints a stack and aborts the
+    driver, so the backend never closes. A program that set no handler keeps Ray's.
+    """
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _connect(ray: ModuleType, address: str | None, cpus: int) -> int | None:
@@ -147,7 +165,8 @@ class RaySession:
                 # A new connection number first: sessions of the old one, closed by a collection
                 # during the start, must not count against (or shut down) the new instance.
                 _NOW.number, _NOW.users, _NOW.cpus, _NOW.held = _NOW.number + 1, 0, None, 0
-                _NOW.cpus = _connect(ray, address, cpus)
+                with _keeping_sigterm_handler():
+                    _NOW.cpus = _connect(ray, address, cpus)
                 _NOW.address = address or os.environ.get("RAY_ADDRESS")
                 _NOW.job = _job(ray)
             _NOW.users += 1

@@ -13,6 +13,11 @@ batch order, streamed (memory stays bounded), and renamed into place last; the w
 then removed. Nothing depends on which worker wrote what, so every file has the same bytes for
 any backend, worker count and interruption history.
 
+An export holds ``out``'s lock (``LOCK_FILE``, see ``flirdata.files.folder_lock``) from before it
+looks at the folder until it returns, so a second export into the same folder is refused at
+once; on ``ray`` the driver holds it while the actors write. Resuming checks every finished file
+against its shard's record (size and digest) and writes again the batches of those that changed.
+
 A YOLO export fills one split (``images/S``, ``labels/S``) of a dataset that may hold others:
 each split has its own work folder and resumes on its own, and finishing a split rewrites
 ``data.yaml`` to list every split present. A COCO export holds one split per folder. The command
@@ -21,6 +26,7 @@ line is in ``cli.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -34,7 +40,7 @@ import albumentations as A
 from tqdm import tqdm
 
 from flirdata.cliargs import IntRange
-from flirdata.files import write_atomic
+from flirdata.files import NAME_MAX, FolderBusyError, folder_lock, write_atomic
 from flirdata.loader import check_backend_options, open_backend, warn_if_oversubscribed
 from flirdata.tools.export.batch import (
     WORK_DIR,
@@ -47,7 +53,7 @@ from flirdata.tools.export.batch import (
     output_stem,
     write_batch,
 )
-from flirdata.tools.export.output import VERSION, finish_output, pending_batches, prepare_output
+from flirdata.tools.export.output import LOCK_FILE, VERSION, finish_output, pending_batches, prepare_output
 from flirdata.tools.export.yolo import YOLO_SPLITS
 
 # The exporter's API first, then the worker-side names it re-exports from ``batch``.
@@ -79,7 +85,9 @@ class ExportSummary:
     """What an export produced.
 
     ``written`` counts this call's images (the others were there from an interrupted run);
-    ``images`` and the box counts cover the whole export (of ``split``, for YOLO).
+    ``images`` and the box counts cover the whole export (of ``split``, for YOLO); ``damaged``
+    counts the finished files of an interrupted run found changed (truncated, rewritten, a
+    symlink) and written again.
     """
 
     out: str
@@ -90,6 +98,7 @@ class ExportSummary:
     boxes_dropped: int
     seconds: float
     split: str | None = None
+    damaged: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -98,10 +107,16 @@ class ExportSummary:
     def __str__(self) -> str:
         reused = f" ({self.images - self.written} already there)" if self.written < self.images else ""
         where = f"{self.fmt}, split {self.split}" if self.split else self.fmt
+        damaged = (
+            f"; {self.damaged} finished files had changed since they were written (truncated, rewritten "
+            "or replaced) and were written again"
+            if self.damaged
+            else ""
+        )
         return (
             f"wrote {self.written} of {self.images} images{reused} to {self.out} ({where}) "
             f"in {self.seconds:.1f} s, {self.images_per_second:.1f} images/s; "
-            f"boxes kept {self.boxes_kept}, dropped {self.boxes_dropped}"
+            f"boxes kept {self.boxes_kept}, dropped {self.boxes_dropped}{damaged}"
         )
 
 
@@ -175,11 +190,25 @@ def _check_arguments(
     if len(dataset) == 0:
         raise ExportError(f"{dataset.index.path}: the dataset has no images to export")
     total = min(limit or len(dataset) * copies, len(dataset) * copies)
-    stems = Counter(output_stem(dataset.index.file_name(i), 0) for i in range(min(total, len(dataset))))
-    clash, count = stems.most_common(1)[0]
+    _check_output_names(dataset, total)
+    return total
+
+
+def _check_output_names(dataset: Any, total: int) -> None:
+    """Refuse, before anything is written, two sources with one output name or a name too long to write."""
+    n = len(dataset)
+    files = [dataset.index.file_name(i) for i in range(min(total, n))]
+    clash, count = Counter(output_stem(f, 0) for f in files).most_common(1)[0]
     if count > 1:
         raise ExportError(f"{dataset.index.path}: two source files give the output name {clash!r}")
-    return total
+    # Image i's last copy is (total - 1 - i) // n: the one with the longest name.
+    names = ((f, f"{output_stem(f, (total - 1 - i) // n)}.jpg") for i, f in enumerate(files))
+    source, name = max(names, key=lambda pair: len(pair[1].encode()))
+    if len(name.encode()) > NAME_MAX:
+        raise ExportError(
+            f"{dataset.index.path}: source file {source!r} gives the output name {name!r} of "
+            f"{len(name.encode())} bytes, over the {NAME_MAX} a file name may have; shorten its name or folders"
+        )
 
 
 def _keeps_ids(dataset: Any, total: int) -> bool:
@@ -218,6 +247,21 @@ def _run(
         finally:
             runner.close()
     return written
+
+
+def _lock(stack: contextlib.ExitStack, out: Path) -> None:
+    """Take ``out``'s export lock for the life of ``stack``; another export holding it is an ``ExportError``."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder")
+    try:
+        stack.enter_context(folder_lock(out, LOCK_FILE))
+    except FolderBusyError:
+        raise ExportError(
+            f"{out}: another flirdata export is writing into this folder (it holds {LOCK_FILE}); "
+            "wait for it to finish or stop it, or choose another folder"
+        ) from None
+    except OSError as exc:
+        raise ExportError(f"{out}: cannot write the output folder ({exc.strerror or exc})") from None
 
 
 def export_augmented(
@@ -259,7 +303,8 @@ def export_augmented(
         quality: JPEG quality.
         backend, workers, batch_size: how the export runs: a key of ``BACKENDS`` (``workers <= 1``
             writes in the calling thread), and the images per task.
-        resume: finish an interrupted export in ``out`` (only missing batches are written).
+        resume: finish an interrupted export in ``out``: only the batches missing, or whose files
+            changed since they were written (size and digest are checked), are written.
         progress: show a tqdm progress bar.
         limit: export only the first ``limit`` items (copy 0 of the first images first), e.g.
             to save a few augmented samples for a look.
@@ -269,6 +314,8 @@ def export_augmented(
     Raises:
         ExportError: bad argument, ``out`` not empty (without ``resume``), not writable, or
             holding an export made with other settings or classes.
+            Also: another export is writing into ``out`` (it holds the folder's lock), or a
+            source file name gives an output name over 255 bytes (both before anything is written).
         OSError: a file could not be written (disk full, ...); the message names it.
     """
     start = time.perf_counter()
@@ -280,12 +327,15 @@ def export_augmented(
         str(Path(out)), fmt, quality, batch_size, category_ids, _check_split(fmt, split), _keeps_ids(dataset, total)
     )
     settings = _settings(dataset, plan, copies, total)
-    done = prepare_output(plan, settings, resume)
-    written = 0
-    if done is None:
-        pending = pending_batches(plan, dataset, total)
-        written = _run(BatchWriter(dataset, plan, total), pending, backend, workers, progress, options)
-        done = {"totals": finish_output(plan, settings, dataset.index, -(-total // batch_size))}
+    written = damaged = 0
+    with contextlib.ExitStack() as stack:
+        _lock(stack, Path(plan.out))
+        done = prepare_output(plan, settings, resume)
+        if done is None:
+            pending = pending_batches(plan, dataset, total)
+            damaged = pending.damaged
+            written = _run(BatchWriter(dataset, plan, total), pending.batches, backend, workers, progress, options)
+            done = {"totals": finish_output(plan, settings, dataset.index, -(-total // batch_size))}
     totals = done["totals"]
     return ExportSummary(
         out=plan.out,
@@ -296,6 +346,7 @@ def export_augmented(
         boxes_dropped=totals["boxes_dropped"],
         seconds=time.perf_counter() - start,
         split=plan.split,
+        damaged=damaged,
     )
 
 

@@ -4,7 +4,8 @@
 its task is a batch number, it draws the batch's items (``export_item``) and ``write_batch``
 encodes each image to JPEG and writes it (with its YOLO label file) atomically, then the
 batch's COCO records go to a shard in the work folder and only small counts go back. The
-shard is written last, so its presence means the whole batch is on disk.
+shard is written last, so its presence means the whole batch is on disk; it records the size
+and digest of every file the batch wrote, which ``--resume`` checks before trusting a file.
 
 Where files go is ``ExportPlan``'s business, relative to the output folder ``out``::
 
@@ -16,6 +17,7 @@ Where files go is ``ExportPlan``'s business, relative to the output folder ``out
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,6 +40,7 @@ __all__ = [
     "ExportItem",
     "ExportPlan",
     "export_item",
+    "file_record",
     "output_stem",
     "shard_path",
     "write_batch",
@@ -118,6 +121,17 @@ def output_stem(file_name: str, copy: int) -> str:
     return f"{'__'.join(parts)}_c{copy}"
 
 
+def file_record(data: bytes) -> list[Any]:
+    """What a shard records of a file it wrote: ``[size in bytes, blake2b-128 of the bytes]``."""
+    return [len(data), hashlib.blake2b(data, digest_size=16).hexdigest()]
+
+
+def _write(plan: ExportPlan, file_name: str, data: bytes, files: dict[str, list[Any]]) -> None:
+    """Write ``out/file_name`` atomically and record it in ``files``."""
+    write_atomic(Path(plan.out) / file_name, data)
+    files[file_name] = file_record(data)
+
+
 def _as_hwc_bgr(image: np.ndarray) -> np.ndarray:
     """A ``[C, H, W]`` sample image as OpenCV encodes it: ``[H, W]`` grey or ``[H, W, 3]`` B, G, R."""
     if image.shape[0] == 1:
@@ -185,13 +199,15 @@ def _annotations(
     ]
 
 
-def _write_item(item: ExportItem, plan: ExportPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Encode and write one copy (and its YOLO labels); return its COCO image and annotations."""
+def _write_item(
+    item: ExportItem, plan: ExportPlan, files: dict[str, list[Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Encode and write one copy (and its YOLO labels, both recorded in ``files``); return its COCO records."""
     ok, jpeg = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, plan.quality])
     if not ok:
         raise ExportError(f"item {item.index} ({item.source_file}): JPEG encoding failed")
     file_name = f"{plan.images}/{item.stem}.jpg"
-    write_atomic(Path(plan.out) / file_name, jpeg.tobytes())
+    _write(plan, file_name, jpeg.tobytes(), files)
     # Rounded corners stay inside the image; boxes thinner than the rounding are dropped.
     corners = np.round(np.asarray(item.xyxy, dtype=np.float64).reshape(-1, 4), DECIMALS)
     size = np.round(corners[:, 2:] - corners[:, :2], DECIMALS)
@@ -202,7 +218,7 @@ def _write_item(item: ExportItem, plan: ExportPlan) -> tuple[dict[str, Any], lis
     height, width = item.image.shape[:2]
     if plan.labels is not None:
         text = yolo_label_text(corners, labels - 1, width, height)
-        write_atomic(Path(plan.out) / plan.labels / f"{item.stem}.txt", text.encode())
+        _write(plan, f"{plan.labels}/{item.stem}.txt", text.encode(), files)
     image_id = item.row_id if plan.keep_ids else item.index + 1
     image = {
         "id": image_id,
@@ -219,14 +235,14 @@ def write_batch(items: list[ExportItem], plan: ExportPlan) -> BatchResult:
 
     The shard is written last, so its presence means the whole batch is on disk.
     """
-    images, anns, dropped = [], [], 0
+    images, anns, dropped, files = [], [], 0, {}
     for item in items:
-        image, image_anns = _write_item(item, plan)
+        image, image_anns = _write_item(item, plan, files)
         images.append(image)
         anns.extend(image_anns)
         dropped += max(0, item.source_boxes - len(image_anns))
     batch = items[0].index // plan.batch_size
-    shard = {"images": images, "annotations": anns, "kept": len(anns), "dropped": dropped}
+    shard = {"images": images, "annotations": anns, "kept": len(anns), "dropped": dropped, "files": files}
     write_atomic(shard_path(plan, batch), json.dumps(shard).encode())
     return BatchResult(batch=batch, images=len(items), kept=len(anns), dropped=dropped)
 

@@ -10,7 +10,7 @@ from flirdata.backends import BACKENDS
 from flirdata.cliargs import POSITIVE, SEED, WORKERS, add_progress, add_root, choices_text
 from flirdata.dataset import SPLITS, FlirDetection
 from flirdata.errors import FlirdataError, WorkerError
-from flirdata.tools.export import EVAL_SPLITS, FORMATS, QUALITY, ExportError, export_augmented
+from flirdata.tools.export import EVAL_SPLITS, FORMATS, QUALITY, WORK_DIR, ExportError, export_augmented
 from flirdata.tools.export.output import yolo_record
 from flirdata.tools.export.yolo import YOLO_SPLITS
 from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
@@ -143,6 +143,10 @@ def run_command(args: argparse.Namespace) -> int:
             )
         except WorkerError as exc:
             raise WorkerError(f"{exc} What was written is kept: run the same command with --resume to finish.") from exc
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (flirdata.errors.Terminated): the same class, a hint
+            if not (Path(args.out) / WORK_DIR).is_dir():
+                raise
+            raise type(exc)("what was written is kept: run the same command with --resume to finish") from None
         print(f"{summary}{'; original frames, un-augmented' if plain else ''}")
     if args.fmt == "yolo":
         print(_yolo_next_step(Path(args.out)))

@@ -10,31 +10,48 @@ a dataset (``images/S``, ``labels/S``, its work folder) and shares ``data.yaml``
 ``flirdata_export`` entry records each split's settings and totals; finishing a split rewrites
 it to list every split present, in a fixed order, so its bytes do not depend on the order
 the splits were exported in.
+
+``pending_batches`` trusts a finished batch of an interrupted export only after checking each of
+its files against the size and digest its shard recorded: a file since removed, truncated,
+rewritten or replaced by a symlink (or anything but a regular file) has its batch written again.
+That reads every finished file once per resume. One export at a time writes into a folder: the
+caller holds ``LOCK_FILE`` (``flirdata.files.folder_lock``), which no check here counts as content.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import stat
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flirdata.coco import write_coco
 from flirdata.files import remove_temporaries, write_atomic
-from flirdata.tools.export.batch import WORK_DIR, ExportError, ExportPlan, output_stem, shard_path
+from flirdata.tools.export.batch import WORK_DIR, ExportError, ExportPlan, file_record, output_stem, shard_path
 from flirdata.tools.export.yolo import YOLO_SPLITS, data_yaml_text, read_data_yaml
 
-__all__ = ["VERSION", "finish_output", "pending_batches", "prepare_output", "yolo_record"]
+__all__ = ["LOCK_FILE", "VERSION", "Pending", "finish_output", "pending_batches", "prepare_output", "yolo_record"]
 
 # 2: segmentation in coco.json; YOLO splits in images/S and labels/S; 3: reseeding in place (other bytes);
-# 4: un-augmented exports keep the source image ids; boxes under a pixel (boxes.box_exists) dropped
+# 4: un-augmented exports keep the source image ids; boxes under a pixel (boxes.box_exists) dropped;
+#    shards record each file's size and digest
 VERSION = 4
+LOCK_FILE = ".flirdata-export.lock"  # held while an export writes into OUT; removed when it ends
 
 
 # -- the output folder: new, interrupted or finished ------------------------------------------
 def _check_same(out: Path, recorded: dict[str, Any], expected: dict[str, Any]) -> None:
+    if recorded.get("version") != expected.get("version"):  # its shards are not what this version reads
+        raise ExportError(
+            f"{out}: holds an export written by another version of flirdata (export format "
+            f"{recorded.get('version')!r}, this one writes {expected.get('version')!r}) that cannot be resumed; "
+            "choose an empty folder, or delete this one and export again"
+        )
     keys = sorted(expected.keys() | recorded.keys())
     diff = [f"{k} {recorded.get(k)!r}, now {expected.get(k)!r}" for k in keys if recorded.get(k) != expected.get(k)]
     if diff:
@@ -67,9 +84,14 @@ def _read_final(plan: ExportPlan) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and isinstance(meta.get("settings"), dict) else None
 
 
+def _has_content(folder: Path) -> bool:
+    """Whether ``folder`` is a folder holding anything but the lock of the export running now."""
+    return folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
 def _check_yolo_out(out: Path, names: Sequence[str]) -> None:
     """A YOLO split may join a non-empty ``out`` only if it is a flirdata YOLO dataset of the same classes."""
-    if not (out.is_dir() and any(out.iterdir())):
+    if not _has_content(out):
         return
     record = yolo_record(out)
     if record is None and not (out / WORK_DIR).is_dir():
@@ -88,9 +110,9 @@ def _occupied(plan: ExportPlan) -> bool:
     """Whether ``out`` already holds (part of) this export: all of it for coco, the split for yolo."""
     out = Path(plan.out)
     if plan.fmt == "coco":
-        return out.is_dir() and any(out.iterdir())
+        return _has_content(out)
     folders = [out / plan.images, out / plan.work] + ([out / plan.labels] if plan.labels else [])
-    return any(f.is_dir() and any(f.iterdir()) for f in folders) or _read_final(plan) is not None
+    return any(_has_content(f) for f in folders) or _read_final(plan) is not None
 
 
 def _create(plan: ExportPlan, work_settings: dict[str, Any]) -> None:
@@ -136,22 +158,55 @@ def prepare_output(plan: ExportPlan, settings: dict[str, Any], resume: bool) -> 
     return None
 
 
-def pending_batches(plan: ExportPlan, dataset: Any, total: int) -> list[int]:
-    """Batches without a shard, or whose shard exists but a file was deleted since."""
-    out, n, size, pending = Path(plan.out), len(dataset), plan.batch_size, []
+@dataclass(frozen=True)
+class Pending:
+    """The batches an export still has to write, and how many finished files failed their check."""
+
+    batches: list[int]
+    damaged: int = 0
+
+
+def _intact(path: Path, record: Any) -> bool:
+    """Whether ``path`` is a regular file (not a symlink) with the size and digest ``record`` holds."""
+    try:
+        info = os.lstat(path)
+        if not (stat.S_ISREG(info.st_mode) and isinstance(record, list) and info.st_size == record[0]):
+            return False
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with open(fd, "rb") as f:
+            return file_record(f.read()) == record
+    except OSError:
+        return False
+
+
+def _read_shard_files(plan: ExportPlan, batch: int) -> dict[str, Any] | None:
+    """The ``files`` a batch's shard recorded; ``None`` if it has no readable shard."""
+    try:
+        files = json.loads(shard_path(plan, batch).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return files if isinstance(files, dict) else None
+
+
+def pending_batches(plan: ExportPlan, dataset: Any, total: int) -> Pending:
+    """Batches without a shard, or with one whose files are not all there as written (see the docstring)."""
+    out, n, size, pending, damaged = Path(plan.out), len(dataset), plan.batch_size, [], 0
     for batch in range(-(-total // size)):
-        if not shard_path(plan, batch).is_file():
+        files = _read_shard_files(plan, batch)
+        if files is None:
             pending.append(batch)
             continue
         stems = [
             output_stem(dataset.index.file_name(j % n), j // n)
             for j in range(batch * size, min(total, (batch + 1) * size))
         ]
-        files = [out / plan.images / f"{s}.jpg" for s in stems]
-        files += [out / plan.labels / f"{s}.txt" for s in stems] if plan.labels else []
-        if not all(f.is_file() for f in files):
+        names = [f"{plan.images}/{s}.jpg" for s in stems]
+        names += [f"{plan.labels}/{s}.txt" for s in stems] if plan.labels else []
+        bad = [name for name in names if not _intact(out / name, files.get(name))]
+        damaged += sum((out / name).exists() or (out / name).is_symlink() for name in bad)  # not merely deleted
+        if bad:
             pending.append(batch)
-    return pending
+    return Pending(pending, damaged)
 
 
 # -- the final file, merged from the shards ---------------------------------------------------
