@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "BadImageWarning": "flirdata.dataset",
     "FlirDetection": "flirdata.dataset",
     "AnnotationError": "flirdata.errors",
+    "ClusterConnectionError": "flirdata.errors",
     "DataError": "flirdata.errors",
     "FlirdataError": "flirdata.errors",
     "ImageError": "flirdata.errors",
@@ -52,6 +53,7 @@ __all__ = [
     "BACKENDS",
     "BadImageWarning",
     "BatchSampler",
+    "ClusterConnectionError",
     "CocoIndex",
     "DataError",
     "FLIR_CLASSES",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection
     from flirdata.errors import (
         AnnotationError,
+        ClusterConnectionError,
         DataError,
         FlirdataError,
         ImageError,

@@ -14,6 +14,7 @@ __all__ = [
     "MissingExtraError",
     "WorkerError",
     "LoaderTimeoutError",
+    "ClusterConnectionError",
 ]
 
 
@@ -77,3 +78,7 @@ class LoaderTimeoutError(WorkerError):
 
     def __reduce__(self) -> tuple[type, tuple[str, float, bool]]:
         return type(self), (self.backend, self.timeout, self.starting)
+
+
+class ClusterConnectionError(FlirdataError, ConnectionError):
+    """A backend's cluster (Ray's ``address``) cannot be reached: the message names the address and what to check."""
