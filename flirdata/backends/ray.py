@@ -65,7 +65,9 @@ class RayOptions:
 
     Attributes:
         address: the Ray cluster to connect to ("HOST:PORT", "ray://HOST:PORT", "auto"); None
-            (default) takes ``RAY_ADDRESS``, else starts a local instance for this backend.
+            (default) takes ``RAY_ADDRESS``, else starts a local instance for this backend. A
+            cluster that does not answer within the larger of ``timeout`` and ``CONNECT_S`` is
+            ``ClusterConnectionError``.
         ship_images: the driver reads each task's image files and sends their bytes with the
             task, for actors on nodes that cannot read the dataset root (small clusters).
         retries: how often each actor may be replaced, and each task re-run, after a worker
