@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "BadImageWarning": "flirdata.dataset",
     "FlirDetection": "flirdata.dataset",
     "AnnotationError": "flirdata.errors",
+    "ClusterConnectionError": "flirdata.errors",
     "DataError": "flirdata.errors",
     "FlirdataError": "flirdata.errors",
     "DetectionError": "flirdata.evaluation",
@@ -55,6 +56,7 @@ __all__ = [
     "BACKENDS",
     "BadImageWarning",
     "BatchSampler",
+    "ClusterConnectionError",
     "CocoIndex",
     "DataError",
     "DetectionError",
@@ -104,6 +106,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection
     from flirdata.errors import (
         AnnotationError,
+        ClusterConnectionError,
         DataError,
         FlirdataError,
         ImageError,

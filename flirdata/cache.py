@@ -8,6 +8,9 @@ Two writers of one image write the same bytes, so no lock is needed.
 
 Over budget, the cache holds the longest prefix of images that fits (rows ``0..capacity-1``)
 and warns once, naming the sizes; the other images are decoded on every read, as without cache.
+The segment's pages are reserved when it is made, so a /dev/shm that another program fills
+later cannot kill a read with SIGBUS; where they cannot be reserved (/dev/shm filled since its
+free space was measured), the dataset warns and caches nothing.
 
 The cache pickles as its segment name and layout: a worker attaches by name (no copy). The
 creating process owns the segment and unlinks it when the cache is collected, closed, or at exit.
@@ -25,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from flirdata.backends._shm import _aligned, _attach, _unmap, _view, new_segment_name, shm_free_bytes
+from flirdata.backends._segments import ShmFullError, create_segment, shm_free_bytes
+from flirdata.backends._shm import _aligned, _attach, _unmap, _view
 
 __all__ = [
     "CACHES",
@@ -41,7 +45,8 @@ _OWNED: weakref.WeakValueDictionary[str, FrameCache] = weakref.WeakValueDictiona
 
 
 class CacheCapacityWarning(UserWarning):
-    """The dataset's decoded frames exceed the cache budget; only a prefix of images is cached."""
+    """The dataset's decoded frames exceed the cache budget (only a prefix of images is cached),
+    or /dev/shm cannot hold the cache at all (no image is cached)."""
 
 
 def check_cache(cache: str | None) -> str | None:
@@ -110,7 +115,7 @@ class FrameCache:
         if layout.capacity == 0:
             self.name = ""
         elif name is None:
-            segment = SharedMemory(new_segment_name(), create=True, size=layout.nbytes)
+            segment = create_segment(layout.nbytes)  # reserved: a /dev/shm filled later cannot SIGBUS a read
             self.name = segment.name.lstrip("/")
             self._segment = segment
             self._finalizer = weakref.finalize(self, _destroy, segment, os.getpid())
@@ -172,7 +177,7 @@ def build_cache(heights: Any, widths: Any, channels: int, cache_bytes: int | Non
         raise ValueError(f"cache_bytes must be a positive int or None, got {cache_bytes!r}")
     budget = cache_bytes
     free = shm_free_bytes()
-    if free is not None:  # tmpfs allocates lazily: an oversized segment dies with SIGBUS on write
+    if free is not None:  # more than /dev/shm holds could not be reserved
         budget = free // 2 if cache_bytes is None else min(cache_bytes, free)
     layout, need = CacheLayout.plan(heights, widths, channels, budget)
     if layout.capacity < len(heights):
@@ -183,4 +188,12 @@ def build_cache(heights: Any, widths: Any, channels: int, cache_bytes: int | Non
             CacheCapacityWarning,
             stacklevel=3,
         )
-    return FrameCache(layout)
+    try:
+        return FrameCache(layout)
+    except ShmFullError as exc:  # the cache is an optimisation: without it, every read decodes
+        warnings.warn(
+            f"cache='ram': {exc.strerror}; caching no images (every read decodes, as without cache)",
+            CacheCapacityWarning,
+            stacklevel=3,
+        )
+        return FrameCache(CacheLayout((), (), 0))

@@ -15,6 +15,7 @@ __all__ = [
     "WorkerError",
     "LoaderTimeoutError",
     "Terminated",
+    "ClusterConnectionError",
 ]
 
 
@@ -86,3 +87,7 @@ class Terminated(KeyboardInterrupt):
     A ``KeyboardInterrupt``, so that it unwinds every loop and backend as Ctrl-C does (workers
     stopped, shared memory freed); ``flirdata.cli.run_translated`` raises it and reports it.
     """
+
+
+class ClusterConnectionError(FlirdataError, ConnectionError):
+    """A backend's cluster (Ray's ``address``) cannot be reached: the message names the address and what to check."""

@@ -291,6 +291,9 @@ def test_past_the_retries_a_lost_actor_raises_worker_crash_error(shared_ray: Non
         with pytest.raises(WorkerCrashError, match=rf"'ray' backend: a worker process \(pid {victim}\) died") as caught:
             list(batches)
         assert "retries=0" in caught.value.__notes__[-1]
+        # Which cluster, in the one line: an address="auto" may have joined another program's instance.
+        gcs = ray.get_runtime_context().gcs_address
+        assert f"died unexpectedly on the Ray cluster at {gcs} (session " in str(caught.value)
         assert loader.backend is None  # the broken backend is closed ...
         assert len(list(loader)) == len(loader)  # ... and the next epoch gets new actors
     assert ray.is_initialized()

@@ -5,7 +5,8 @@ Three cases, decided when a backend opens:
 * Ray is already initialised in this process (the user called ``ray.init``): use it as it is
   and never shut it down;
 * an address is given (the ``address`` option, else ``RAY_ADDRESS``): connect to that cluster,
-  and disconnect when the last backend using the connection closes;
+  and disconnect when the last backend using the connection closes. Whether it answers is
+  checked first, within a deadline (``_ray_address``): ``ray.init`` alone may retry for ever;
 * otherwise start a private local instance (no dashboard, quiet logs, one CPU per worker or
   per core, whichever is more) and stop it, with every process it started, when the last
   backend using it closes.
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
+from flirdata.backends._ray_address import CONNECT_S, check_reachable, connection_failed
 from flirdata.errors import MissingExtraError
 
 __all__ = ["RaySession", "import_ray"]
@@ -45,6 +47,7 @@ class _Connection:
     held: int = 0  # CPUs the open sessions' actors hold on it
     address: str | None = None  # the address it was made with (None: the private local instance)
     job: tuple[str, str] | None = None  # the connection's cluster and job: a ray.init of the user's has others
+    cluster: str = ""  # which cluster, for errors: "on the Ray cluster at ..." ("": the private local instance)
 
 
 # Re-entrant: ray.init and ray.shutdown run under it and may collect garbage, whose finalizers
@@ -83,9 +86,13 @@ def _keeping_sigterm_handler() -> Iterator[None]:
             signal.signal(signal.SIGTERM, handler)
 
 
-def _connect(ray: ModuleType, address: str | None, cpus: int) -> int | None:
-    """Connect, or start the private local instance; its CPUs (None for a cluster)."""
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+def _connect(ray: ModuleType, address: str | None, cpus: int, deadline: float) -> int | None:
+    """Connect, or start the private local instance; its CPUs (None for a cluster).
+
+    A cluster that does not answer within ``deadline`` s is ``ClusterConnectionError``.
+    """
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given:
         local_cpus = max(cpus, _usable_cores())
         # "local": a new instance even if `ray start` left one running on this machine.
         ray.init(address="local", num_cpus=local_cpus, include_dashboard=False, logging_level=_QUIET)
@@ -95,8 +102,28 @@ def _connect(ray: ModuleType, address: str | None, cpus: int) -> int | None:
         # would stay alive until the next collection and the loader would think it still runs.
         gc.collect()
         return local_cpus
-    ray.init(address=address, logging_level=_QUIET)  # None: ray.init reads RAY_ADDRESS
+    check_reachable(ray, given, deadline)
+    try:
+        ray.init(address=address, logging_level=_QUIET)  # None: ray.init reads RAY_ADDRESS
+    except ConnectionError as exc:  # answered, then failed: a 67-line traceback otherwise
+        raise connection_failed(given, exc) from exc
     return None
+
+
+def _cluster(ray: ModuleType, address: str | None) -> str:
+    """Which cluster this process joined, as errors name it: a joined ``"auto"`` may be another program's."""
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+    except Exception:  # a client connection that does not say
+        gcs = None
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    try:
+        session = node.get_session_dir_path() if node is not None else None
+    except Exception:  # another Ray version
+        session = None
+    named = f"on the Ray cluster at {gcs or address}"
+    named += f" (session {session})" if session else ""
+    return f"{named}, joined with address={address!r}" if address else named
 
 
 def _job(ray: ModuleType) -> tuple[str, str] | None:
@@ -137,19 +164,21 @@ def _check_cpus_left(cpus: int) -> None:
 class RaySession:
     """This backend's use of the Ray connection; ``close()`` ends the connection if flirdata made it."""
 
-    def __init__(self, ray: ModuleType, owned: bool, cpus: int = 0) -> None:
+    def __init__(self, ray: ModuleType, owned: bool, cpus: int = 0, cluster: str = "") -> None:
         self.ray = ray
         self.owned = owned  # flirdata made the connection (and ends it with its last user)
         self.cpus = cpus  # held on the private local instance
+        self.cluster = cluster  # "on the Ray cluster at ..." for errors; "" on the private local instance
         self._connection = _NOW.number
         self._open = True
 
     @classmethod
-    def open(cls, address: str | None, cpus: int) -> RaySession:
+    def open(cls, address: str | None, cpus: int, deadline: float = CONNECT_S) -> RaySession:
         """Use, connect to or start Ray (see the module docstring) for ``cpus`` one-CPU actors.
 
         Raises:
             MissingExtraError: Ray is not installed.
+            ClusterConnectionError: the cluster at the address did not answer within ``deadline`` s.
             ValueError: ``address`` is not the cluster this process is connected to, or the
                 private local instance has fewer than ``cpus`` CPUs left.
         """
@@ -159,19 +188,20 @@ class RaySession:
                 ours = _NOW.users > 0 and _job(ray) == _NOW.job
                 _check_same_cluster(ray, address, _NOW.address if ours else None)
                 if not ours:  # the user's own ray.init (even after shutting ours down): theirs to end
-                    return cls(ray, owned=False)
+                    return cls(ray, owned=False, cluster=_cluster(ray, None))
                 _check_cpus_left(cpus)
             else:  # (a ray.shutdown() by someone else ended any connection we counted)
                 # A new connection number first: sessions of the old one, closed by a collection
                 # during the start, must not count against (or shut down) the new instance.
                 _NOW.number, _NOW.users, _NOW.cpus, _NOW.held = _NOW.number + 1, 0, None, 0
                 with _keeping_sigterm_handler():
-                    _NOW.cpus = _connect(ray, address, cpus)
+                    _NOW.cpus = _connect(ray, address, cpus, deadline)
                 _NOW.address = address or os.environ.get("RAY_ADDRESS")
                 _NOW.job = _job(ray)
+                _NOW.cluster = "" if _NOW.cpus is not None else _cluster(ray, _NOW.address)
             _NOW.users += 1
             _NOW.held += cpus
-            return cls(ray, owned=True, cpus=cpus)
+            return cls(ray, owned=True, cpus=cpus, cluster=_NOW.cluster)
 
     def close(self) -> None:
         """Leave the connection; the last session on a connection flirdata made ends it (idempotent)."""

@@ -17,8 +17,6 @@ import math
 import os
 import pickle
 import queue
-import secrets
-import shutil
 import warnings
 import weakref
 from collections.abc import Callable
@@ -28,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from flirdata.backends._segments import SEGMENT_PREFIX, create_segment, new_segment_name, shm_free_bytes
 
 __all__ = [
     "SEGMENT_PREFIX",
@@ -45,7 +45,6 @@ __all__ = [
     "shm_free_bytes",
 ]
 
-SEGMENT_PREFIX = "flirdata-"  # segment names: flirdata-<pid>-<random>, so leaks are attributable
 _ALIGN = 64  # slots and cached frames start on a cache line
 _warned = False
 
@@ -110,19 +109,6 @@ def dumps(obj: Any) -> bytes | None:
     except Exception:  # e.g. objects only torch's ForkingPickler reductions can carry
         return None
     return buffer.getvalue()
-
-
-def shm_free_bytes() -> int | None:
-    """Free bytes of /dev/shm, or None where it does not exist (not Linux)."""
-    try:
-        return shutil.disk_usage("/dev/shm").free
-    except OSError:
-        return None
-
-
-def new_segment_name() -> str:
-    """A fresh segment name, ``flirdata-<pid>-<random>``: a leaked segment names its creator."""
-    return f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _aligned(n: int) -> int:
@@ -284,7 +270,7 @@ class SharedRing:
             raise ValueError(f"lend must be in [0, slots), got lend={lend} for {slots} slots")
         self.slot_bytes = _aligned(slot_bytes)
         self.slots = slots
-        self._segment = SharedMemory(name=new_segment_name(), create=True, size=self.slot_bytes * slots)
+        self._segment = create_segment(self.slot_bytes * slots)  # reserved: never a SIGBUS later
         self.name = self._segment.name.lstrip("/")
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(slots):
@@ -300,15 +286,15 @@ class SharedRing:
     def create(cls, slot_bytes: int, slots: int, lend: int = 0) -> SharedRing | None:
         """A ring, or None (after one ``ShmCapacityWarning``) when /dev/shm cannot hold it.
 
-        tmpfs allocates lazily: an oversized segment is created fine and then kills the
-        worker with SIGBUS on write, so the size is checked up front.
+        The size is checked up front, and the segment's pages are reserved when it is made
+        (a /dev/shm filled meanwhile: the same warning, naming the bytes needed and free).
         """
         need = _aligned(slot_bytes) * slots
         free = shm_free_bytes()
         if free is None or need <= free:
             try:
                 return cls(slot_bytes, slots, lend)
-            except OSError as exc:  # no /dev/shm mounted, no permission, ...
+            except OSError as exc:  # /dev/shm full (ShmFullError), not mounted, no permission, ...
                 _warn_once(f"cannot create the shared-memory prefetch ring ({exc})")
                 return None
         _warn_once(

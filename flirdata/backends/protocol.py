@@ -146,7 +146,13 @@ class WorkerCrashError(WorkerError):
     iterating the loader again starts a new one.
     """
 
-    def __init__(self, backend: str, pids: Iterable[int] = (), exits: Mapping[int, int | None] | None = None) -> None:
+    def __init__(
+        self,
+        backend: str,
+        pids: Iterable[int] = (),
+        exits: Mapping[int, int | None] | None = None,
+        where: str = "",
+    ) -> None:
         exits = dict(exits or {})
         pids = tuple(sorted({*pids, *exits}))
         if exits:
@@ -154,12 +160,14 @@ class WorkerCrashError(WorkerError):
         else:
             who = f" (pid {', '.join(map(str, pids))})" if pids else ""
             what = f"a worker process{who} died unexpectedly"
+        where_text = f" {where}" if where else ""  # e.g. the Ray cluster the workers ran on
         super().__init__(
-            f"flirdata {backend!r} backend: {what}. The pool was closed; iterating again starts a new one."
+            f"flirdata {backend!r} backend: {what}{where_text}. The pool was closed; iterating again starts a new one."
         )
         self.backend = backend
         self.pids = pids
         self.exits = exits
+        self.where = where
 
-    def __reduce__(self) -> tuple[type, tuple[str, tuple[int, ...], dict[int, int | None]]]:
-        return type(self), (self.backend, self.pids, self.exits)
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[int, ...], dict[int, int | None], str]]:
+        return type(self), (self.backend, self.pids, self.exits, self.where)

@@ -11,7 +11,8 @@ opens; importing this module does not import it. The path of one task::
         Delivery.unpack()                         # images copied out of the store, targets unpickled
 
 ``timeout`` is a batch's wait once its actor has started; an actor's start (a process importing
-torch; on a cluster, maybe waiting for a free CPU) has the larger of ``timeout`` and 60 s. (An
+torch; on a cluster, maybe waiting for a free CPU) has the larger of ``timeout`` and 60 s, and
+checking that a cluster's address answers the larger of ``timeout`` and ``CONNECT_S`` (15 s). (An
 actor that replaces a lost one starts within the wait of the batch it re-runs: the driver
 cannot tell that start from the batch's work.)
 
@@ -37,6 +38,7 @@ from functools import lru_cache
 from typing import Any
 
 from flirdata.backends._ray_actor import Delivery, RayWorker, TaskImages
+from flirdata.backends._ray_address import CONNECT_S
 from flirdata.backends._ray_session import RaySession
 from flirdata.backends._worker import THREAD_ENV
 from flirdata.backends.dataloader import RemoteTraceback
@@ -63,7 +65,9 @@ class RayOptions:
 
     Attributes:
         address: the Ray cluster to connect to ("HOST:PORT", "ray://HOST:PORT", "auto"); None
-            (default) takes ``RAY_ADDRESS``, else starts a local instance for this backend.
+            (default) takes ``RAY_ADDRESS``, else starts a local instance for this backend. A
+            cluster that does not answer within the larger of ``timeout`` and ``CONNECT_S`` is
+            ``ClusterConnectionError``.
         ship_images: the driver reads each task's image files and sends their bytes with the
             task, for actors on nodes that cannot read the dataset root (small clusters).
         retries: how often each actor may be replaced, and each task re-run, after a worker
@@ -147,7 +151,7 @@ class RayBackend:
         self.options = options
         self.shipped_bytes = 0  # image bytes the driver sent with tasks (ship_images)
         self._images = TaskImages.of(fn) if options.ship_images else None  # refuse before starting Ray
-        session = RaySession.open(options.address, workers)
+        session = RaySession.open(options.address, workers, max(timeout or 0.0, CONNECT_S))
         self._ray = session.ray
         self._res = _Resources(session)
         self._finalizer = weakref.finalize(self, self._res.close)
@@ -227,13 +231,16 @@ class RayBackend:
 
     def _failure(self, exc: Exception) -> WorkerError:
         """The error of a lost actor: could not start, or died more often than ``retries`` allows."""
+        cluster = self._res.session.cluster  # a joined "auto" may be another program's private instance
         if getattr(exc, "actor_init_failed", False):
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             return WorkerError(
-                f"flirdata {self.name!r} backend: a Ray actor could not start ({lines[-1] if lines else exc!r}); "
+                f"flirdata {self.name!r} backend: a Ray actor could not start {cluster + ' ' if cluster else ''}"
+                f"({lines[-1] if lines else exc!r}); "
                 "every node needs flirdata (the same version) and the dataset's Python dependencies"
             )
-        crash = WorkerCrashError(self.name, [int(pid) for pid in re.findall(r"\bpid: (\d+)", str(exc))])
+        pids = [int(pid) for pid in re.findall(r"\bpid: (\d+)", str(exc))]
+        crash = WorkerCrashError(self.name, pids, where=cluster)
         add_note(
             crash,
             f"flirdata: Ray replaces a lost actor and re-runs its tasks up to retries={self.options.retries} "
