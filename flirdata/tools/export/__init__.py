@@ -33,9 +33,10 @@ from typing import Any
 import albumentations as A
 from tqdm import tqdm
 
-from flirdata.cliargs import IntRange
+from flirdata.cliargs import QUALITY
 from flirdata.files import write_atomic
 from flirdata.loader import check_backend_options, open_backend, warn_if_oversubscribed
+from flirdata.names import EXPORT_FORMATS
 from flirdata.tools.export.batch import (
     WORK_DIR,
     BatchResult,
@@ -69,9 +70,8 @@ __all__ = [
     "write_atomic",
 ]
 
-FORMATS = ("coco", "yolo")
+FORMATS = EXPORT_FORMATS
 EVAL_SPLITS = ("val", "test")  # the CLI writes these once, un-augmented, unless --augment-all
-QUALITY = IntRange(0, 100)  # JPEG quality, as OpenCV takes it
 
 
 @dataclass(frozen=True)
