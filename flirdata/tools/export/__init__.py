@@ -16,7 +16,7 @@ any backend, worker count and interruption history.
 A YOLO export fills one split (``images/S``, ``labels/S``) of a dataset that may hold others:
 each split has its own work folder and resumes on its own, and finishing a split rewrites
 ``data.yaml`` to list every split present. A COCO export holds one split per folder. The command
-line is in ``cli.py``.
+line runs in ``cli.py``; its arguments are in ``flirdata.commands.export``.
 """
 
 from __future__ import annotations
