@@ -114,6 +114,7 @@ def test_light_names_are_the_registries() -> None:
     assert names.PRESET_NAMES == tuple(flirdata.PRESETS)
     assert images.MODALITIES is names.MODALITIES
     assert synth.SIZES is names.SIZES
+    assert flirdata.SPLITS is names.SPLITS
     assert export.FORMATS is names.EXPORT_FORMATS
 
 

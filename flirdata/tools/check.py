@@ -35,10 +35,10 @@ from typing import Literal
 from tqdm import tqdm
 
 from flirdata.coco import CocoIndex, load_coco
-from flirdata.dataset import SPLITS
 from flirdata.errors import AnnotationError, DataError, ImageError
 from flirdata.images import check_modality, dataset_folder, infer_modality, read_image
 from flirdata.mapping import executor_map
+from flirdata.names import SPLITS
 
 __all__ = ["Problem", "CheckReport", "find_split_dirs", "check_dataset", "run_command"]
 
