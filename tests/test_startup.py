@@ -146,3 +146,13 @@ def test_every_command_line_parses_in_a_fresh_interpreter_without_heavy_imports(
     assert {code: mods for code, mods in found.items() if mods} == {}
     # and the check itself sees an import: a command that runs imports torch
     assert "torch" in _imported_by("import flirdata.tools.check")
+
+
+@pytest.mark.slow
+def test_synth_and_check_run_without_torch(synth_root: Path, tmp_path: Path) -> None:
+    """A command imports what it needs: writing and scanning images needs OpenCV, not torch."""
+    synth = ["synth", str(tmp_path / "flir"), "--size", "4", "--val", "1", "--no-progress"]
+    check = ["check", str(synth_root), "--no-progress"]
+    for argv in (synth, check):
+        imported = _imported_by(f"import flirdata.cli; flirdata.cli.main({argv!r})")
+        assert "cv2" in imported and not {"torch", "albumentations"} & set(imported), (argv, imported)
