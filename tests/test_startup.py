@@ -62,7 +62,9 @@ def _blocked(packages: Sequence[str]) -> Iterator[None]:
     """Forget flirdata's modules and make importing ``packages`` fail, then put everything back.
 
     Only ``flirdata.errors`` is kept, so that the error classes stay the ones the rest of the
-    session catches. On exit ``sys.modules`` and the packages' submodule attributes are restored.
+    session catches. ``packages``' submodules are forgotten too: ``from torch.utils.data import
+    Dataset`` would find a cached submodule without looking at ``torch``. On exit ``sys.modules``
+    and our packages' submodule attributes are restored.
     """
     saved = dict(sys.modules)
     try:
@@ -73,7 +75,8 @@ def _blocked(packages: Sequence[str]) -> Iterator[None]:
         sys.modules.update(dict.fromkeys(packages))
         yield
     finally:
-        sys.modules.clear()
+        for name in [n for n in sys.modules if n not in saved]:  # what the block imported afresh
+            del sys.modules[name]
         sys.modules.update(saved)
         for name, module in saved.items():  # re-imports rebound submodule attributes of our packages
             parent, _, child = name.rpartition(".")
