@@ -14,7 +14,7 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -44,7 +44,7 @@ def _argv_id(case: tuple[list[str], int]) -> str:
     return " ".join(case[0])
 
 
-def _exit_status(run) -> int:
+def _exit_status(run: Callable[[], int | None]) -> int:
     """What a command line exits with, its output swallowed (``--help`` exits through SystemExit)."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
