@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flirdata.cliargs import POSITIVE, SEED, WORKERS, OneLineParser, add_root, choices_text, resolve_root
+from flirdata.names import BACKEND_NAMES, SIZES  # names only: --help answers without torch
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -43,9 +44,6 @@ def cores() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flirdata.backends import BACKENDS
-    from flirdata.synth import SIZES
-
     parser = OneLineParser(
         prog=PROG,
         description="Train a tiny detector on FLIR-like thermal images and show what the data loader costs.",
@@ -60,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--backend",
         default="process",
-        choices=list(BACKENDS),
-        help=f"how batches are made: {choices_text(list(BACKENDS))} (default: process)",
+        choices=list(BACKEND_NAMES),
+        help=f"how batches are made: {choices_text(list(BACKEND_NAMES))} (default: process)",
     )
     add(
         "--workers",
@@ -125,7 +123,6 @@ def _choice(options: Sequence[str]) -> Callable[[str], str]:
 
 def ask_interactive(args: argparse.Namespace, read: Callable[[str], str] = input) -> argparse.Namespace:
     """The seed program's questions: dataset size, technique, cores (if not sequential)."""
-    from flirdata.backends import BACKENDS
     from flirdata.synth import parse_size
 
     def size(answer: str) -> str:
@@ -136,7 +133,7 @@ def ask_interactive(args: argparse.Namespace, read: Callable[[str], str] = input
     if args.root is None:
         question = "Dataset size (small/medium/big or a number of images)"
         changes["size"] = _ask(question, args.size or "small", size, read)
-    backend = _ask(f"Technique ({'/'.join(BACKENDS)})", args.backend, _choice(list(BACKENDS)), read)
+    backend = _ask(f"Technique ({'/'.join(BACKEND_NAMES)})", args.backend, _choice(list(BACKEND_NAMES)), read)
     changes["backend"] = backend
     if backend != "sequential":
         changes["workers"] = _ask(f"Number of cores (1-{cores()} recommended)", str(args.workers), WORKERS, read)

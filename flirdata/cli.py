@@ -1,8 +1,10 @@
 """The ``flirdata`` command line: one ``main(argv) -> int`` dispatching to subcommands, and its error translator.
 
-Each subcommand lives in the module that owns the concept and exposes two functions,
-``configure_parser(parser)`` and ``run_command(args) -> int``. Modules are imported only
-when their subcommand runs, so ``flirdata synth`` does not pay for importing torch.
+Each subcommand's arguments live in a small module of ``flirdata.commands`` exposing two
+functions, ``configure_parser(parser)`` and ``run_command(args) -> int``; only the selected
+subcommand's module is imported, and it imports the tool that does the work (``flirdata.synth``,
+``flirdata.tools.*``) only in ``run_command``. So ``--help`` and usage errors answer without
+importing torch, OpenCV or albumentations, and ``flirdata synth`` never imports torch.
 
 ``run_translated`` is the one place where failures become what a user reads (the idea of
 httpx's ``map_exceptions``): one line on stderr and an exit code. ``train_demo.py`` uses it too.
@@ -41,14 +43,14 @@ EXIT_USAGE = 2  # the user's input: arguments, files, folders, disk
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 EXIT_TERMINATED = 143  # SIGTERM, as a shell reports it
 
-# name -> (module, one-line help)
+# name -> (module of flirdata.commands: its arguments, light to import; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("flirdata.synth.cli", "write a synthetic dataset in the FLIR ADAS v2 layout"),
-    "check": ("flirdata.tools.check", "scan a dataset: every image and annotation"),
-    "preview": ("flirdata.tools.preview", "draw a grid of augmented samples with their boxes"),
-    "bench": ("flirdata.tools.bench", "sweep backends x workers x dataset sizes"),
-    "export": ("flirdata.tools.export.cli", "write augmented copies with their annotations"),
-    "eval": ("flirdata.tools.evaluate", "score a detector's saved detections: the 12 COCO box metrics"),
+    "synth": ("flirdata.commands.synth", "write a synthetic dataset in the FLIR ADAS v2 layout"),
+    "check": ("flirdata.commands.check", "scan a dataset: every image and annotation"),
+    "preview": ("flirdata.commands.preview", "draw a grid of augmented samples with their boxes"),
+    "bench": ("flirdata.commands.bench", "sweep backends x workers x dataset sizes"),
+    "export": ("flirdata.commands.export", "write augmented copies with their annotations"),
+    "eval": ("flirdata.commands.eval", "score a detector's saved detections: the 12 COCO box metrics"),
 }
 
 

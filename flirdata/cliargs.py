@@ -23,6 +23,7 @@ __all__ = [
     "MAX_WORKERS",
     "NON_NEGATIVE",
     "POSITIVE",
+    "QUALITY",
     "SEED",
     "WORKERS",
     "IntList",
@@ -95,6 +96,7 @@ POSITIVE = IntRange(1, MAX_COUNT)  # counts: images, samples, copies, steps, bat
 NON_NEGATIVE = IntRange(0, MAX_COUNT)  # counts where 0 means none (or "the default"), epochs
 SEED = IntRange(0, MAX_SEED)
 WORKERS = IntRange(1, MAX_WORKERS)  # 1 = no pool: in the calling thread
+QUALITY = IntRange(0, 100)  # JPEG quality, as OpenCV takes it
 
 
 def add_root(parser: argparse.ArgumentParser, help_text: str, *, data_alias: bool = False) -> None:

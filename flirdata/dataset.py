@@ -27,20 +27,12 @@ from flirdata.images import (
     infer_modality,
     read_image,
 )
+from flirdata.names import SPLITS  # split name -> folder, defined where light modules read it
 from flirdata.seeding import reseed_transform, sample_seed_sequence
 from flirdata.transforms import ensure_detection_compose
 
 __all__ = ["SPLITS", "ON_ERROR", "BadImageWarning", "FlirDetection", "resolve_split"]
 
-# Split name -> folder name in the FLIR ADAS v2 download.
-SPLITS: dict[str, str] = {
-    "train": "images_thermal_train",
-    "val": "images_thermal_val",
-    "test": "video_thermal_test",
-    "rgb_train": "images_rgb_train",
-    "rgb_val": "images_rgb_val",
-    "rgb_test": "video_rgb_test",
-}
 ON_ERROR = ("raise", "skip")
 
 Target = dict[str, Any]

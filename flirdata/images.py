@@ -35,6 +35,7 @@ import numpy as np
 import simplejpeg
 
 from flirdata.errors import ImageError
+from flirdata.names import MODALITIES  # modality -> channels, defined where the parsers read it
 
 __all__ = [
     "MAX_IMAGE_BYTES",
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 # Modality -> channels of its images.
-MODALITIES: dict[str, int] = {"thermal": 1, "rgb": 3}
 # The largest image file read, in bytes. FLIR ADAS v2 frames are well under 2 MB, and even a raw
 # 16-bit 2048x1536 colour TIFF is 18 MiB; the limit bounds the memory a stray huge file (or a
 # file that keeps growing) can take in every worker at once.

@@ -31,6 +31,7 @@ from flirdata.cliargs import MAX_COUNT, MAX_SEED, MAX_WORKERS
 from flirdata.coco import write_coco
 from flirdata.errors import DataError
 from flirdata.mapping import executor_map
+from flirdata.names import SIZES  # name -> train images, defined where the parsers read it
 from flirdata.synth.plan import CAMERA, FLAWS, SPLIT_FOLDERS, VIDEO, FramePlan, n_flawed, plan_split, stream
 from flirdata.synth.rgb import colour_frame, make_palette
 from flirdata.synth.thermal import DrawnObject, make_scene, render_frame
@@ -49,7 +50,6 @@ __all__ = [
     "synthesize",
 ]
 
-SIZES: dict[str, int] = {"small": 500, "medium": 2000, "big": 10000}
 # Images per split at most, and rendering processes: the command line's bounds (see cliargs).
 MAX_IMAGES = MAX_COUNT
 # Split -> (folder in the FLIR download, code in the seeds of its images). Kept here rather

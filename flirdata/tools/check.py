@@ -34,14 +34,13 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from flirdata.cliargs import WORKERS, add_progress, add_root
 from flirdata.coco import CocoIndex, load_coco
-from flirdata.dataset import SPLITS
 from flirdata.errors import AnnotationError, DataError, ImageError
-from flirdata.images import MODALITIES, check_modality, dataset_folder, infer_modality, read_image
+from flirdata.images import check_modality, dataset_folder, infer_modality, read_image
 from flirdata.mapping import executor_map
+from flirdata.names import SPLITS
 
-__all__ = ["Problem", "CheckReport", "find_split_dirs", "check_dataset", "configure_parser", "run_command"]
+__all__ = ["Problem", "CheckReport", "find_split_dirs", "check_dataset", "run_command"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 MAX_WARNINGS = 20  # per kind and split: a folder of 10,000 stray files needs one line, not 10,000
@@ -286,50 +285,9 @@ def check_dataset(
 
 # -- command line --------------------------------------------------------------------------
 
-EPILOG = """\
-exit status:
-  0  every image and coco.json is usable (warnings may have been printed)
-  1  at least one image or coco.json is missing, empty, truncated, corrupt, of the wrong size,
-     or of the wrong channels (a colour image in a thermal split, a grey one in an RGB split),
-     or an image lies outside the dataset folder, is not a regular file or is over the size limit
-  2  usage error, or the dataset / a requested split folder does not exist
-
-Boxes repaired on load (degenerate boxes dropped, boxes past the frame clipped, unknown
-categories dropped) are how the real FLIR data ships: they are counted in the summary and
-do not fail the check. Files referenced twice and image files no entry references are
-warnings, which do not fail the check either.
-"""
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
-    add_root(parser, "dataset folder, or a split folder with coco.json")
-    parser.add_argument(
-        "--split",
-        default=None,
-        metavar="NAMES",
-        help="comma-separated splits: train, val, test, rgb_train, rgb_val, rgb_test, folder names or paths "
-        "(default: every split folder present)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=WORKERS,
-        default=None,
-        metavar="N",
-        help="decoding threads, 1 = serial (default: 2 x CPUs, at most 16)",
-    )
-    parser.add_argument(
-        "--modality",
-        choices=sorted(MODALITIES),
-        default=None,
-        help="channels every image must have: thermal (grey) or rgb (colour) "
-        "(default: rgb for images_rgb_*/video_rgb_* folders, else thermal)",
-    )
-    add_progress(parser)
-
 
 def run_command(args: argparse.Namespace) -> int:
+    """Run ``flirdata check`` (its arguments: ``flirdata.commands.check``); 1 if anything is wrong."""
     splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
     if args.split is not None and not splits:
         raise DataError(f"--split {args.split!r}: no split name given")

@@ -18,9 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flirdata.cliargs import NON_NEGATIVE, POSITIVE, SEED, add_progress, add_root, choices_text
 from flirdata.errors import DataError, ImageError
-from flirdata.images import MODALITIES, as_hwc
+from flirdata.images import as_hwc
 
 __all__ = [
     "GAP",
@@ -33,7 +32,6 @@ __all__ = [
     "tile_grid",
     "render_preview",
     "write_image",
-    "configure_parser",
     "run_command",
 ]
 
@@ -58,7 +56,6 @@ TITLE_BAR: RGB = (50, 50, 50)
 TITLE_TEXT: RGB = (235, 235, 235)
 GAP = 6  # pixels between tiles and around the grid
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def class_colour(label: int) -> RGB:
@@ -291,57 +288,8 @@ def write_image(path: str | Path, rgb: np.ndarray) -> Path:
 # -- command line --------------------------------------------------------------------------
 
 
-def _image_file(text: str) -> Path:
-    if Path(text).suffix.lower() not in IMAGE_SUFFIXES:
-        endings = " or ".join(IMAGE_SUFFIXES)
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a file name ending in {endings}")
-    return Path(text)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from flirdata.transforms import PRESETS
-
-    add = parser.add_argument
-    add_root(parser, "dataset folder", data_alias=True)
-    add("--out", required=True, type=_image_file, metavar="FILE.png", help="image to write (parent folders created)")
-    add("--n", type=POSITIVE, default=16, metavar="N", help="number of samples (default: 16)")
-    add("--seed", type=SEED, default=0, help="selects the samples and seeds their augmentation (default: 0)")
-    add(
-        "--split",
-        default="train",
-        help="train, val, test, rgb_train, rgb_val, rgb_test or a folder holding coco.json (default: train)",
-    )
-    add(
-        "--modality",
-        choices=sorted(MODALITIES),
-        default=None,
-        help="thermal (grey) or rgb (colour) frames (default: rgb for images_rgb_*/video_rgb_* folders)",
-    )
-    add(
-        "--epoch",
-        type=NON_NEGATIVE,
-        default=0,
-        metavar="N",
-        help="augmentation epoch: same seed, other epoch = same images, new augmentations (default: 0)",
-    )
-    add(
-        "--preset",
-        default=None,
-        help=f"augmentation preset ({choices_text(sorted(PRESETS))}) or an albumentations .json/.yaml file "
-        "(default: thermal, or rgb for an RGB split)",
-    )
-    add("--cols", type=POSITIVE, default=None, metavar="N", help="grid columns (default: near-square)")
-    add(
-        "--tile-width",
-        type=NON_NEGATIVE,
-        default=480,
-        metavar="PX",
-        help="pixel width of each sample in the grid, 0 = unscaled (default: 480)",
-    )
-    add_progress(parser, help_text="accepted as by every command; preview draws a few samples and shows no progress")
-
-
 def run_command(args: argparse.Namespace) -> int:
+    """Run ``flirdata preview`` (its arguments: ``flirdata.commands.preview``)."""
     # Imported here so that reusing draw_boxes does not import torch.
     from flirdata.dataset import FlirDetection, resolve_split
     from flirdata.images import infer_modality

@@ -52,14 +52,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flirdata.cliargs import NON_NEGATIVE, POSITIVE, SEED, WORKERS, IntList, add_progress, add_root, choices_text
 from flirdata.errors import FlirdataError
 from flirdata.tools.bench import report
 from flirdata.tools.bench.machine import load_average, machine_info
 from flirdata.tools.bench.memory import MemorySampler
 from flirdata.tools.bench.timing import calibrate_warmed, single_threaded, timed_window
 
-__all__ = ["BenchConfig", "configure_parser", "run_command", "run_bench"]
+__all__ = ["BenchConfig", "run_command", "run_bench"]
 
 BASELINE = report.BASELINE
 
@@ -84,53 +83,6 @@ class BenchConfig:
 
 
 # -- arguments ---------------------------------------------------------------------------------
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from flirdata.backends import BACKENDS
-    from flirdata.transforms import PRESETS
-
-    add = parser.add_argument
-    add_root(parser, "dataset folder to measure (make one with `flirdata synth`)", data_alias=True)
-    add(
-        "--backends",
-        metavar="LIST",
-        help=f"comma-separated, from {choices_text(list(BACKENDS))} (default: all whose optional extra is installed)",
-    )
-    add("--workers", metavar="LIST", type=IntList(WORKERS), default="1,2,4", help="worker counts (default: 1,2,4)")
-    add(
-        "--sizes",
-        metavar="LIST",
-        default="small,medium,big",
-        help="dataset sizes: small=500, medium=2000, big=10000 or a number of images; "
-        "each is a prefix of ROOT's train split (default: small,medium,big)",
-    )
-    add("--batch-size", metavar="N", type=POSITIVE, default=32, help="images per batch (default: 32)")
-    add(
-        "--batches",
-        metavar="N",
-        type=NON_NEGATIVE,
-        default=20,
-        help="batches timed per repeat after warm-up, 0 = rest of the epoch (default: 20)",
-    )
-    add("--repeats", metavar="N", type=POSITIVE, default=3, help="repeats per point (default: 3)")
-    add("--seed", metavar="N", type=SEED, default=0, help="augmentation and shuffle seed (default: 0)")
-    add(
-        "--preset",
-        default="thermal",
-        help=f"augmentation preset ({choices_text(sorted(PRESETS))}) or an albumentations .json/.yaml file "
-        "(default: thermal)",
-    )
-    add(
-        "--profile",
-        action="store_true",
-        help="instead of the sweep, print what each transform of the pipeline costs per image on ROOT's train "
-        "images (one thread; --batches x --batch-size images, decode and collate included)",
-    )
-    add("--json", metavar="FILE", help="write one record per point")
-    add("--markdown", metavar="FILE", help="write the tables as markdown")
-    add("--plot", metavar="FILE.png", help="plot speedup against workers")
-    add_progress(parser)
-
-
 def _items(text: str, what: str) -> list[str]:
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
@@ -340,6 +292,7 @@ def _calibration_line(r: report.Record) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """Run ``flirdata bench`` (its arguments: ``flirdata.commands.bench``)."""
     if args.profile:
         from flirdata.tools.bench.profile import run_profile
 

@@ -21,7 +21,7 @@ against its shard's record (size and digest) and writes again the batches of tho
 A YOLO export fills one split (``images/S``, ``labels/S``) of a dataset that may hold others:
 each split has its own work folder and resumes on its own, and finishing a split rewrites
 ``data.yaml`` to list every split present. A COCO export holds one split per folder. The command
-line is in ``cli.py``.
+line runs in ``cli.py``; its arguments are in ``flirdata.commands.export``.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from typing import Any
 import albumentations as A
 from tqdm import tqdm
 
-from flirdata.cliargs import IntRange
+from flirdata.cliargs import QUALITY
 from flirdata.files import NAME_MAX, FolderBusyError, folder_lock, write_atomic
 from flirdata.loader import check_backend_options, open_backend, warn_if_oversubscribed
+from flirdata.names import EXPORT_FORMATS
 from flirdata.tools.export.batch import (
     WORK_DIR,
     BatchResult,
@@ -75,9 +76,8 @@ __all__ = [
     "write_atomic",
 ]
 
-FORMATS = ("coco", "yolo")
+FORMATS = EXPORT_FORMATS
 EVAL_SPLITS = ("val", "test")  # the CLI writes these once, un-augmented, unless --augment-all
-QUALITY = IntRange(0, 100)  # JPEG quality, as OpenCV takes it
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""``flirdata export ROOT``: the command line of the exporter, one or several splits per call."""
+"""``flirdata export ROOT``: the run of the exporter's command line, one or several splits per call.
+
+Its arguments are in ``flirdata.commands.export``, which imports this module only to run.
+"""
 
 from __future__ import annotations
 
@@ -6,61 +9,14 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from flirdata.backends import BACKENDS
-from flirdata.cliargs import POSITIVE, SEED, WORKERS, add_progress, add_root, choices_text
 from flirdata.dataset import SPLITS, FlirDetection
 from flirdata.errors import FlirdataError, WorkerError
-from flirdata.tools.export import EVAL_SPLITS, FORMATS, QUALITY, WORK_DIR, ExportError, export_augmented
+from flirdata.tools.export import EVAL_SPLITS, WORK_DIR, ExportError, export_augmented
 from flirdata.tools.export.output import yolo_record
 from flirdata.tools.export.yolo import YOLO_SPLITS
 from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
 
-__all__ = ["configure_parser", "run_command"]
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from flirdata.transforms import PRESETS
-
-    add = parser.add_argument
-    add_root(parser, "dataset folder (holding images_thermal_train/ ...)", data_alias=True)
-    add(
-        "--split",
-        default="train",
-        metavar="SPLITS",
-        help="train, val, test (rgb_train, ...), or a folder holding coco.json (default: train); yolo takes "
-        "several, comma-separated, into one dataset (images/S, labels/S, data.yaml), and a later call "
-        "with another split adds it to the same --out",
-    )
-    add(
-        "--out",
-        required=True,
-        metavar="OUT",
-        help="output folder: new or empty, an interrupted export, or (yolo) a dataset export wrote before",
-    )
-    add(
-        "--copies",
-        type=POSITIVE,
-        default=1,
-        metavar="N",
-        help="augmented copies of every train image (default: 1); val and test are written once, "
-        "un-augmented (the original frames and boxes), unless --augment-all",
-    )
-    add("--augment-all", action="store_true", help="augment val and test too, with --preset and --copies")
-    add("--format", dest="fmt", choices=FORMATS, default="coco", help="output layout (default: coco)")
-    add("--quality", type=QUALITY, default=95, metavar="Q", help="JPEG quality, 0 to 100 (default: 95)")
-    add("--seed", type=SEED, default=0, help="augmentation seed (default: 0)")
-    add(
-        "--preset",
-        default=None,
-        help=f"augmentation preset ({choices_text(sorted(PRESETS))}) or an albumentations .json/.yaml file "
-        "(default: the split's own, thermal or rgb)",
-    )
-    add("--resume", action="store_true", help="finish an interrupted export into OUT")
-    add("--backend", choices=sorted(BACKENDS), default="sequential", help="loader backend (default: sequential)")
-    add("--workers", type=WORKERS, default=1, metavar="N", help="loader workers, 1 = no pool (default: 1)")
-    add("--batch-size", type=POSITIVE, default=16, metavar="N", help="images per batch (default: 16)")
-    add("--limit", type=POSITIVE, default=None, metavar="N", help="export only the first N images (of each split)")
-    add_progress(parser)
+__all__ = ["run_command"]
 
 
 def _yolo_split(split: str) -> str:
@@ -129,6 +85,7 @@ def _yolo_next_step(out: Path) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """Run ``flirdata export`` on the parsed arguments."""
     splits = _parse_splits(args)
     datasets = _split_datasets(args, splits)  # every split is checked before anything is written
     # What every split shares; each adds its own copies and YOLO split.

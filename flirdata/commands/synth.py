@@ -1,4 +1,4 @@
-"""``flirdata synth ROOT``: the command line of the synthetic-data generator."""
+"""``flirdata synth ROOT``: the arguments of the synthetic-data generator (``flirdata.synth``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from flirdata.cliargs import NON_NEGATIVE, SEED, WORKERS, add_progress, add_root
-from flirdata.synth import SIZES, parse_size, synthesize
+from flirdata.names import SIZES
 
 __all__ = ["configure_parser", "run_command"]
 
@@ -54,6 +54,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run ``flirdata synth`` and print one line per split and the speed."""
+    from flirdata.synth import parse_size, synthesize
+
     summary = synthesize(
         args.root,
         train=parse_size(args.size),
