@@ -13,6 +13,10 @@ pixels (the missing rows grey), so it decodes every other format only (PNG, TIFF
 libraries fail on truncated or damaged data. Bytes after a JPEG's end-of-image marker are
 ignored, as cameras append metadata there.
 
+Before any decoding, the size in the file's header (``flirdata.headers``) is compared with the
+size ``coco.json`` declares and with ``MAX_IMAGE_PIXELS``: a decoder allocates the frame its
+header claims, so a 40 KB file claiming 60000x60000 would otherwise cost gigabytes and seconds.
+
 Reading a file (``read_image_bytes``) checks, before opening it, that it resolves inside the
 dataset folder (a symlink may point anywhere inside it, not outside), that it is a regular
 file (a FIFO, device or socket is refused without opening it, so nothing hangs) and that it
