@@ -32,20 +32,28 @@ from flirdata.tools.bench.report import add_results_options, markdown_table, pub
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## coco.json"
-COLUMNS = text_columns("loader", "seconds (median)", "min–max", "peak RSS MB", "above imports MB")
+COLUMNS = text_columns("loader", "seconds (median)", "min–max", "CPU seconds", "peak RSS MB", "above imports MB")
 
-# Run in a child: import what the loader needs, note the RSS, load, report time and peak RSS.
+# Run in a child: import what the loader needs, load, report wall and CPU time and the peak RSS
+# (VmHWM: ru_maxrss would carry the parent's peak over the exec that started the child).
 _CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from flirdata.coco import load_coco
+
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+def high_water_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
 mode, path = sys.argv[1], Path(sys.argv[2])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
+base, start, cpu_start = high_water_mb(), time.perf_counter(), cpu()
 result = json.loads(path.read_bytes()) if mode == "json" else load_coco(path)
-seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "base_mb": base / 1024}))
+seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
+print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "peak_mb": high_water_mb(), "base_mb": base}))
 """
 
 
@@ -100,6 +108,7 @@ def row(label: str, runs: list[dict[str, float]]) -> dict[str, str]:
         "loader": label,
         "seconds (median)": f"{statistics.median(seconds):.2f}",
         "min–max": f"{min(seconds):.2f}–{max(seconds):.2f}",
+        "CPU seconds": f"{statistics.median(r['cpu'] for r in runs):.2f}",
         "peak RSS MB": f"{peak:.0f}",
         "above imports MB": f"{peak - base:.0f}",
     }
@@ -135,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"Measured {machine_line(meta)}.",
             f"A {megabytes:.0f} MB coco.json of {args.images} images and {args.annotations} annotations; each "
-            f"loader in a fresh process, {args.repeats} times (median, min–max); peak RSS of that process:",
-            markdown_table([row(label, runs[label]) for label, _, _ in loaders], COLUMNS, align="lrrrr"),
+            f"loader in a fresh process, {args.repeats} times (median, min–max; CPU: user + system, median); "
+            "peak RSS of that process (VmHWM), and how much of it the load added to the imports:",
+            markdown_table([row(label, runs[label]) for label, _, _ in loaders], COLUMNS, align="lrrrrr"),
         ]
     )
     return publish(text, None if args.no_write else args.results, "bench_coco.py", HEADING)

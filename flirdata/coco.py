@@ -135,7 +135,7 @@ def load_coco(path: str | Path, classes: Sequence[str] | None = None) -> CocoInd
             a class not listed are dropped and counted in ``stats["unknown_category"]``.
     """
     path = Path(path)
-    return parse_coco(_read_json(path), str(path), classes)
+    return _parse(_read_json(path), str(path), classes, consume=True)
 
 
 def _read_json(path: Path) -> Any:
@@ -154,6 +154,12 @@ def _read_json(path: Path) -> Any:
 
 def parse_coco(data: Any, path: str, classes: Sequence[str] | None = None) -> CocoIndex:
     """Build a ``CocoIndex`` from already-decoded COCO JSON (``path`` is for messages)."""
+    return _parse(data, path, classes)
+
+
+def _parse(data: Any, path: str, classes: Sequence[str] | None, consume: bool = False) -> CocoIndex:
+    """``parse_coco``; ``consume``: ``data`` is the caller's to lose, emptied once checked, so the
+    decoded records (most of the memory of a large file) are freed before the index is packed."""
     if not isinstance(data, dict):
         raise annotation_error(path, f"top level is {type(data).__name__}, expected an object")
     for key in ("images", "annotations", "categories"):
@@ -163,6 +169,8 @@ def parse_coco(data: Any, path: str, classes: Sequence[str] | None = None) -> Co
     images = parse_images(data["images"], path)
     anns = parse_annotations(data["annotations"], path, set(cat_names), images)
     _check_boxes(data["annotations"], path, anns, images)
+    if consume:
+        data.clear()
     used = {cat_names[c] for c in np.unique(anns["category"]).tolist()}
     if classes is None:
         classes = FLIR_CLASSES + tuple(sorted(used - set(FLIR_CLASSES)))
