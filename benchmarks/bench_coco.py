@@ -94,8 +94,13 @@ def measure(mode: str, path: Path, tree: Path | None) -> dict[str, float]:
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, mode, str(path)], env=env, capture_output=True, text=True, check=True
+    done = subprocess.run(  # run in the file's folder: `-c` puts the working directory first on sys.path
+        [sys.executable, "-c", _CHILD, mode, str(path)],
+        env=env,
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(done.stdout)
 
