@@ -199,6 +199,24 @@ def test_the_header_size_of_every_read_format_is_the_decoded_size(suffix: str) -
     assert cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED).shape[:2] == (37, 53)
 
 
+def _tiff_header(order: str, big: bool, width: int, height: int) -> bytes:
+    """A TIFF's header and first directory holding only ImageWidth (LONG) and ImageLength (SHORT);
+    a value shorter than its field sits in the field's first bytes, whatever the byte order."""
+    magic = {"<": b"II", ">": b"MM"}[order] + struct.pack(order + "H", 43 if big else 42)
+    if big:
+        head = magic + struct.pack(order + "HHQ", 8, 0, 16)
+        entries = struct.pack(order + "HHQQ", 256, 4, 1, width) + struct.pack(order + "HHQH6x", 257, 3, 1, height)
+        return head + struct.pack(order + "Q", 2) + entries
+    entries = struct.pack(order + "HHII", 256, 4, 1, width) + struct.pack(order + "HHIHH", 257, 3, 1, height, 0)
+    return magic + struct.pack(order + "I", 8) + struct.pack(order + "H", 2) + entries
+
+
+@pytest.mark.parametrize("big", [False, True])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_tiff_headers_of_either_byte_order_and_bigtiff(order: str, big: bool) -> None:
+    assert image_size(_tiff_header(order, big, 60000, 512)) == (512, 60000)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
