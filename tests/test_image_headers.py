@@ -205,7 +205,7 @@ def _tiff_header(order: str, big: bool, width: int, height: int) -> bytes:
     magic = {"<": b"II", ">": b"MM"}[order] + struct.pack(order + "H", 43 if big else 42)
     if big:
         head = magic + struct.pack(order + "HHQ", 8, 0, 16)
-        entries = struct.pack(order + "HHQQ", 256, 4, 1, width) + struct.pack(order + "HHQH6x", 257, 3, 1, height)
+        entries = struct.pack(order + "HHQI4x", 256, 4, 1, width) + struct.pack(order + "HHQH6x", 257, 3, 1, height)
         return head + struct.pack(order + "Q", 2) + entries
     entries = struct.pack(order + "HHII", 256, 4, 1, width) + struct.pack(order + "HHIHH", 257, 3, 1, height, 0)
     return magic + struct.pack(order + "I", 8) + struct.pack(order + "H", 2) + entries
