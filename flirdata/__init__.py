@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "PRESETS": "flirdata.transforms",
     "OUTPUTS": "flirdata.outputs",
     "MainModuleError": "flirdata.backends",
+    "CollatePicklingError": "flirdata.backends",
     "build_transform": "flirdata.transforms",
     "BACKENDS": "flirdata.backends",
     "WorkerCrashError": "flirdata.backends",
@@ -58,6 +59,7 @@ __all__ = [
     "BatchSampler",
     "ClusterConnectionError",
     "CocoIndex",
+    "CollatePicklingError",
     "DataError",
     "DetectionError",
     "FLIR_CLASSES",
@@ -100,7 +102,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
-    from flirdata.backends import BACKENDS, MainModuleError, ShmCapacityWarning, WorkerCrashError
+    from flirdata.backends import BACKENDS, CollatePicklingError, MainModuleError, ShmCapacityWarning, WorkerCrashError
     from flirdata.coco import FLIR_CLASSES, CocoIndex, load_coco
     from flirdata.collate import collate_detection
     from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection

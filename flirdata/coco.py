@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from flirdata.boxes import OFF_FRAME_SLIP, clean_coco_boxes, corrupt_coco_boxes
 from flirdata.errors import AnnotationError
 from flirdata.files import atomic_file
+from flirdata.records import annotation_error, parse_annotations, parse_categories, parse_images
 
 __all__ = ["COCO_LAYOUTS", "FLIR_CLASSES", "CocoIndex", "load_coco", "parse_coco", "write_coco"]
 
@@ -43,11 +44,6 @@ FLIR_CLASSES: tuple[str, ...] = (
     "scooter",
     "other vehicle",
 )
-
-# Ids are packed as int64; the symmetric bound also keeps out -2**63, whose negation overflows.
-_ID_MAX = 2**63 - 1
-# Width and height are 16-bit fields in a JPEG header, so no real frame is larger.
-_SIDE_MAX = 65535
 
 
 @dataclass(frozen=True)
@@ -139,158 +135,49 @@ def load_coco(path: str | Path, classes: Sequence[str] | None = None) -> CocoInd
             a class not listed are dropped and counted in ``stats["unknown_category"]``.
     """
     path = Path(path)
+    return _parse(_read_json(path), str(path), classes, consume=True)
+
+
+def _read_json(path: Path) -> Any:
+    """The decoded JSON of ``path``; its bytes are freed before the parse builds its objects."""
     try:
-        text = path.read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise AnnotationError(f"{path}: annotation file not found") from None
     try:
-        data = json.loads(text)
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # what json.loads(bytes) does
+        del raw  # the text and the objects parsed from it are the peak: the bytes need not join them
+        return json.loads(text)
     except (ValueError, RecursionError) as exc:  # also an int of over 4300 digits, or nesting too deep
         raise AnnotationError(f"{path}: not valid JSON ({exc})") from None
-    return parse_coco(data, str(path), classes)
-
-
-def _require(cond: bool, path: str, what: str, problem: str = "not a COCO file") -> None:
-    if not cond:
-        raise AnnotationError(f"{path}: {problem}: {what}")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _integer(value: Any, low: int = -_ID_MAX, high: int = _ID_MAX) -> bool:
-    """An int in ``low..high`` (by default an id that fits int64); never a bool, which JSON
-    ``true`` becomes and ``isinstance(True, int)`` accepts."""
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def parse_coco(data: Any, path: str, classes: Sequence[str] | None = None) -> CocoIndex:
     """Build a ``CocoIndex`` from already-decoded COCO JSON (``path`` is for messages)."""
-    _require(isinstance(data, dict), path, f"top level is {type(data).__name__}, expected an object")
+    return _parse(data, path, classes)
+
+
+def _parse(data: Any, path: str, classes: Sequence[str] | None, consume: bool = False) -> CocoIndex:
+    """``parse_coco``; ``consume``: ``data`` is the caller's to lose, emptied once checked, so the
+    decoded records (most of the memory of a large file) are freed before the index is packed."""
+    if not isinstance(data, dict):
+        raise annotation_error(path, f"top level is {type(data).__name__}, expected an object")
     for key in ("images", "annotations", "categories"):
-        _require(isinstance(data.get(key), list), path, f"missing list {key!r}")
-    cat_names = _parse_categories(data["categories"], path)
-    images = _parse_images(data["images"], path)
-    anns = _parse_annotations(data["annotations"], path, set(cat_names), images)
+        if not isinstance(data.get(key), list):
+            raise annotation_error(path, f"missing list {key!r}")
+    cat_names = parse_categories(data["categories"], path)
+    images = parse_images(data["images"], path)
+    anns = parse_annotations(data["annotations"], path, set(cat_names), images)
     _check_boxes(data["annotations"], path, anns, images)
+    if consume:
+        data.clear()
     used = {cat_names[c] for c in np.unique(anns["category"]).tolist()}
     if classes is None:
         classes = FLIR_CLASSES + tuple(sorted(used - set(FLIR_CLASSES)))
     classes = tuple(classes)
-    _require(len(set(classes)) == len(classes), path, f"duplicate class names in {classes}")
+    if len(set(classes)) != len(classes):
+        raise annotation_error(path, f"duplicate class names in {classes}")
     return _pack(path, classes, cat_names, images, anns)
-
-
-def _parse_categories(categories: list, path: str) -> dict[int, str]:
-    names: dict[int, str] = {}
-    for k, cat in enumerate(categories):
-        ok = isinstance(cat, dict) and _integer(cat.get("id")) and isinstance(cat.get("name"), str)
-        _require(ok, path, f"categories[{k}] needs an integer 'id' (|id| < 2**63) and a string 'name', got {cat!r}")
-        names[cat["id"]] = cat["name"]
-    return names
-
-
-def _parse_images(images: list, path: str) -> dict[str, Any]:
-    ids, names, widths, heights = [], [], [], []
-    for k, img in enumerate(images):
-        _require(isinstance(img, dict), path, f"images[{k}] is not an object")
-        image_id = img.get("id")
-        _require(_integer(image_id), path, f"images[{k}] needs an integer 'id' (|id| < 2**63), got {image_id!r}")
-        name = _file_name(img.get("file_name"))
-        _require(
-            name is not None,
-            path,
-            f"images[{k}] needs a non-empty string 'file_name' (UTF-8, no NUL), got {img.get('file_name')!r}",
-        )
-        _require(
-            _inside_split(img["file_name"]),
-            path,
-            f"image id {img['id']}: file_name {img['file_name']!r} must "
-            "be a relative path inside the split folder (not absolute, no '..' part)",
-            problem="image file outside the split folder",
-        )
-        w, h = img.get("width"), img.get("height")
-        ok = _integer(w, 1, _SIDE_MAX) and _integer(h, 1, _SIDE_MAX)
-        _require(
-            ok,
-            path,
-            f"image id {img['id']} ({img['file_name']}) needs integer width and height in "
-            f"1..{_SIDE_MAX} (the JPEG limit), got width {w!r}, height {h!r}",
-        )
-        ids.append(img["id"])
-        names.append(name)
-        widths.append(w)
-        heights.append(h)
-    image_ids = np.asarray(ids, dtype=np.int64)
-    unique, counts = np.unique(image_ids, return_counts=True)
-    _require(bool(np.all(counts == 1)), path, f"duplicate image ids {unique[counts > 1][:5].tolist()}")
-    return {
-        "ids": image_ids,
-        "names": np.asarray(names, dtype=bytes) if names else np.zeros(0, dtype="S1"),
-        "widths": np.asarray(widths, dtype=np.int32),
-        "heights": np.asarray(heights, dtype=np.int32),
-        "row": {image_id: row for row, image_id in enumerate(ids)},
-    }
-
-
-def _inside_split(name: str) -> bool:
-    """Whether ``file_name`` stays below the split folder: not absolute and no '..' part, read
-    with both POSIX and Windows separators, so a coco.json is as safe on either system."""
-    parts = name.replace("\\", "/").split("/")
-    return not (name.startswith(("/", "\\")) or PureWindowsPath(name).drive or ".." in parts)
-
-
-def _file_name(value: Any) -> bytes | None:
-    """``value`` encoded for the packed name array, or None where it cannot name a file: not a
-    string, empty, holding NUL (numpy's bytes arrays strip a trailing one) or a lone surrogate."""
-    if not isinstance(value, str) or not value or "\0" in value:
-        return None
-    try:
-        return value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-
-
-def _parse_annotations(anns: list, path: str, cat_ids: set[int], images: dict) -> dict[str, np.ndarray]:
-    n = len(anns)
-    rows = np.empty(n, dtype=np.int64)
-    cats = np.empty(n, dtype=np.int64)
-    ids = np.empty(n, dtype=np.int64)
-    crowd = np.zeros(n, dtype=np.uint8)
-    boxes = np.empty((n, 4), dtype=np.float64)
-    for k, ann in enumerate(anns):
-        _require(isinstance(ann, dict), path, f"annotations[{k}] is not an object")
-        ann_id = ann.get("id", k)
-        for key in ("id", "image_id", "category_id"):
-            value = ann.get(key, k)
-            _require(
-                _integer(value),
-                path,
-                f"annotations[{k}] (id {ann_id!r}): {key!r} must be an integer with |value| < 2**63, got {value!r}",
-            )
-        bbox = ann.get("bbox")
-        ok = isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)
-        _require(ok, path, f"annotation id {ann_id}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
-        row = images["row"].get(ann.get("image_id"))
-        _require(row is not None, path, f"annotation id {ann_id}: unknown image_id {ann.get('image_id')!r}")
-        _require(
-            ann.get("category_id") in cat_ids,
-            path,
-            f"annotation id {ann_id}: category_id {ann.get('category_id')!r} is not declared",
-        )
-        iscrowd = ann.get("iscrowd", 0)
-        _require(
-            type(iscrowd) is int and iscrowd in (0, 1),
-            path,
-            f"annotation id {ann_id}: 'iscrowd' must be 0 or 1, got {iscrowd!r}",
-        )
-        rows[k], cats[k], ids[k], crowd[k] = row, ann["category_id"], ann_id, iscrowd
-        try:
-            boxes[k] = bbox
-        except OverflowError:  # an int beyond float64 (10**400): as corrupt as inf, reported as such
-            boxes[k] = np.inf
-    return {"row": rows, "category": cats, "id": ids, "box": boxes, "crowd": crowd}
 
 
 def _check_boxes(raw: list, path: str, anns: dict[str, np.ndarray], images: dict) -> None:
@@ -306,8 +193,7 @@ def _check_boxes(raw: list, path: str, anns: dict[str, np.ndarray], images: dict
     row, w, h = anns["row"][k], int(widths[k]), int(heights[k])
     image = f"image id {images['ids'][row]} ({images['names'][row].decode('utf-8')}, {w}x{h})"
     mw, mh = OFF_FRAME_SLIP * w, OFF_FRAME_SLIP * h
-    _require(
-        False,
+    raise annotation_error(
         path,
         f"annotation id {anns['id'][k]} on {image}: bbox {raw[k]['bbox']!r} {reason}; expected "
         f"finite numbers, a box reaching into x {-mw:g}..{w + mw:g}, y {-mh:g}..{h + mh:g} and staying within "
@@ -323,7 +209,9 @@ def _pack(path: str, classes: tuple[str, ...], cat_names: dict[int, str], images
     for cid, label in sorted(label_of_cat.items(), reverse=True):
         if label:
             category_ids[label] = cid  # the lowest id wins where two ids share a name
-    labels = np.asarray([label_of_cat[c] for c in anns["category"].tolist()], dtype=np.int64)
+    cat_ids = np.asarray(sorted(label_of_cat), dtype=np.int64)
+    label_of_id = np.asarray([label_of_cat[c] for c in cat_ids.tolist()], dtype=np.int64)
+    labels = label_of_id[np.searchsorted(cat_ids, anns["category"])]  # every category is declared
     known = labels > 0
     w = images["widths"][anns["row"]].astype(np.float64)
     h = images["heights"][anns["row"]].astype(np.float64)

@@ -28,6 +28,7 @@ from flirdata.images import (
     read_image,
 )
 from flirdata.names import SPLITS  # split name -> folder, defined where light modules read it
+from flirdata.sampler import MAX_EPOCH, check_int
 from flirdata.seeding import reseed_transform, sample_seed_sequence
 from flirdata.transforms import ensure_detection_compose
 
@@ -199,8 +200,7 @@ class FlirDetection(Dataset):
         reaches persistent workers too. A copy made with ``pickle.dumps`` outside a process
         start, or ``copy.deepcopy``, has its own epoch.
         """
-        sample_seed_sequence(self.seed, epoch, 0)
-        self._epoch.fill_(int(epoch))
+        self._epoch.fill_(check_int("epoch", epoch, 0, MAX_EPOCH))
 
     def image_path(self, i: int) -> Path:
         return self.split_dir / self.index.file_name(i)
@@ -234,7 +234,7 @@ class FlirDetection(Dataset):
         draw copy ``k`` of an image as its augmentation in epoch ``k``).
         """
         k = self._check_index(i)
-        epoch = self.epoch if epoch is None else epoch
+        epoch = self.epoch if epoch is None else check_int("epoch", epoch, 0, MAX_EPOCH)
         image, boxes, labels, source = self._load_or_skip(k)
         image, xyxy, kept = self._augment(image, boxes, self._key(k), epoch)
         target = {
@@ -271,10 +271,12 @@ class FlirDetection(Dataset):
         return part
 
     def _check_index(self, i: int) -> int:
+        if isinstance(i, (bool, np.bool_)) or not hasattr(i, "__index__"):
+            raise TypeError(f"dataset indices must be integers, got {type(i).__name__} {i!r}")
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n} images")
-        return int(i) % n
+        return operator.index(i) % n
 
     def _key(self, k: int) -> int:
         """Row ``k``'s index in the full split: its seeding key and its place in the cache."""
@@ -308,6 +310,19 @@ class FlirDetection(Dataset):
             pipeline = self._local.pipeline = copy.deepcopy(self.transform)
         return pipeline
 
+    def _check_channels(self, image: np.ndarray) -> np.ndarray:
+        """The transform's output image as ``[H, W]`` (thermal) or ``[H, W, 3]`` (rgb), or a ValueError."""
+        if image.ndim == 3 and image.shape[2] == 1 and self.channels == 1:  # albumentations' grey [H, W, 1]
+            return image[:, :, 0]
+        expected = image.ndim == 2 if self.channels == 1 else image.ndim == 3 and image.shape[2] == self.channels
+        if not expected:
+            shapes = "[H, W] or [H, W, 1]" if self.channels == 1 else f"[H, W, {self.channels}]"
+            raise ValueError(
+                f"the transform returned an image of shape {list(image.shape)}, but split {self.split_dir} is "
+                f"{self.modality} ({self.channels} channel{'s' if self.channels > 1 else ''}): expected {shapes}"
+            )
+        return image
+
     def _augment(
         self, image: np.ndarray, boxes: np.ndarray, k: int, epoch: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -320,9 +335,7 @@ class FlirDetection(Dataset):
         # The label field carries each box's row, so labels and iscrowd follow the kept boxes.
         rows = np.arange(len(boxes), dtype=np.int64)
         out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=rows)
-        result = np.ascontiguousarray(out["image"])
-        if result.ndim == 3 and self.channels == 1:  # albumentations may return grey as [H, W, 1]
-            result = result[:, :, 0]
+        result = self._check_channels(np.ascontiguousarray(out["image"]))
         out_boxes = np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4)
         xyxy = clip_xyxy(out_boxes if voc else coco_to_xyxy(out_boxes), result.shape[1], result.shape[0])
         keep = valid_mask(xyxy)

@@ -13,6 +13,10 @@ pixels (the missing rows grey), so it decodes every other format only (PNG, TIFF
 libraries fail on truncated or damaged data. Bytes after a JPEG's end-of-image marker are
 ignored, as cameras append metadata there.
 
+Before any decoding, the size in the file's header (``flirdata.headers``) is compared with the
+size ``coco.json`` declares and with ``MAX_IMAGE_PIXELS``: a decoder allocates the frame its
+header claims, so a 40 KB file claiming 60000x60000 would otherwise cost gigabytes and seconds.
+
 Reading a file (``read_image_bytes``) checks, before opening it, that it resolves inside the
 dataset folder (a symlink may point anywhere inside it, not outside), that it is a regular
 file (a FIFO, device or socket is refused without opening it, so nothing hangs) and that it
@@ -35,10 +39,12 @@ import numpy as np
 import simplejpeg
 
 from flirdata.errors import ImageError
+from flirdata.headers import image_size, jpeg_error
 from flirdata.names import MODALITIES  # modality -> channels, defined where the parsers read it
 
 __all__ = [
     "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
     "MODALITIES",
     "as_chw",
     "as_hwc",
@@ -58,6 +64,10 @@ __all__ = [
 # 16-bit 2048x1536 colour TIFF is 18 MiB; the limit bounds the memory a stray huge file (or a
 # file that keeps growing) can take in every worker at once.
 MAX_IMAGE_BYTES = 64 * 2**20
+# The most pixels decoded from one file, checked on its header before decoding (the file limit
+# does not bound the frame: 876 KB of PNG hold 900 MB of zeros). 8192x8192; a FLIR RGB frame
+# is 3.1 megapixels, and a frame at the limit decodes to 64 MiB per channel byte.
+MAX_IMAGE_PIXELS = 2**26
 # Folder-name prefixes of the FLIR ADAS v2 download's RGB splits.
 _RGB_PREFIXES = ("images_rgb_", "video_rgb_")
 # A colour frame differs between channels almost everywhere, so a sparse grid finds it
@@ -65,8 +75,6 @@ _RGB_PREFIXES = ("images_rgb_", "video_rgb_")
 _PROBE_STEP = 7
 
 _JPEG_START = b"\xff\xd8"
-# libjpeg's words for a file that ends before its image does (JWRN_JPEG_EOF).
-_JPEG_EOF = "Premature end of JPEG file"
 # O_NONBLOCK: opening a FIFO that appeared after the stat must not wait for a writer.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 # This thread's ``supplied_image_bytes`` files (path -> bytes), if any.
@@ -193,9 +201,7 @@ def _decode_jpeg(data: bytes, name: str) -> np.ndarray:
         grey = simplejpeg.decode_jpeg_header(data)[2] == "Gray"
         image = simplejpeg.decode_jpeg(data, colorspace="GRAY" if grey else "RGB", strict=True)
     except ValueError as exc:
-        reason = str(exc).split("(): ", 1)[-1]  # "tjDecompressHeader3(): ..." names an internal call
-        what = "truncated JPEG" if _JPEG_EOF in reason else "corrupt JPEG"
-        raise ImageError(f"{name}: {what} (the decoder reports: {reason})") from None
+        raise jpeg_error(name, exc) from None
     return image[:, :, 0] if grey else image
 
 
@@ -229,18 +235,45 @@ def _to_uint8(image: np.ndarray, modality: str) -> np.ndarray:
     return np.clip(image * scale + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode_image(data: bytes, name: str = "<bytes>", modality: str = "thermal") -> np.ndarray:
+def _check_size(data: bytes, name: str, expect_hw: tuple[int, int] | None) -> None:
+    """The header's size against ``coco.json`` and ``MAX_IMAGE_PIXELS``, before a byte is decoded."""
+    height, width = image_size(data, name)
+    if expect_hw is not None and (height, width) != tuple(expect_hw):
+        raise _wrong_size(name, height, width, expect_hw)
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{name}: header declares {width}x{height} = {height * width} pixels, over the limit of "
+            f"{MAX_IMAGE_PIXELS} pixels per image (flirdata.images.MAX_IMAGE_PIXELS); not decoded"
+        )
+
+
+def _wrong_size(name: str | Path, height: int, width: int, expect_hw: tuple[int, int]) -> ImageError:
+    return ImageError(f"{name}: image is {width}x{height} but coco.json declares {expect_hw[1]}x{expect_hw[0]}")
+
+
+def decode_image(
+    data: bytes, name: str = "<bytes>", modality: str = "thermal", expect_hw: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode encoded image bytes to ``uint8 [H, W]`` (thermal) or ``uint8 [H, W, 3]`` RGB (rgb).
+
+    The size in the file's header is checked first, against ``expect_hw`` (``(height,
+    width)``) when given and against ``MAX_IMAGE_PIXELS``, so a file claiming a huge frame
+    costs neither the time nor the memory of decoding it.
 
     Raises:
         ImageError: empty, truncated or undecodable bytes (for a JPEG: anything its decoder
-            warns about), or channels that do not match ``modality`` (a colour file for
-            "thermal", a grey one for "rgb").
+            warns about), a format whose header ``flirdata.headers`` cannot read, a header
+            size other than ``expect_hw`` or over the pixel limit, non-finite pixels (NaN or
+            inf in a float TIFF), or channels that do not match ``modality`` (a colour file
+            for "thermal", a grey one for "rgb").
     """
     check_modality(modality)
     if not data:
         raise ImageError(f"{name}: image file is empty")
+    _check_size(data, name, expect_hw)
     image = _decode_jpeg(data, name) if data.startswith(_JPEG_START) else _decode_other(data, name)
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ImageError(f"{name}: non-finite pixels (NaN or inf) in a {image.dtype} image; expected finite values")
     grey = image.ndim == 2 or _equal_channels(image)
     if modality == "thermal":
         if not grey:
@@ -282,11 +315,9 @@ def read_image(
         max_bytes: the largest file read; default ``MAX_IMAGE_BYTES``.
     """
     check_modality(modality)
-    image = decode_image(read_image_bytes(path, within, max_bytes), str(path), modality)
-    if expect_hw is not None and image.shape[:2] != tuple(expect_hw):
-        raise ImageError(
-            f"{path}: image is {image.shape[1]}x{image.shape[0]} but coco.json declares {expect_hw[1]}x{expect_hw[0]}"
-        )
+    image = decode_image(read_image_bytes(path, within, max_bytes), str(path), modality, expect_hw)
+    if expect_hw is not None and image.shape[:2] != tuple(expect_hw):  # a decoder that disagrees with its header
+        raise _wrong_size(path, image.shape[0], image.shape[1], expect_hw)
     return image
 
 

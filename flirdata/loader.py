@@ -21,7 +21,7 @@ from flirdata.backends.ray import may_run_elsewhere
 from flirdata.collate import collate_detection
 from flirdata.errors import DataError, WorkerError
 from flirdata.outputs import OUTPUTS, convert_batch
-from flirdata.sampler import BatchSampler, resolve_shard
+from flirdata.sampler import MAX_EPOCH, BatchSampler, check_int, resolve_shard
 
 __all__ = [
     "LoaderOptions",
@@ -104,9 +104,7 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch of the next ``iter(loader)``: its order and its augmentations."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-        self.epoch = epoch
+        self.epoch = check_int("epoch", epoch, 0, MAX_EPOCH)
 
     def tasks(self, epoch: int | None = None) -> list[Task]:
         """The epoch's tasks ``(epoch, indices)``, as the backend receives them."""

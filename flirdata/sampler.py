@@ -14,13 +14,19 @@ import numpy as np
 
 from flirdata.seeding import shuffle_seed_sequence
 
-__all__ = ["BatchSampler", "check_int", "resolve_shard"]
+__all__ = ["MAX_EPOCH", "BatchSampler", "check_int", "resolve_shard"]
+
+# Epochs are shared with workers as an int64 (``FlirDetection.set_epoch``); the seeding functions
+# take any size, so int64 is the bound.
+MAX_EPOCH = 2**63 - 1
 
 
-def check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int if it is one (not a bool) and ``>= minimum``, else ValueError naming it."""
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int if it is one (not a bool) in ``minimum..maximum``, else ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer in {minimum}..{maximum}, got {value!r}")
     return int(value)
 
 
@@ -142,10 +148,10 @@ class BatchSampler:
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's sample indices for ``epoch``, in the order they are served."""
+        epoch = check_int("epoch", epoch, 0, MAX_EPOCH)
         if self.shuffle:
             indices = np.random.default_rng(shuffle_seed_sequence(self.seed, epoch)).permutation(self.size)
         else:
-            check_int("epoch", epoch, 0)
             indices = np.arange(self.size)
         # np.resize repeats the order cyclically: its head pads it, as DistributedSampler's does.
         indices = np.resize(indices, self.total_size)

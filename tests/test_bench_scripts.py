@@ -16,7 +16,7 @@ import pytest
 from flirdata import FlirDetection, build_transform
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["bench_backends.py", "bench_decode.py", "bench_presets.py", "bench_cache.py"]
+SCRIPTS = ["bench_backends.py", "bench_decode.py", "bench_presets.py", "bench_cache.py", "bench_coco.py"]
 
 
 def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -45,6 +45,8 @@ def test_script_help(name, monkeypatch, capsys):
         ("bench_cache.py", ["ROOT", "--sizes", "lots"], "--sizes: "),
         ("bench_cache.py", ["ROOT", "--sizes", "1000000"], "expected image counts up to the"),
         ("bench_cache.py", ["ROOT", "--sizes", "20"], "--sizes: 20 images leave no batch to time"),
+        ("bench_coco.py", ["--repeats", "0"], "--images, --annotations and --repeats must be at least 1"),
+        ("bench_coco.py", ["--baseline-tree", "ROOT"], "holds no flirdata/coco.py"),
     ],
 )
 def test_script_bad_arguments(name, args, message, monkeypatch, capsys, synth_root):
@@ -146,3 +148,12 @@ def test_tiny_run_on_a_dataset_writes_its_block(name, tmp_path, synth_root):
     text = results.read_text()
     assert text.startswith(f"# Benchmark results\n\n{heading}\n\nprose kept\n")
     assert [row for row in rows if row not in text] == []
+
+
+@pytest.mark.slow
+def test_bench_coco_runs_tiny_and_writes_its_block(monkeypatch, tmp_path, capsys):
+    module = _load("bench_coco.py", monkeypatch)
+    results = tmp_path / "RESULTS.md"
+    assert module.main(["--images", "5", "--annotations", "40", "--repeats", "1", "--results", str(results)]) == 0
+    text = results.read_text()
+    assert "## coco.json" in text and "| load_coco |" in text and "| json.loads alone |" in text

@@ -30,9 +30,9 @@ def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = flirdata.images.decode_image
 
-    def counting(data: bytes, name: str, modality: str) -> np.ndarray:
+    def counting(data: bytes, name: str, modality: str, expect_hw: tuple[int, int] | None = None) -> np.ndarray:
         calls.append(name)
-        return real(data, name, modality)
+        return real(data, name, modality, expect_hw)
 
     monkeypatch.setattr(flirdata.images, "decode_image", counting)
     return calls

@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib.util
 
 from flirdata.backends._shm import ShmCapacityWarning
-from flirdata.backends._spawning import MainModuleError
+from flirdata.backends._spawning import CollatePicklingError, MainModuleError
 from flirdata.backends.dataloader import DataLoaderBackend
 from flirdata.backends.loky import make_loky_backend
 from flirdata.backends.process import make_process_backend
@@ -44,6 +44,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendFactory",
+    "CollatePicklingError",
     "EXTRAS",
     "Fetcher",
     "MainModuleError",

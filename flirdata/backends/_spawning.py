@@ -30,13 +30,17 @@ from typing import Any
 
 from flirdata.errors import FlirdataError
 
-__all__ = ["MainModuleError", "WorkerStart", "plan_worker_start", "main_names_in"]
+__all__ = ["CollatePicklingError", "MainModuleError", "WorkerStart", "plan_worker_start", "main_names_in"]
 
 _MAIN_LOCK = threading.Lock()
 
 
 class MainModuleError(FlirdataError, RuntimeError):
     """Worker processes need something defined in ``__main__``, and cannot get it there."""
+
+
+class CollatePicklingError(FlirdataError, TypeError):
+    """The collate function cannot be pickled to reach worker processes (a lambda, a local function)."""
 
 
 class _Discard:
@@ -152,6 +156,22 @@ class WorkerStart:
                 main.__dict__.update(saved)
 
 
+def _check_collate_pickles(collate_fn: Any, backend: str) -> None:
+    """Raise CollatePicklingError when ``collate_fn`` does not pickle (it never needs a process start to)."""
+    if collate_fn is None:
+        return
+    try:
+        pickle.dumps(collate_fn)
+    except Exception as exc:
+        name = getattr(collate_fn, "__qualname__", repr(collate_fn))
+        raise CollatePicklingError(
+            f"flirdata {backend!r} backend: the collate function {name} cannot be pickled to reach the worker "
+            f"processes ({type(exc).__name__}: {exc}); make it a module-level function that workers can import "
+            "(not a lambda or a function defined inside another), or use backend='threads' or 'loky', which "
+            "take it as it is."
+        ) from None
+
+
 def plan_worker_start(payload: Any, backend: str) -> WorkerStart:
     """Decide how ``backend`` starts workers that receive ``payload``; fail now if they cannot.
 
@@ -161,8 +181,9 @@ def plan_worker_start(payload: Any, backend: str) -> WorkerStart:
     main = sys.modules["__main__"]
     try:
         names = main_names_in(payload)
-    except Exception:  # not picklable here: let the worker start report it as it is
-        return WorkerStart(hide_main=False)
+    except Exception:  # not picklable here: name the collate function if it is the cause
+        _check_collate_pickles(getattr(payload, "collate_fn", None), backend)
+        return WorkerStart(hide_main=False)  # something else, which may pickle only as a process starts
     if not names:
         return WorkerStart(hide_main=_reruns(main))
     found = _problem(main)

@@ -67,11 +67,22 @@ def item_getter(dataset: Any, epoch: int) -> Callable[[int], Any]:
     return dataset.__getitem__
 
 
+def _file_of(dataset: Any, i: int) -> str:
+    """``", file PATH"`` for a dataset that names its samples' files (``image_path``), else ``""``."""
+    image_path = getattr(dataset, "image_path", None)
+    if not callable(image_path):
+        return ""
+    try:
+        return f", file {image_path(i)}"
+    except Exception:  # the note must never hide the error it annotates
+        return ""
+
+
 @dataclass(frozen=True)
 class Fetcher:
     """Turns one task into one batch; picklable, so it is what reaches each worker (once).
 
-    Errors keep their type and message and gain a note naming the sample and epoch, since a
+    Errors keep their type and message and gain a note naming the sample, epoch and file, since a
     traceback from a worker otherwise cannot tell which image was bad.
     """
 
@@ -90,7 +101,7 @@ class Fetcher:
             try:
                 samples.append(get(i))
             except Exception as exc:
-                add_note(exc, f"flirdata: while loading sample {i} (epoch {epoch})")
+                add_note(exc, f"flirdata: while loading sample {i} (epoch {epoch}{_file_of(self.dataset, i)})")
                 raise
         try:
             return self.collate_fn(samples)

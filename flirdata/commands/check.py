@@ -12,8 +12,9 @@ __all__ = ["EPILOG", "configure_parser", "run_command"]
 EPILOG = """\
 exit status:
   0  every image and coco.json is usable (warnings may have been printed)
-  1  at least one image or coco.json is missing, empty, truncated, corrupt, of the wrong size,
-     or of the wrong channels (a colour image in a thermal split, a grey one in an RGB split),
+  1  at least one image or coco.json is missing, empty, truncated, corrupt, of the wrong size
+     (read from the image's header, before decoding), over the pixel cap, of the wrong channels
+     (a colour image in a thermal split, a grey one in an RGB split), with non-finite pixels,
      or an image lies outside the dataset folder, is not a regular file or is over the size limit
   2  usage error, or the dataset / a requested split folder does not exist
 

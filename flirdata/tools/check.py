@@ -8,7 +8,9 @@ colour frames in RGB ones, as ``FlirDetection`` reads them). What it finds is a 
 ``Problem``s:
 
 * errors: an image or annotation file the dataset cannot use (missing, empty, truncated,
-  corrupt, wrong size, wrong channels, not JSON, not COCO; a ``file_name`` leaving its split
+  corrupt, wrong size, wrong channels, non-finite pixels, not JSON, not COCO, two categories
+  sharing an id; a header declaring a size other than coco.json's or over the pixel cap, found
+  before decoding, so a decompression bomb costs nothing; a ``file_name`` leaving its split
   folder, a symlink out of the dataset folder, a FIFO, device or socket, a file over the size
   limit: these four found from the path and ``os.stat`` alone, without opening the file). Any
   error makes the command exit 1.
