@@ -51,6 +51,7 @@ import torch
 from flirdata import FlirDetection, build_transform
 from flirdata.backends import _shm as shm
 from flirdata.backends import installed_backends
+from flirdata.backends._wire import dumps
 from flirdata.backends._worker import forkserver_context, tune_malloc
 from flirdata.collate import batch_memory, collate_detection
 from flirdata.loader import make_loader
@@ -249,7 +250,7 @@ def transport(repeats: int = 30) -> dict[str, float]:
             "collate alone (the stack of the images)": partial(collate_detection, samples),
             "a copy into the ring alone (saved by collating into it)": partial(shm.pack_batch, (images, targets), slot),
             "a copy out of the ring alone (saved by lending the slot)": partial(ring.read, packed.images),
-            "targets only, tensors pickled as numpy arrays (used)": lambda: pickle.loads(shm.dumps(targets)),
+            "targets only, tensors pickled as numpy arrays (used)": lambda: pickle.loads(dumps(targets)),
             "targets only, torch's own tensor pickling": lambda: pickle.loads(pickle.dumps(targets)),
         }
         ring.release(slot.index)

@@ -127,8 +127,8 @@ def test_a_circle_is_found() -> None:
     (node, top), *_ = _imports(tree.body)
     targets = set(_targets(node, "flirdata.cache", False, {"flirdata.backends", "flirdata.backends._shm"}))
     assert not top and targets == {"flirdata.backends", "flirdata.backends._shm"}
+    # importing a submodule runs its package's __init__ (not the one the importer sits in)
     assert list(_with_packages("flirdata.backends._shm", "flirdata.cache")) == [
-        "flirdata",
         "flirdata.backends",
         "flirdata.backends._shm",
     ]
@@ -137,7 +137,7 @@ def test_a_circle_is_found() -> None:
 def main() -> None:
     graph = import_graph()
     for module, edges in sorted(graph.items()):
-        shown = [name + ("" if top else "*") for name, top in sorted(edges.items()) if name != "flirdata"]
+        shown = [name + ("" if top else "*") for name, top in sorted(edges.items())]
         print(f"{module} -> {', '.join(shown) or '(none)'}")
     cycle = find_cycle(graph)
     print("circle: " + (" -> ".join(cycle) if cycle else "none"))

@@ -12,81 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import signal
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flirdata.backends._shm import dumps
 from flirdata.backends._spawning import plan_worker_start
-from flirdata.backends._worker import forkserver_context, portable_exception, setup_worker
-from flirdata.backends.protocol import TaskFunction, WorkerCrashError
+from flirdata.backends._wire import RemoteFailure, Shipment
+from flirdata.backends._worker import forkserver_context, setup_worker
+from flirdata.backends.protocol import BackendKind, TaskFunction, WorkerCrashError
 from flirdata.errors import LoaderTimeoutError
 
 _WATCHDOG_GRACE_S = 2.0  # beyond the timeout, before the watchdog kills a stuck transfer
 
-__all__ = ["DataLoaderBackend", "RemoteFailure", "RemoteTraceback", "Shipment"]
+__all__ = ["KIND", "DataLoaderBackend"]
 
-
-class RemoteTraceback(Exception):
-    """The worker-side traceback, attached as ``__cause__`` of a re-raised exception."""
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.args[0]}"""'
-
-
-@dataclass(frozen=True)
-class RemoteFailure:
-    """An exception returned, not raised, by a DataLoader worker.
-
-    torch re-raises worker errors as ``type(exc)("Caught ... Original Traceback ...")``,
-    which loses the message and the notes; returning the exception keeps both.
-    """
-
-    exc: BaseException
-    tb: str
-
-    @classmethod
-    def capture(cls, exc: BaseException) -> RemoteFailure:
-        return cls(portable_exception(exc), "".join(traceback.format_exception(exc)))
-
-    def reraise(self) -> None:
-        self.exc.__cause__ = RemoteTraceback(self.tb)
-        raise self.exc
-
-
-@dataclass(frozen=True)
-class Shipment:
-    """A batch leaving a DataLoader worker: the images tensor, everything else as pickle bytes.
-
-    torch sends every tensor of a worker's result through a shared-memory file and a
-    descriptor passed over a socket: right for the images (one 10 MB tensor), wasteful for
-    the two small target tensors of each image, so those travel inside ``payload``.
-    """
-
-    images: torch.Tensor | None
-    payload: bytes
-
-    @staticmethod
-    def pack(batch: Any) -> Any:
-        if type(batch) is tuple and batch and isinstance(batch[0], torch.Tensor):
-            payload = dumps(batch[1:])
-            return batch if payload is None else Shipment(batch[0], payload)
-        payload = dumps(batch)
-        return batch if payload is None else Shipment(None, payload)
-
-    def unpack(self) -> Any:
-        payload = pickle.loads(self.payload)
-        return payload if self.images is None else (self.images, *payload)
+KIND = BackendKind(parallel=True, uses_threads=False)
 
 
 class _TaskDataset(Dataset):

@@ -37,17 +37,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from flirdata.backends._ray_actor import Delivery, RayWorker, TaskImages
+from flirdata._validate import check_int
+from flirdata.backends._ray_actor import RayWorker, TaskImages
 from flirdata.backends._ray_address import CONNECT_S
 from flirdata.backends._ray_session import RaySession
+from flirdata.backends._wire import Delivery, RemoteTraceback
 from flirdata.backends._worker import THREAD_ENV
-from flirdata.backends.dataloader import RemoteTraceback
-from flirdata.backends.protocol import TaskFunction, WorkerCrashError, add_note
-from flirdata.errors import LoaderTimeoutError, WorkerError
+from flirdata.backends.protocol import BackendKind, TaskFunction, WorkerCrashError
+from flirdata.errors import LoaderTimeoutError, WorkerCountWarning, WorkerError, add_note
 from flirdata.mapping import bounded_map
-from flirdata.sampler import check_int
 
-__all__ = ["DEFAULT_RETRIES", "RayBackend", "RayOptions", "make_ray_backend", "may_run_elsewhere"]
+__all__ = ["DEFAULT_RETRIES", "KIND", "RayBackend", "RayOptions", "make_ray_backend", "may_run_elsewhere"]
 
 # Replacements of each actor, and re-runs of each task, after a death (Ray's max_restarts and
 # max_task_retries): enough for a node lost now and then; a worker that dies at every task
@@ -119,8 +119,6 @@ class _Resources:
 
 def _warn_if_too_few_cpus(ray: Any, workers: int) -> None:
     """Warn when the cluster has fewer CPUs than one-CPU actors asked for: the rest would wait unseen."""
-    from flirdata.loader import WorkerCountWarning  # lazily: the loader imports the backends
-
     total = int(ray.cluster_resources().get("CPU", 0))
     if total < workers:
         warnings.warn(
@@ -285,3 +283,7 @@ def make_ray_backend(
         ValueError: an invalid option value.
     """
     return RayBackend(fn, workers, prefetch, timeout, RayOptions(address, ship_images, retries))
+
+
+# Ray is an optional extra; its actors are processes, here or on the cluster's nodes.
+KIND = BackendKind(parallel=True, uses_threads=False, runs_elsewhere=may_run_elsewhere, extra="ray")

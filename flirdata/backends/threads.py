@@ -20,11 +20,13 @@ import cv2
 from joblib.parallel import ThreadingBackend  # joblib re-exports its backends here
 
 from flirdata.backends._worker import tune_malloc
-from flirdata.backends.protocol import TaskFunction
+from flirdata.backends.protocol import BackendKind, TaskFunction
 from flirdata.errors import LoaderTimeoutError
 from flirdata.mapping import bounded_map
 
-__all__ = ["ThreadsBackend"]
+__all__ = ["KIND", "ThreadsBackend"]
+
+KIND = BackendKind(parallel=True, uses_threads=True)
 
 
 def _run_unless_cancelled(fn: TaskFunction, task: Any, cancelled: threading.Event) -> Any:

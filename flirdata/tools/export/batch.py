@@ -26,8 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flirdata.backends.protocol import add_note
-from flirdata.errors import FlirdataError
+from flirdata.errors import FlirdataError, add_note
 from flirdata.files import write_atomic
 from flirdata.tools.export.yolo import yolo_label_text
 
