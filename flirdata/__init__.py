@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "WorkerError": "flirdata.errors",
     "PRESETS": "flirdata.transforms",
     "OUTPUTS": "flirdata.outputs",
+    "PER_BOX_FIELDS": "flirdata.targets",
+    "per_box_fields": "flirdata.targets",
     "MainModuleError": "flirdata.backends",
     "build_transform": "flirdata.transforms",
     "BACKENDS": "flirdata.backends",
@@ -64,6 +66,7 @@ __all__ = [
     "MainModuleError",
     "MissingExtraError",
     "OUTPUTS",
+    "PER_BOX_FIELDS",
     "PRESETS",
     "SPLITS",
     "ShmCapacityWarning",
@@ -74,6 +77,7 @@ __all__ = [
     "export_augmented",
     "load_coco",
     "make_loader",
+    "per_box_fields",
     "synthesize",
 ]
 
@@ -109,5 +113,6 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from flirdata.outputs import OUTPUTS
     from flirdata.sampler import BatchSampler
     from flirdata.synth import synthesize
+    from flirdata.targets import PER_BOX_FIELDS, per_box_fields
     from flirdata.tools.export import export_augmented
     from flirdata.transforms import PRESETS, build_transform
