@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ def test_per_box_fields_are_the_targets_own_tensors(synth_root: Path) -> None:
     assert [id(f) for f in fields] == [id(target[name]) for name in fd.PER_BOX_FIELDS]  # identity, not copies
     assert all(len(f) == len(target["boxes"]) for f in fields)
     assert [id(f) for f in fd.per_box_fields(target)] == [id(f) for f in fields]
+    assert pickle.loads(pickle.dumps(fd.per_box_fields)) is fd.per_box_fields  # a transform using it pickles
 
 
 def test_per_box_fields_leaves_out_absent_fields_and_refuses_other_input() -> None:
