@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "WorkerError": "flirdata.errors",
     "PRESETS": "flirdata.transforms",
     "OUTPUTS": "flirdata.outputs",
+    "PER_BOX_FIELDS": "flirdata.targets",
+    "per_box_fields": "flirdata.targets",
     "MainModuleError": "flirdata.backends",
     "CollatePicklingError": "flirdata.backends",
     "build_transform": "flirdata.transforms",
@@ -72,6 +74,7 @@ __all__ = [
     "MainModuleError",
     "MissingExtraError",
     "OUTPUTS",
+    "PER_BOX_FIELDS",
     "PRESETS",
     "SPLITS",
     "ShmCapacityWarning",
@@ -83,6 +86,7 @@ __all__ = [
     "export_augmented",
     "load_coco",
     "make_loader",
+    "per_box_fields",
     "stats_table",
     "synthesize",
 ]
@@ -121,5 +125,6 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from flirdata.outputs import OUTPUTS
     from flirdata.sampler import BatchSampler
     from flirdata.synth import synthesize
+    from flirdata.targets import PER_BOX_FIELDS, per_box_fields
     from flirdata.tools.export import export_augmented
     from flirdata.transforms import PRESETS, build_transform

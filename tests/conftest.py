@@ -110,3 +110,22 @@ def count_boxes_on_pixels(samples: Iterable[tuple[Any, dict[str, Any]]], mask_of
         assert iou >= 0.9, f"sample {k}: box {target['boxes'].tolist()} vs pixels {drawn.tolist()}"
         checked += 1
     return checked
+
+
+CLIENTS = Path(__file__).resolve().parent / "clients"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clients",
+        action="store_true",
+        help="also collect tests/clients, the tier run with the real torchvision, pycocotools and Ultralytics "
+        "(bash .ci/clients builds its environment and runs it)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/clients needs the client tier's environment: the main suite never collects it."""
+    if collection_path == CLIENTS and not config.getoption("--clients"):
+        return True
+    return None
