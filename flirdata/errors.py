@@ -68,14 +68,16 @@ class WorkerError(FlirdataError, RuntimeError):
 class LoaderTimeoutError(WorkerError):
     """No batch arrived within the loader's ``timeout`` (a stopped or stuck worker).
 
-    ``starting=True``: a worker did not even start within ``timeout``, the backend's start
-    allowance (Ray actors waiting for a free CPU of the cluster, or a node slow to start one).
+    ``starting=True``: a worker did not even start (or deliver its first batch) within ``timeout``,
+    its start allowance (a machine too busy to start a process, Ray actors waiting for a free CPU
+    of the cluster, a node slow to start one); see ``flirdata.backends._waits``.
     """
 
     def __init__(self, backend: str, timeout: float, starting: bool = False) -> None:
         if starting:
             what = (
-                f"a worker did not start within {timeout:g} s (no free CPU in the cluster, or a node slow to start one)"
+                f"a worker did not start within {timeout:g} s, its start-up allowance (a machine too busy to "
+                "start it, no free CPU in the cluster, or a node slow to start one)"
             )
         else:
             what = (

@@ -240,13 +240,13 @@ def make_loader(
             "uint8" (default, as collated), "float" (float32 in [0, 1]), or "float_rgb"
             (float32 in [0, 1] with 3 channels, grey repeated: what torchvision's detection
             models take). Workers still send uint8, 4x fewer bytes.
-        timeout: seconds to wait for one batch before ``LoaderTimeoutError`` (a stopped or
-            stuck worker), as torch's ``DataLoader(timeout=)``; the first batch of a new pool
-            also waits for its workers to start (seconds for loky), except on "ray", where a
-            batch's wait counts from when its actor has started and starting one may take the
-            larger of ``timeout`` and 60 s; the stuck pool is closed and the next epoch starts a
-            new one. None (default) waits for ever; the "sequential" path does its work in the
-            calling thread and never waits.
+        timeout: a batch that does not arrive within ``timeout`` seconds of being waited for
+            raises ``LoaderTimeoutError`` (a stopped or stuck worker), on every backend; the
+            stuck pool is closed and the next epoch starts a new one. A worker's start-up is
+            not part of that wait: the first batch of each new worker may also take the larger
+            of ``timeout`` and 60 s (its start allowance; past it the error says a worker did
+            not start). None (default) waits for ever; the "sequential" path does its work in
+            the calling thread and never waits.
         backend_options: options of ``backend``, passed to its factory as keyword arguments
             (``backend_option_names(backend)`` lists them; unused when ``workers <= 1``).
             "ray": ``address`` (the cluster; default ``RAY_ADDRESS``, else a local instance

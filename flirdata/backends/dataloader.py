@@ -23,10 +23,10 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from flirdata.backends._spawning import plan_worker_start
+from flirdata.backends._waits import BatchWaits
 from flirdata.backends._wire import RemoteFailure, Shipment
 from flirdata.backends._worker import forkserver_context, setup_worker
 from flirdata.backends.protocol import BackendKind, TaskFunction, WorkerCrashError
-from flirdata.errors import LoaderTimeoutError
 
 _WATCHDOG_GRACE_S = 2.0  # beyond the timeout, before the watchdog kills a stuck transfer
 
@@ -82,6 +82,7 @@ class DataLoaderBackend:
     def __init__(self, fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._source = _TaskSource()
         self._expired = False  # the watchdog killed the workers of a wait that outlasted the timeout
+        self._waits = BatchWaits(timeout, starting=workers)  # one first batch per worker, dealt in turn
         self._start = plan_worker_start(fetcher, self.name)  # before any process starts
         with _more_workers_than_cores_is_fine():
             self._loader: DataLoader | None = DataLoader(
@@ -105,23 +106,26 @@ class DataLoaderBackend:
             with _more_workers_than_cores_is_fine(), self._start.starting():
                 batches = iter(self._loader)  # starts the workers on the first epoch
         while True:
-            with self._worker_failures(), self._watchdog():
+            wait = self._waits.next()
+            # torch's own wait for a batch's message: set per wait (its iterator copied timeout= once).
+            batches._timeout = wait or 0  # type: ignore[attr-defined]
+            with self._worker_failures(), self._watchdog(wait):
                 try:
                     batch = next(batches)
                 except StopIteration:
                     return
+            self._waits.arrived()
             if isinstance(batch, RemoteFailure):
                 batch.reraise()
             yield batch.unpack() if isinstance(batch, Shipment) else batch
 
     @contextlib.contextmanager
-    def _watchdog(self) -> Iterator[None]:
-        """Kill the workers if a wait outlasts the timeout where torch's own timeout cannot see.
+    def _watchdog(self, timeout: float | None) -> Iterator[None]:
+        """Kill the workers if a wait outlasts ``timeout`` where torch's own timeout cannot see.
 
         torch times out the wait for a batch's message, not the descriptor transfer that
         follows it: a worker stopped between the two holds the consumer for ever.
         """
-        timeout = None if self._loader is None else self._loader.timeout
         if not timeout:
             yield
             return
@@ -143,17 +147,17 @@ class DataLoaderBackend:
         try:
             yield
         except (RuntimeError, ConnectionError, EOFError, OSError) as exc:
-            if self._expired and self._loader is not None:
-                raise LoaderTimeoutError(self.name, self._loader.timeout) from exc
+            if self._expired:
+                raise self._waits.expired(self.name) from exc
             self._map_failure(exc)
             raise
 
     def _map_failure(self, exc: BaseException) -> None:
         """Raise flirdata's error for ``exc``, or return if it is not about the workers."""
         if isinstance(exc, RuntimeError):
-            if self._loader is not None and self._loader.timeout and "timed out" in str(exc):
+            if self._waits.timeout and "timed out" in str(exc):
                 self._kill_workers()  # a stuck worker would hold the shutdown for ever
-                raise LoaderTimeoutError(self.name, self._loader.timeout) from exc
+                raise self._waits.expired(self.name) from exc
         # A worker that dies while sending a batch breaks the descriptor transfer
         # (ConnectionResetError, EOFError) before torch's own check notices it.
         crash = self._crash_error()

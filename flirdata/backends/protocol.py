@@ -143,7 +143,7 @@ class BackendKind:
 
 
 # factory(task function, workers, prefetch, timeout) -> Backend; prefetch = tasks in flight per
-# worker; timeout = seconds to wait for one result (None: for ever), then LoaderTimeoutError.
+# worker; timeout = seconds to wait for one batch (None: for ever), its meaning in backends._waits.
 BackendFactory = Callable[[TaskFunction, int, int, "float | None"], Backend]
 
 

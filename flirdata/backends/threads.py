@@ -19,9 +19,9 @@ from typing import Any
 import cv2
 from joblib.parallel import ThreadingBackend  # joblib re-exports its backends here
 
+from flirdata.backends._waits import BatchWaits
 from flirdata.backends._worker import tune_malloc
 from flirdata.backends.protocol import BackendKind, TaskFunction
-from flirdata.errors import LoaderTimeoutError
 from flirdata.mapping import bounded_map
 
 __all__ = ["KIND", "ThreadsBackend"]
@@ -46,6 +46,7 @@ class ThreadsBackend:
     def __init__(self, fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._fetcher = fetcher
         self.timeout = timeout
+        self._waits = BatchWaits(timeout, starting=0)  # threads start at once: no start-up to allow for
         self.depth = workers * prefetch
         self._pool: ThreadingBackend | None = ThreadingBackend()
         self._pool.configure(n_jobs=workers)
@@ -76,10 +77,10 @@ class ThreadsBackend:
 
     def _result(self, pending: Any) -> Any:
         try:
-            return pending.get(self.timeout)
+            return pending.get(self._waits.next())
         except multiprocessing.TimeoutError as exc:
             self._abandon()
-            raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
+            raise self._waits.expired(self.name) from exc
 
     def _abandon(self) -> None:
         """Drop a pool whose thread is stuck: a thread cannot be killed, only left to finish.
