@@ -40,7 +40,7 @@ class Tiny:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if i == self.slow_index:
             time.sleep(0.3)
-        return torch.full((1, 2, 2), i % 256, dtype=torch.uint8), {"image_id": i}
+        return torch.full((1, 2, 2), i % 256, dtype=torch.uint8), {"image_id": i, "pid": os.getpid()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -67,20 +67,6 @@ def test_sequential_never_waits() -> None:
     assert len(list(loader)) == 4
 
 
-def _workers(before: set[int]) -> list[psutil.Process]:
-    """This process's new children that run batches (not the fork server, a resource tracker)."""
-    me = psutil.Process()
-    found = []
-    for child in me.children(recursive=True):
-        line = " ".join(child.cmdline())
-        if child.pid in before or "resource_tracker" in line:
-            continue
-        if "forkserver import main" in line and child.ppid() == me.pid:
-            continue  # the fork server itself (its workers share its command line)
-        found.append(child)
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
@@ -102,13 +88,13 @@ def test_a_stopped_pool_times_out_within_timeout_and_a_bound(backend: str) -> No
     with make_loader(Tiny(size=400), backend=backend, workers=2, batch_size=1, prefetch=1) as loader:
         next(iter(loader))
         startup = time.monotonic() - start
-    before = {child.pid for child in psutil.Process().children(recursive=True)}
     timeout = 2.0 + startup  # far above a batch of Tiny's, whatever the load
     with make_loader(Tiny(size=400), backend=backend, workers=2, batch_size=1, prefetch=1, timeout=timeout) as loader:
         batches = iter(loader)
-        next(batches), next(batches)  # a batch from each worker: both have started
-        workers = _workers(before)
-        assert len(workers) == 2
+        pids: set[int] = set()
+        while len(pids) < 2:  # a batch from each worker: both have started
+            pids.add(next(batches)[1][0]["pid"])
+        workers = [psutil.Process(pid) for pid in pids]
         for worker in workers:
             os.kill(worker.pid, signal.SIGSTOP)
         start = time.monotonic()
