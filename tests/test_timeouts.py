@@ -94,13 +94,11 @@ def test_a_stopped_pool_times_out_within_timeout_and_a_bound(backend: str) -> No
         pids: set[int] = set()
         while len(pids) < 2:  # a batch from each worker: both have started
             pids.add(next(batches)[1][0]["pid"])
-        workers = [psutil.Process(pid) for pid in pids]
-        for worker in workers:
-            os.kill(worker.pid, signal.SIGSTOP)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
         start = time.monotonic()
         with pytest.raises(LoaderTimeoutError, match=rf"'{backend}' backend: no batch arrived within timeout="):
-            for _ in batches:
-                pass
+            list(batches)
         took = time.monotonic() - start
     assert timeout <= took < timeout + _WATCHDOG_GRACE_S + 2 * startup, (took, timeout, startup)
-    psutil.wait_procs(workers, timeout=timeout)
+    psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=timeout)
