@@ -1,0 +1,30 @@
+"""The formats ``flirdata export`` writes: name -> ``Layout`` (see ``flirdata.tools.export.layout``).
+
+Each format is one module here that makes one ``Layout`` (``LAYOUT``): ``coco`` (``data/`` and
+``coco.json``, one split per folder) and ``yolo`` (``images/S``, ``labels/S`` and ``data.yaml``,
+one dataset of several splits). A new format is a new module and its line in ``LAYOUTS``; the
+command line's ``--format`` offers ``flirdata.tools.export.FORMATS``, which a test holds equal to
+``LAYOUTS``' keys (a plain tuple, so that parsing a command line imports no format).
+"""
+
+from __future__ import annotations
+
+from flirdata.tools.export.formats import coco, yolo
+from flirdata.tools.export.layout import ExportError, Layout
+
+__all__ = ["LAYOUTS", "layout_for", "several_splits"]
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (coco.LAYOUT, yolo.LAYOUT)}
+
+
+def layout_for(fmt: str) -> Layout:
+    """The layout of format ``fmt``; an ``ExportError`` naming the formats there are if it is none."""
+    try:
+        return LAYOUTS[fmt]
+    except (KeyError, TypeError):
+        raise ExportError(f"format must be one of {tuple(LAYOUTS)}, got {fmt!r}") from None
+
+
+def several_splits() -> list[str]:
+    """The formats whose folder holds several splits (each export fills one)."""
+    return [name for name, layout in LAYOUTS.items() if layout.splits]
