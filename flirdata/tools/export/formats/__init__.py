@@ -2,9 +2,10 @@
 
 Each format is one module here that makes one ``Layout`` (``LAYOUT``): ``coco`` (``data/`` and
 ``coco.json``, one split per folder) and ``yolo`` (``images/S``, ``labels/S`` and ``data.yaml``,
-one dataset of several splits). A new format is a new module and its line in ``LAYOUTS``; the
-command line's ``--format`` offers ``flirdata.tools.export.FORMATS``, which a test holds equal to
-``LAYOUTS``' keys (a plain tuple, so that parsing a command line imports no format).
+one dataset of several splits). A new format is a new module and its entry here (its import and
+its place in ``LAYOUTS``). The command line's ``--format`` offers ``flirdata.tools.export.FORMATS``,
+a plain tuple of the same names (parsing a command line imports no format), so its name goes
+there too: a test holds the two equal.
 """
 
 from __future__ import annotations
