@@ -52,7 +52,7 @@ from flirdata.tools.export.batch import (
     output_stem,
     write_batch,
 )
-from flirdata.tools.export.formats import LAYOUTS, layout_for
+from flirdata.tools.export.formats import LAYOUTS, layout_for, several_splits
 from flirdata.tools.export.layout import LOCK_FILE, VERSION, WORK_DIR, ExportError, Layout
 from flirdata.tools.export.output import finish_output, pending_batches, prepare_output
 
@@ -158,9 +158,7 @@ def _check_split(layout: Layout, split: str | None) -> str | None:
     if not layout.splits:
         if split is not None:
             several = [
-                f"the {f.name} format ({f.images.format(split='SPLIT')} of one dataset)"
-                for f in LAYOUTS.values()
-                if f.splits
+                f"the {f} format ({LAYOUTS[f].images.format(split='SPLIT')} of one dataset)" for f in several_splits()
             ]
             raise ExportError(
                 f"split is for {' or '.join(several) or 'a format of several splits'}; a {layout.name} export "
