@@ -37,7 +37,7 @@ from flirdata.tools.export import (
     export_item,
     output_stem,
 )
-from flirdata.tools.export.yolo import parse_yolo_labels
+from flirdata.tools.export.formats.yolo import parse_yolo_labels
 from flirdata.transforms import build_transform
 
 REPO = Path(__file__).resolve().parent.parent
