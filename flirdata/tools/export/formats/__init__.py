@@ -3,9 +3,10 @@
 Each format is one module here that makes one ``Layout`` (``LAYOUT``): ``coco`` (``data/`` and
 ``coco.json``, one split per folder) and ``yolo`` (``images/S``, ``labels/S`` and ``data.yaml``,
 one dataset of several splits). A new format is a new module and its entry here (its import and
-its place in ``LAYOUTS``). The command line's ``--format`` offers ``flirdata.names.EXPORT_FORMATS`` (``flirdata.tools.export.FORMATS``),
-a plain tuple of the same names (parsing a command line imports no format), so its name goes
-there too: a test holds the two equal.
+its place in ``LAYOUTS``). The command line's ``--format`` offers
+``flirdata.names.EXPORT_FORMATS`` (re-exported as ``flirdata.tools.export.FORMATS``), a plain
+tuple of the same names (parsing a command line imports no format), so its name goes there too:
+a test holds the two equal.
 """
 
 from __future__ import annotations
