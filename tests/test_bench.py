@@ -13,9 +13,10 @@ import psutil
 import pytest
 import torch
 
+import flirdata.tools.bench
 from flirdata import FlirDetection, build_transform
 from flirdata.cli import main
-from flirdata.tools.bench import BenchConfig, _open_sizes
+from flirdata.tools.bench import BenchConfig, _open_sizes, timing
 from flirdata.tools.bench.memory import MemorySampler, tree_memory_mb
 from flirdata.tools.bench.report import BEST_COLUMNS, POINT_COLUMNS, add_ratios, best_per_size, format_table
 
@@ -67,7 +68,9 @@ def _bench(root: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, capsys):
+def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, capsys, monkeypatch):
+    # The calibration in this process: its own process is test_bench_engine's (slow) test.
+    monkeypatch.setattr(flirdata.tools.bench, "calibrate_warmed", timing._warmed_calibration)
     out = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
     argv = _bench(
         synth_root,

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import write_split
-from test_faults import our_segments
+from support import our_segments, write_split
 
 import flirdata.images
 from flirdata import FlirDetection, build_transform
@@ -204,6 +203,7 @@ def test_no_segment_left_after_the_dataset_is_gone(synth_root: Path) -> None:
     assert frame.shape == (int(FlirDetection(synth_root, "train").index.heights[1]), frame.shape[1])
 
 
+@pytest.mark.slow
 def test_frame_outliving_its_cache_keeps_its_pixels(synth_root: Path) -> None:
     # In a child: a frame whose mapping was unmapped under it segfaults, which would end the test run.
     code = f"""

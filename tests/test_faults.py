@@ -20,9 +20,9 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from support import backend_params, our_children, our_segments
 
 from flirdata.backends import BACKENDS, WorkerCrashError
-from flirdata.backends._shm import SEGMENT_PREFIX
 from flirdata.loader import make_loader
 
 PROCESS_BACKENDS = ("dataloader", "loky", "process")
@@ -65,12 +65,7 @@ def stubborn(message: str) -> StubbornError:
 
 
 def children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
-def our_segments() -> set[str]:
-    prefix = f"{SEGMENT_PREFIX}{os.getpid()}-"
-    return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
+    return {p.pid for p in our_children()}
 
 
 def alive(pids: set[int]) -> set[int]:
@@ -95,17 +90,22 @@ def leaves_nothing_behind() -> Iterator[None]:
     assert not set(threading.enumerate()) - threads, f"threads left behind: {set(threading.enumerate()) - threads}"
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
+def _helpers_before_slow_tests(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("slow"):  # the quick tier starts no process
+        request.getfixturevalue("process_wide_helpers")
+
+
+@pytest.fixture(scope="module")
 def process_wide_helpers() -> None:
     for backend in PROCESS_BACKENDS:
         with make_loader(Samples(4), backend=backend, workers=2, batch_size=2) as loader:
             list(loader)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize(("backend", "workers"), [("sequential", 1)] + [(b, 2) for b in PARALLEL])
-def test_exception_keeps_type_message_and_sample(backend: str, workers: int) -> None:
+@pytest.mark.parametrize("backend", backend_params(["sequential", *PARALLEL]))
+def test_exception_keeps_type_message_and_sample(backend: str) -> None:
+    workers = 1 if backend == "sequential" else 2
     with make_loader(Samples(bad=13), backend=backend, workers=workers, batch_size=4) as loader:
         loader.set_epoch(2)
         with pytest.raises(ValueError, match="bad sample 13 in epoch 2") as caught:
@@ -151,9 +151,7 @@ def test_killed_worker_raises_instead_of_hanging(backend: str) -> None:
             assert len(list(loader)) == len(loader)  # ... and the next epoch gets a new one
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", PARALLEL)
+@pytest.mark.parametrize("backend", backend_params(PARALLEL))
 def test_break_then_next_epoch_then_close(backend: str) -> None:
     with leaves_nothing_behind():
         loader = make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3)
@@ -166,9 +164,7 @@ def test_break_then_next_epoch_then_close(backend: str) -> None:
         loader.close()  # idempotent
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", PARALLEL)
+@pytest.mark.parametrize("backend", backend_params(PARALLEL))
 def test_keyboard_interrupt_in_the_loop(backend: str) -> None:
     with leaves_nothing_behind(), pytest.raises(KeyboardInterrupt):
         with make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3) as loader:
@@ -176,9 +172,7 @@ def test_keyboard_interrupt_in_the_loop(backend: str) -> None:
                 raise KeyboardInterrupt
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", PARALLEL)
+@pytest.mark.parametrize("backend", backend_params(PARALLEL))
 def test_garbage_collection_closes_everything(backend: str) -> None:
     with leaves_nothing_behind():
         loader = make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3)

@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from test_backends import ProbeDataset, ToyDataset, assert_same_batch, check_backend, reference, run_epochs
+from support import RAY_PROCESSES, ProbeDataset, ToyDataset, assert_same_batch, check_backend, reference, run_epochs
 
 import flirdata.backends._ray_actor as ray_actor
 import flirdata.backends._ray_session as ray_session
@@ -47,7 +47,6 @@ from flirdata.tools.export import BatchResult, export_augmented
 ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parent.parent
-RAY_PROCESSES = ("gcs_server", "raylet", "ray::")  # the names of what a local instance starts
 
 
 class Slow(ToyDataset):
@@ -88,19 +87,6 @@ def no_ray() -> Iterator[None]:
         ray.shutdown()
     yield
     assert not ray.is_initialized(), "the backend left its Ray connection open"
-
-
-@pytest.fixture(scope="module")
-def _shared_teardown() -> Iterator[None]:
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture
-def shared_ray(_shared_teardown: None) -> None:
-    """A local instance for the whole module, started by the test (not by flirdata), 2 CPUs."""
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
 
 
 def ray_processes() -> dict[int, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from flirdata.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +37,7 @@ def test_readme_documents_every_subcommand() -> None:
         assert re.search(rf"`flirdata {name}\b", readme), name
 
 
+@pytest.mark.slow
 def test_public_api_is_lazy_and_complete() -> None:
     import subprocess
     import sys

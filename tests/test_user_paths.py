@@ -131,7 +131,7 @@ def test_epoch_of_a_pickled_copy_is_its_own(synth_root: Path) -> None:
 
 
 def _crowd_split(tmp_path: Path) -> Path:
-    from conftest import write_split
+    from support import write_split
 
     image = np.zeros((64, 80), dtype=np.uint8)
     folder = write_split(
