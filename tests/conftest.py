@@ -6,6 +6,10 @@ the test modules live in ``support.py``.
 The quick tier (``-m "not slow"``) starts no process: a test not marked ``slow`` that starts
 a subprocess, a process pool or Ray fails, whichever tier runs it. Tests on Ray share one local
 instance per session (``shared_ray``), as a user's own ``ray.init`` that flirdata reuses.
+
+A slow test's hang guard (pytest-timeout) is its budget on a quiet machine plus
+``HANG_SLACK_STARTS`` process start-ups, measured on this machine as the session runs
+(``support.process_startup_s``): a busy machine stretches the guard as it stretches the tests.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import RGB_SIZES, count_boxes_on_pixels, write_split
+from support import RGB_SIZES, count_boxes_on_pixels, measured_startup_s, process_startup_s, write_split
 
 __all__ = ["RGB_SIZES", "count_boxes_on_pixels", "write_split"]  # once imported from here: now in support
 
 SHARED_RAY_CPUS = 4  # the largest worker count a Ray test asks for (3), and one to spare
+HANG_SLACK_STARTS = 20  # a slow test's hang guard: its budget plus this many measured process start-ups
 
 
 # -- the quick tier starts no process ------------------------------------------------------------
@@ -100,6 +105,34 @@ def pytest_runtest_setup(item: pytest.Item) -> Any:
 def pytest_runtest_call(item: pytest.Item) -> Any:
     with _guarded(item):
         return (yield)
+
+
+# -- slow tests' hang guards stretch with the machine's load ------------------------------------------
+
+
+def _budget(item: pytest.Item) -> float:
+    """The item's pytest-timeout budget: its ``timeout`` mark, else ``--timeout`` or the ini's (0: none)."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None:
+        return float(marker.args[0] if marker.args else marker.kwargs.get("timeout") or 0)
+    return float(item.config.getoption("timeout", None) or item.config.getini("timeout") or 0)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # before pytest-timeout reads the mark
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    budget = _budget(item)
+    if item.get_closest_marker("slow") and budget > 0:
+        item.add_marker(pytest.mark.timeout(budget + HANG_SLACK_STARTS * process_startup_s()), append=False)
+    return (yield)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    startup = measured_startup_s()
+    if startup is not None:
+        terminalreporter.write_line(
+            f"process start-up measured: {startup:.1f} s; slow tests' hang guards: their budget "
+            f"+ {HANG_SLACK_STARTS * startup:.0f} s"
+        )
 
 
 # -- Ray, once per session ----------------------------------------------------------------------

@@ -117,7 +117,6 @@ def test_same_bytes_in_a_subprocess(synth_root: Path, preset: str) -> None:
         capture_output=True,
         check=True,
         cwd=Path(__file__).parent.parent,
-        timeout=120,
     )
     assert out.stdout.decode().split() == expected[::-1]
 

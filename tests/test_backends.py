@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import ProbeDataset, ToyDataset, assert_same_batch, check_backend, reference, run_epochs
+from support import (
+    ProbeDataset,
+    ToyDataset,
+    assert_same_batch,
+    backend_params,
+    check_backend,
+    reference,
+    run_epochs,
+    use_shared_ray_for,
+)
 
 from flirdata import FlirDetection, build_transform
 from flirdata.backends import BACKENDS, Fetcher, WorkerCrashError
@@ -36,19 +45,22 @@ def flir(synth_root: Path) -> FlirDetection:
     return FlirDetection(synth_root, "train", transform=build_transform("thermal"), seed=0)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
+def _contract_params() -> list[Any]:
+    """(backend, workers) over the registry; the quick tier runs those that stay in this process."""
+    quick = {("sequential", 1), ("threads", 2), ("threads", 3)}  # 1 worker: sequential, whatever the backend
+    slow = pytest.mark.slow
+    return [pytest.param(b, w, marks=() if (b, w) in quick else slow) for b in sorted(BACKENDS) for w in (1, 2, 3)]
+
+
 @pytest.mark.filterwarnings("ignore::flirdata.loader.WorkerCountWarning")  # 3 workers on a 2-core machine
-@pytest.mark.parametrize("workers", [1, 2, 3])
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_contract(flir: FlirDetection, backend: str, workers: int) -> None:
+@pytest.mark.parametrize(("backend", "workers"), _contract_params())
+def test_contract(flir: FlirDetection, backend: str, workers: int, request: pytest.FixtureRequest) -> None:
+    use_shared_ray_for(backend, request)
     loader = check_backend(flir, backend, workers)
     assert loader.backend is None  # closed
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", PARALLEL)
+@pytest.mark.parametrize("backend", backend_params(PARALLEL))
 def test_contract_drop_last_and_shard(flir: FlirDetection, backend: str) -> None:
     check_backend(flir, backend, 2, epochs=(3, 4), drop_last=True, rank=1, world_size=2, seed=5)
 
@@ -117,20 +129,23 @@ def test_workers_are_set_up_once_and_persist(backend: str) -> None:
     assert {(t["cv2"], t["torch"], t["omp"]) for t in targets} == {(1, 1, "1")}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", ("dataloader", "process", "threads"))  # loky: same window as process
+@pytest.mark.parametrize("backend", backend_params(("dataloader", "process", "threads")))  # loky: as process
 def test_prefetch_is_bounded(backend: str, tmp_path: Path) -> None:
     workers, prefetch, batch = 2, 2, 2
+    window = workers * prefetch * batch  # samples in flight while the consumer holds its batch
     dataset = ToyDataset(size=60, log_dir=tmp_path)
     options = {"workers": workers, "batch_size": batch, "prefetch": prefetch}
     with make_loader(dataset, backend=backend, **options) as loader:
         batches = iter(loader)
         next(batches)
-        time.sleep(1.0)  # a slow consumer: workers must wait, not run ahead through the epoch
+        start = time.monotonic()
+        while len(list(tmp_path.iterdir())) < window:  # workers run ahead of the consumer, by the window
+            time.sleep(0.01)
+        # A slow consumer: as long again as the window took to fill, and the workers wait for it.
+        time.sleep(max(0.5, 2 * (time.monotonic() - start)))
         fetched = len(list(tmp_path.iterdir()))
         batches.close()
-    assert batch <= fetched <= (workers * prefetch + 1) * batch
+    assert window <= fetched <= window + batch  # the window, and the one batch the consumer took
 
 
 @pytest.mark.slow

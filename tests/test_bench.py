@@ -108,10 +108,10 @@ def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, ca
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_bench_every_backend(synth_root, capsys):
+def test_bench_every_backend(synth_root, capsys, shared_ray):
     assert main(_bench(synth_root, "--workers", "2", "--sizes", "16", "--repeats", "1")) == 0
     stdout = capsys.readouterr().out
-    for backend in ("sequential", "dataloader", "threads", "loky", "process"):
+    for backend in ("sequential", "dataloader", "threads", "loky", "process", "ray"):
         assert backend in stdout
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import our_segments, write_split
+from support import backend_params, our_segments, use_shared_ray_for, write_split
 
 import flirdata.images
 from flirdata import FlirDetection, build_transform
@@ -65,12 +65,11 @@ def expected(plain: FlirDetection) -> list[Any]:
     return batches(plain)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", backend_params(sorted(BACKENDS)))
 def test_same_bytes_as_no_cache_on_every_backend(
-    synth_root: Path, expected: list[Any], backend: str, monkeypatch: pytest.MonkeyPatch
+    synth_root: Path, expected: list[Any], backend: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
+    use_shared_ray_for(backend, request)
     cached = FlirDetection(synth_root, "train", build_transform("thermal"), seed=5, cache="ram")
     calls = count_decodes(monkeypatch)  # counts the main process only
     assert_same(batches(cached, backend, workers=2), expected)
@@ -224,7 +223,7 @@ del dataset
 gc.collect()
 assert image.tobytes() == FlirDetection({str(synth_root)!r}, "train").load_raw(0)[0].tobytes()
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, (done.returncode, done.stderr)
 
 
@@ -243,7 +242,7 @@ def test_bench_cache_tiny_run_writes_its_block(synth_root: Path, tmp_path: Path)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cache.py"
     results = tmp_path / "RESULTS.md"
     args = [str(synth_root), "--repeats", "1", "--workers", "1", "--batch-size", "4", "--results", str(results)]
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=280)
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     text = results.read_text()
     assert "## Cache" in text and "<!-- bench_cache.py: end -->" in text

@@ -15,6 +15,7 @@ import psutil
 import pytest
 import torch
 from hazards import WorkerHazard
+from support import our_children, process_startup_s
 
 import flirdata as fd
 from flirdata.backends import WorkerCrashError
@@ -99,7 +100,7 @@ def test_a_dropped_iterator_frees_the_loader(flir: fd.FlirDetection) -> None:
 def _workers_of(before: set[int]) -> list[psutil.Process]:
     me = psutil.Process()
     found = []
-    for child in me.children(recursive=True):
+    for child in our_children():
         line = " ".join(child.cmdline())
         if child.pid in before or "resource_tracker" in line:
             continue
@@ -113,9 +114,10 @@ def _workers_of(before: set[int]) -> list[psutil.Process]:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 def test_a_stopped_worker_times_out_and_the_next_epoch_recovers(flir: fd.FlirDetection, backend: str) -> None:
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    # The first batch waits for the workers to start too (loky: seconds), hence not a tiny timeout.
-    with fd.make_loader(flir, backend=backend, workers=2, batch_size=1, prefetch=1, timeout=8) as loader:
+    before = {p.pid for p in our_children()}
+    # The first batch waits for the workers to start too: the timeout is well above a start-up measured here.
+    timeout = round(2 + 4 * process_startup_s())
+    with fd.make_loader(flir, backend=backend, workers=2, batch_size=1, prefetch=1, timeout=timeout) as loader:
         batches = iter(loader)
         next(batches)
         workers = _workers_of(before)
@@ -124,13 +126,14 @@ def test_a_stopped_worker_times_out_and_the_next_epoch_recovers(flir: fd.FlirDet
         for worker in workers:
             os.kill(worker.pid, signal.SIGSTOP)
         start = time.monotonic()
-        with pytest.raises(LoaderTimeoutError, match=rf"'{backend}' backend: no batch arrived within timeout=8 s"):
+        late = rf"'{backend}' backend: no batch arrived within timeout={timeout} s"
+        with pytest.raises(LoaderTimeoutError, match=late):
             for _ in batches:
                 pass
-        assert 8 <= time.monotonic() - start < 20
+        assert timeout <= time.monotonic() - start < 2 * timeout
         assert loader.backend is None
         assert len(list(loader)) == len(loader)
-    psutil.wait_procs(workers, timeout=10)
+    psutil.wait_procs(workers, timeout=timeout)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
@@ -182,7 +185,7 @@ def test_timeout_must_be_positive_seconds(flir: fd.FlirDetection, timeout: Any) 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 def test_a_worker_dead_between_epochs_fails_one_epoch_then_recovers(flir: fd.FlirDetection, backend: str) -> None:
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    before = {p.pid for p in our_children()}
     with fd.make_loader(flir, backend=backend, workers=2, batch_size=4) as loader:
         list(loader)
         workers = _workers_of(before)
@@ -194,8 +197,7 @@ def test_a_worker_dead_between_epochs_fails_one_epoch_then_recovers(flir: fd.Fli
 
 
 def _wait_for_zombie(process: psutil.Process) -> None:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    while True:  # a SIGKILL shows at once on a quiet machine; the hang guard bounds a busy one
         try:
             if process.status() == psutil.STATUS_ZOMBIE:
                 return
@@ -244,7 +246,7 @@ def test_export_with_a_killed_worker_is_one_line_and_resumable(synth_root: Path,
     export = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         workers: list[psutil.Process] = []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 10 * process_startup_s()  # the interpreter, then its two workers
         while len(workers) < 2 and time.monotonic() < deadline:
             workers = [
                 p
@@ -254,7 +256,7 @@ def test_export_with_a_killed_worker_is_one_line_and_resumable(synth_root: Path,
             time.sleep(0.1)
         assert len(workers) == 2, "the export never started its workers"
         os.kill(workers[0].pid, signal.SIGKILL)
-        _, stderr = export.communicate(timeout=60)
+        _, stderr = export.communicate()  # (the hang guard bounds it)
     finally:
         export.kill()
         export.wait()
@@ -263,9 +265,9 @@ def test_export_with_a_killed_worker_is_one_line_and_resumable(synth_root: Path,
     assert len(lines) == 1, stderr
     assert lines[0].startswith("flirdata export: error: flirdata 'process' backend: worker pid ")
     assert "run the same command with --resume to finish" in lines[0]
-    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    clean = subprocess.run([*argv[:7], str(tmp_path / "clean"), *argv[8:]], capture_output=True, text=True, timeout=120)
+    clean = subprocess.run([*argv[:7], str(tmp_path / "clean"), *argv[8:]], capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
     for path in sorted((tmp_path / "clean").rglob("*")):
         if path.is_file():

@@ -29,7 +29,6 @@ def _run(*args: str, cache: Path, stdin: str | None = None) -> subprocess.Comple
         capture_output=True,
         text=True,
         env=env,
-        timeout=150,
         check=False,
     )
 
