@@ -1,7 +1,7 @@
-"""Shared fixtures, and the guard that keeps the quick tier in this process.
+"""Shared fixtures, and the hooks that keep the quick tier in this process.
 
 Tiny datasets are generated on the fly (nothing binary lives in the repo); helpers shared by
-the test modules live in ``support.py``.
+the test modules live in ``support.py``, the two tiers' machinery in ``tiers.py``.
 
 The quick tier (``-m "not slow"``) starts no process: a test not marked ``slow`` that starts
 a subprocess, a process pool or Ray fails, whichever tier runs it. Tests on Ray share one local
@@ -9,25 +9,21 @@ instance per session (``shared_ray``), as a user's own ``ray.init`` that flirdat
 
 A slow test's hang guard (pytest-timeout) is its budget on a quiet machine plus
 ``HANG_SLACK_STARTS`` process start-ups, measured on this machine as the session runs
-(``support.process_startup_s``): a busy machine stretches the guard as it stretches the tests.
+(``tiers.process_startup_s``): a busy machine stretches the guard as it stretches the tests.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing.process
-import os
-import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from support import RGB_SIZES, count_boxes_on_pixels, measured_startup_s, process_startup_s, write_split
+from support import RGB_SIZES, count_boxes_on_pixels, write_split
+from tiers import measured_startup_s, no_process_started, process_startup_s
 
 __all__ = ["RGB_SIZES", "count_boxes_on_pixels", "write_split"]  # once imported from here: now in support
 
@@ -38,61 +34,8 @@ HANG_SLACK_STARTS = 20  # a slow test's hang guard: its budget plus this many me
 # -- the quick tier starts no process ------------------------------------------------------------
 
 
-class StartedAProcess(AssertionError):
-    """A test not marked slow started a subprocess, a process pool or Ray."""
-
-
-def _process_starters() -> list[tuple[Any, str]]:
-    """(owner, attribute) of every way a test starts a process: each is refused outside slow tests."""
-    starters: list[tuple[Any, str]] = [
-        (subprocess.Popen, "__init__"),  # subprocess.run, Ray's own processes, torchrun
-        (multiprocessing.process.BaseProcess, "start"),  # multiprocessing, concurrent.futures, loky, torch
-        (os, "fork"),
-        (os, "system"),
-        (os, "posix_spawn"),
-        (os, "posix_spawnp"),
-    ]
-    if "ray" in sys.modules:  # (connecting to a running cluster starts nothing here, but still needs Ray)
-        starters.append((sys.modules["ray"], "init"))
-    return starters
-
-
-@contextmanager
-def _no_process_started(item: pytest.Item) -> Iterator[None]:
-    """Refuse, while ``item`` runs a phase, every process start from its own threads.
-
-    Threads that were running before (a pool manager left by an earlier slow test) are let
-    through: the process they start is not this test's.
-    """
-    started: list[str] = []
-    earlier = set(threading.enumerate()) - {threading.current_thread()}
-    patch = pytest.MonkeyPatch()
-
-    def refuse(owner: Any, name: str) -> Callable[..., Any]:
-        real = getattr(owner, name)
-        what = f"{getattr(owner, '__name__', owner)}.{name}"
-
-        def refused(*args: Any, **kwargs: Any) -> Any:
-            if threading.current_thread() in earlier:
-                return real(*args, **kwargs)
-            started.append(what)
-            raise StartedAProcess(f"{item.nodeid} is not marked slow but called {what}: mark it slow")
-
-        return refused
-
-    for owner, name in _process_starters():
-        if hasattr(owner, name):
-            patch.setattr(owner, name, refuse(owner, name))
-    try:
-        yield
-    finally:
-        patch.undo()
-    if started:  # even if the code under test caught the error
-        raise StartedAProcess(f"{item.nodeid} is not marked slow but started a process: {', '.join(started)}")
-
-
 def _guarded(item: pytest.Item) -> AbstractContextManager[None]:
-    return nullcontext() if item.get_closest_marker("slow") else _no_process_started(item)
+    return nullcontext() if item.get_closest_marker("slow") else no_process_started(item.nodeid)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,9 +10,6 @@ import hashlib
 import json
 import os
 import pickle
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,6 @@ __all__ = [
     "digest_sample",
     "our_children",
     "our_segments",
-    "process_startup_s",
     "reference",
     "run_epochs",
     "use_shared_ray_for",
@@ -48,29 +44,6 @@ BATCH = 5  # 24 training images: four full batches and a short one
 IN_PROCESS = ("sequential", "threads")  # backends whose workers are this process: the quick tier runs them
 RAY_PROCESSES = ("gcs_server", "raylet", "ray::")  # the names of what a local Ray instance starts
 RGB_SIZES = ((48, 64), (60, 52), (40, 40))  # (height, width) of the rgb_root frames, in turn
-
-
-# -- time limits: derived from a start-up measured here, not guessed ------------------------------
-
-_STARTUP_S: list[float] = []
-
-
-def process_startup_s() -> float:
-    """Seconds a fresh interpreter takes here to import torch and flirdata (measured once per session).
-
-    What starting one worker process costs on this machine under its present load: slow tests
-    derive their time limits from it. It starts a process, so only slow tests may call it.
-    """
-    if not _STARTUP_S:
-        start = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import torch, flirdata.loader"], check=True)
-        _STARTUP_S.append(time.monotonic() - start)
-    return _STARTUP_S[0]
-
-
-def measured_startup_s() -> float | None:
-    """``process_startup_s()`` if a slow test has measured it already, else None (nothing is started)."""
-    return _STARTUP_S[0] if _STARTUP_S else None
 
 
 # -- backends over the two tiers --------------------------------------------------------------------

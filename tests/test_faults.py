@@ -20,7 +20,8 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from support import backend_params, measured_startup_s, our_children, our_segments, process_startup_s
+from support import backend_params, our_children, our_segments
+from tiers import measured_startup_s, process_startup_s
 from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
 
 from flirdata.backends import BACKENDS, WorkerCrashError

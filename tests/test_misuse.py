@@ -15,7 +15,8 @@ import psutil
 import pytest
 import torch
 from hazards import WorkerHazard
-from support import our_children, process_startup_s
+from support import our_children
+from tiers import process_startup_s
 
 import flirdata as fd
 from flirdata.backends import WorkerCrashError

@@ -32,10 +32,10 @@ from support import (
     ToyDataset,
     assert_same_batch,
     check_backend,
-    process_startup_s,
     reference,
     run_epochs,
 )
+from tiers import process_startup_s
 
 import flirdata.backends._ray_actor as ray_actor
 import flirdata.backends._ray_session as ray_session

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import torch
 from hazards import WorkerHazard
-from support import process_startup_s
+from tiers import process_startup_s
 from torch.utils.data import DataLoader
 
 import flirdata as fd
