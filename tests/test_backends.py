@@ -1,6 +1,6 @@
 """The loader contract, run over every backend and worker count on the real dataset.
 
-``check_backend`` is the one contract: same batches (image bytes, boxes, labels, ids) as
+``check_backend`` (in ``support.py``) is the one contract: same batches (image bytes, boxes, labels, ids) as
 "sequential" for the same seed and epoch, in the same order and number; epochs differ;
 shuffle, drop_last and shards honoured; and it starts with a pickle round trip.
 """

@@ -2,7 +2,8 @@
 
 Process trees are compared before and after with psutil. A module fixture starts the
 process-wide helpers first (the fork server, the resource trackers): they stay for the
-interpreter's life by design, and must not count as leaks.
+interpreter's life by design, and must not count as leaks. The "ray" cases run on the session's
+Ray instance, whose raylet starts and ends its own workers: those are not counted either.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from support import backend_params, our_children, our_segments
+from support import backend_params, our_children, our_segments, use_shared_ray_for
 from tiers import measured_startup_s, process_startup_s
 from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
 
@@ -108,7 +109,8 @@ def process_wide_helpers() -> None:
 
 
 @pytest.mark.parametrize("backend", backend_params(["sequential", *PARALLEL]))
-def test_exception_keeps_type_message_and_sample(backend: str) -> None:
+def test_exception_keeps_type_message_and_sample(backend: str, request: pytest.FixtureRequest) -> None:
+    use_shared_ray_for(backend, request)
     workers = 1 if backend == "sequential" else 2
     with make_loader(Samples(bad=13), backend=backend, workers=workers, batch_size=4) as loader:
         loader.set_epoch(2)
@@ -159,7 +161,8 @@ def test_killed_worker_raises_instead_of_hanging(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", backend_params(PARALLEL))
-def test_break_then_next_epoch_then_close(backend: str) -> None:
+def test_break_then_next_epoch_then_close(backend: str, request: pytest.FixtureRequest) -> None:
+    use_shared_ray_for(backend, request)
     with leaves_nothing_behind():
         loader = make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3)
         expected = [b[0] for b in make_loader(Samples(40), batch_size=3)]
@@ -172,7 +175,8 @@ def test_break_then_next_epoch_then_close(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", backend_params(PARALLEL))
-def test_keyboard_interrupt_in_the_loop(backend: str) -> None:
+def test_keyboard_interrupt_in_the_loop(backend: str, request: pytest.FixtureRequest) -> None:
+    use_shared_ray_for(backend, request)
     with leaves_nothing_behind(), pytest.raises(KeyboardInterrupt):
         with make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3) as loader:
             for _ in loader:
@@ -180,7 +184,8 @@ def test_keyboard_interrupt_in_the_loop(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", backend_params(PARALLEL))
-def test_garbage_collection_closes_everything(backend: str) -> None:
+def test_garbage_collection_closes_everything(backend: str, request: pytest.FixtureRequest) -> None:
+    use_shared_ray_for(backend, request)
     with leaves_nothing_behind():
         loader = make_loader(Samples(40, delay=0.005), backend=backend, workers=2, batch_size=3)
         batches = iter(loader)
