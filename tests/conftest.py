@@ -1,15 +1,107 @@
-"""Shared fixtures: tiny datasets generated on the fly (nothing binary lives in the repo)."""
+"""Shared fixtures, and the hooks that keep the quick tier in this process.
+
+Tiny datasets are generated on the fly (nothing binary lives in the repo); helpers shared by
+the test modules live in ``support.py``, the two tiers' machinery in ``tiers.py``.
+
+The quick tier (``-m "not slow"``) starts no process: a test not marked ``slow`` that starts
+a subprocess, a process pool or Ray fails, whichever tier runs it. Tests on Ray share one local
+instance per session (``shared_ray``), as a user's own ``ray.init`` that flirdata reuses.
+
+A slow test's hang guard (pytest-timeout) is its budget on a quiet machine plus
+``HANG_SLACK_STARTS`` process start-ups, measured on this machine as the session runs
+(``tiers.process_startup_s``): a busy machine stretches the guard as it stretches the tests.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Sequence
+import logging
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
+from support import RGB_SIZES, count_boxes_on_pixels, write_split
+from tiers import measured_startup_s, no_process_started, process_startup_s
+
+__all__ = ["RGB_SIZES", "count_boxes_on_pixels", "write_split"]  # once imported from here: now in support
+
+SHARED_RAY_CPUS = 4  # the largest worker count a Ray test asks for (3), and one to spare
+HANG_SLACK_STARTS = 20  # a slow test's hang guard: its budget plus this many measured process start-ups
+
+
+# -- the quick tier starts no process ------------------------------------------------------------
+
+
+def _guarded(item: pytest.Item) -> AbstractContextManager[None]:
+    return nullcontext() if item.get_closest_marker("slow") else no_process_started(item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    with _guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    with _guarded(item):
+        return (yield)
+
+
+# -- slow tests' hang guards stretch with the machine's load ------------------------------------------
+
+
+def _budget(item: pytest.Item) -> float:
+    """The item's pytest-timeout budget: its ``timeout`` mark, else ``--timeout`` or the ini's (0: none)."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None:
+        return float(marker.args[0] if marker.args else marker.kwargs.get("timeout") or 0)
+    return float(item.config.getoption("timeout", None) or item.config.getini("timeout") or 0)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # before pytest-timeout reads the mark
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    budget = _budget(item)
+    if item.get_closest_marker("slow") and budget > 0:
+        item.add_marker(pytest.mark.timeout(budget + HANG_SLACK_STARTS * process_startup_s()), append=False)
+    return (yield)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    startup = measured_startup_s()
+    if startup is not None:
+        terminalreporter.write_line(
+            f"process start-up measured: {startup:.1f} s; slow tests' hang guards: their budget "
+            f"+ {HANG_SLACK_STARTS * startup:.0f} s"
+        )
+
+
+# -- Ray, once per session ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _ray_of_the_session() -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def shared_ray(_ray_of_the_session: Any) -> None:
+    """A local Ray instance for the whole session, started here as a user's ``ray.init``.
+
+    flirdata reuses it and leaves it running. A test that ends it (the tests of flirdata's own
+    start and stop) leaves the next user to start it again.
+    """
+    ray = _ray_of_the_session
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=SHARED_RAY_CPUS, include_dashboard=False, logging_level=logging.ERROR)
+
+
+# -- datasets -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -20,46 +112,6 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     synthesize(root, train=24, val=6, seed=0, progress=False)
     return root
-
-
-def write_split(
-    folder: Path,
-    images: Sequence[np.ndarray],
-    boxes: Sequence[Sequence[Sequence[float]]],
-    category_ids: Sequence[Sequence[int]],
-    categories: Sequence[tuple[int, str]] = ((1, "person"), (3, "car")),
-) -> Path:
-    """Write a minimal COCO split folder (``coco.json`` + ``data/*.png``) and return it.
-
-    PNG keeps pixels exact, which the augmentation-correctness tests rely on.
-    """
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    entries, anns = [], []
-    for k, (image, image_boxes, cats) in enumerate(zip(images, boxes, category_ids, strict=True)):
-        name = f"data/image-{k:04d}.png"
-        cv2.imwrite(str(folder / name), image)
-        entries.append({"id": 100 + k, "file_name": name, "width": image.shape[1], "height": image.shape[0]})
-        for box, cat in zip(image_boxes, cats, strict=True):
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": 100 + k,
-                    "category_id": cat,
-                    "bbox": list(box),
-                    "area": float(box[2] * box[3]),
-                    "iscrowd": 0,
-                }
-            )
-    coco = {
-        "images": entries,
-        "annotations": anns,
-        "categories": [{"id": cid, "name": name} for cid, name in categories],
-    }
-    (folder / "coco.json").write_text(json.dumps(coco))
-    return folder
-
-
-RGB_SIZES = ((48, 64), (60, 52), (40, 40))  # (height, width) of the rgb_root frames, in turn
 
 
 @pytest.fixture(scope="session")
@@ -90,26 +142,6 @@ def _no_inherited_shard(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests run as one process even under a launcher that sets torchrun's variables."""
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-
-
-def count_boxes_on_pixels(samples: Iterable[tuple[Any, dict[str, Any]]], mask_of: Callable[[Any], np.ndarray]) -> int:
-    """Assert each sample's single box covers its object's pixels (IoU >= 0.9); return how many were checked.
-
-    ``mask_of(image)`` marks the object's pixels; samples whose object is gone or tiny are skipped.
-    """
-    from flirdata.boxes import box_iou
-
-    checked = 0
-    for k, (image, target) in enumerate(samples):
-        mask = mask_of(image)
-        if len(target["boxes"]) == 0 or mask.sum() < 100:
-            continue
-        ys, xs = np.nonzero(mask)
-        drawn = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float)
-        iou = box_iou(target["boxes"].numpy(), drawn)[0, 0]
-        assert iou >= 0.9, f"sample {k}: box {target['boxes'].tolist()} vs pixels {drawn.tolist()}"
-        checked += 1
-    return checked
 
 
 CLIENTS = Path(__file__).resolve().parent / "clients"

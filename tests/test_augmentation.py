@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import subprocess
 import sys
@@ -13,20 +12,12 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from conftest import count_boxes_on_pixels, write_split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import count_boxes_on_pixels, digest_sample, write_split
 
 from flirdata import FlirDetection, build_transform
 from flirdata.transforms import default_bbox_params
-
-
-def _digest(sample: tuple[torch.Tensor, dict]) -> str:
-    image, target = sample
-    h = hashlib.sha256(image.numpy().tobytes())
-    h.update(target["boxes"].numpy().tobytes())
-    h.update(target["labels"].numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -91,31 +82,32 @@ def test_labels_follow_their_boxes_through_filtering(tmp_path: Path) -> None:
 def test_same_seed_epoch_index_same_bytes_in_any_order_and_thread(synth_root: Path, preset: str) -> None:
     ds = FlirDetection(synth_root, transform=build_transform(preset), seed=5)
     ds.set_epoch(3)
-    forward = [_digest(ds[i]) for i in range(len(ds))]
-    backward = [_digest(ds[i]) for i in reversed(range(len(ds)))][::-1]
+    forward = [digest_sample(ds[i]) for i in range(len(ds))]
+    backward = [digest_sample(ds[i]) for i in reversed(range(len(ds)))][::-1]
     with ThreadPoolExecutor(4) as pool:
-        threaded = list(pool.map(lambda i: _digest(ds[i]), range(len(ds))))
+        threaded = list(pool.map(lambda i: digest_sample(ds[i]), range(len(ds))))
     assert forward == backward == threaded
     assert len(set(forward)) == len(forward)
     ds.set_epoch(4)
     # Another epoch, other bytes; except where both epochs drew no change at all (p ~ 0.03 each
     # for the thermal presets), which leaves the frame exactly as decoded.
     raw = FlirDetection(synth_root, transform=None, seed=5)
-    same = [i for i in range(len(ds)) if _digest(ds[i]) == forward[i]]
+    same = [i for i in range(len(ds)) if digest_sample(ds[i]) == forward[i]]
     assert len(same) <= len(ds) // 4
     assert all(torch.equal(ds[i][0], raw[i][0]) for i in same)
-    assert [_digest(ds.sample(i, epoch=3)) for i in range(len(ds))] == forward
+    assert [digest_sample(ds.sample(i, epoch=3)) for i in range(len(ds))] == forward
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", THERMAL_PRESETS)
 def test_same_bytes_in_a_subprocess(synth_root: Path, preset: str) -> None:
     ds = FlirDetection(synth_root, transform=build_transform(preset), seed=5)
     ds.set_epoch(1)
-    expected = [_digest(ds[i]) for i in (7, 3, 0)]
+    expected = [digest_sample(ds[i]) for i in (7, 3, 0)]
     code = (
         "import sys, hashlib, pickle; sys.path.insert(0, 'tests');"
-        "from test_augmentation import _digest; ds = pickle.load(sys.stdin.buffer);"
-        "print(' '.join(_digest(ds[i]) for i in (0, 3, 7)))"
+        "from support import digest_sample; ds = pickle.load(sys.stdin.buffer);"
+        "print(' '.join(digest_sample(ds[i]) for i in (0, 3, 7)))"
     )
     fresh = FlirDetection(synth_root, transform=build_transform(preset), seed=5)
     fresh.set_epoch(1)
@@ -125,7 +117,6 @@ def test_same_bytes_in_a_subprocess(synth_root: Path, preset: str) -> None:
         capture_output=True,
         check=True,
         cwd=Path(__file__).parent.parent,
-        timeout=120,
     )
     assert out.stdout.decode().split() == expected[::-1]
 
@@ -153,8 +144,8 @@ def test_draws_within_a_sample_are_independent_for_a_user_pipeline(tmp_path: Pat
 
 def test_none_preset_is_deterministic_resize(synth_root: Path) -> None:
     ds = FlirDetection(synth_root, transform=build_transform("none", size=(256, 320)))
-    a = _digest(ds.sample(2, epoch=0))
-    assert a == _digest(ds.sample(2, epoch=9))
+    a = digest_sample(ds.sample(2, epoch=0))
+    assert a == digest_sample(ds.sample(2, epoch=9))
 
 
 def test_transform_pickle_round_trip_and_unknown_preset() -> None:

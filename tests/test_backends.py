@@ -1,6 +1,6 @@
 """The loader contract, run over every backend and worker count on the real dataset.
 
-``check_backend`` is the one contract: same batches (image bytes, boxes, labels, ids) as
+``check_backend`` (in ``support.py``) is the one contract: same batches (image bytes, boxes, labels, ids) as
 "sequential" for the same seed and epoch, in the same order and number; epochs differ;
 shuffle, drop_last and shards honoured; and it starts with a pickle round trip.
 """
@@ -13,10 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from support import (
+    ProbeDataset,
+    ToyDataset,
+    assert_same_batch,
+    backend_params,
+    check_backend,
+    reference,
+    run_epochs,
+    use_shared_ray_for,
+)
 
 from flirdata import FlirDetection, _segments, build_transform
 from flirdata.backends import BACKENDS, Fetcher, WorkerCrashError
@@ -25,62 +34,10 @@ from flirdata.backends._pool import LENT_BATCHES, PoolBackend
 from flirdata.backends._shm import SharedRing, ShmCapacityWarning, Slot
 from flirdata.backends._wire import PackedBatch, RemoteFailure, Shipment, ShmImages, dumps
 from flirdata.collate import batch_memory, collate_detection
-from flirdata.loader import Loader, LoaderOptions, make_loader
+from flirdata.loader import LoaderOptions, make_loader
 
 PARALLEL = ("dataloader", "loky", "process", "threads")
 PROCESS_POOLS = ("loky", "process")  # the backends with a shared-memory ring
-BATCH = 5  # 24 training images: four full batches and a short one
-
-
-class ToyDataset:
-    """Images and boxes drawn from (seed, epoch, i); optionally logs every fetch to a folder."""
-
-    def __init__(
-        self,
-        size: int = 40,
-        shape: tuple[int, ...] = (1, 16, 20),
-        seed: int = 0,
-        log_dir: Path | None = None,
-        grow: bool = False,
-    ) -> None:
-        self.size, self.shape, self.seed, self.log_dir, self.grow = size, shape, seed, log_dir, grow
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        shape = (self.shape[0], self.shape[1] * (1 + i // 4), self.shape[2]) if self.grow else self.shape
-        image = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
-        boxes = torch.from_numpy(rng.uniform(0, 10, (i % 3, 4)).astype(np.float32))
-        if self.log_dir is not None:
-            (self.log_dir / f"{self.epoch}-{i}").touch()
-        return image, {"boxes": boxes, "labels": torch.arange(i % 3), "image_id": i}
-
-
-class ProbeDataset(ToyDataset):
-    """Reports how the worker that loaded a sample is set up and how often it received the dataset."""
-
-    unpickles = 0  # per process: how many copies of the dataset reached this process
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        type(self).unpickles += 1
-        self.__dict__.update(state)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, target = super().__getitem__(i)
-        target.update(
-            pid=os.getpid(),
-            cv2=cv2.getNumThreads(),
-            torch=torch.get_num_threads(),
-            omp=os.environ.get("OMP_NUM_THREADS"),
-            unpickles=type(self).unpickles,
-        )
-        return image, target
 
 
 @pytest.fixture(scope="module")
@@ -88,67 +45,22 @@ def flir(synth_root: Path) -> FlirDetection:
     return FlirDetection(synth_root, "train", transform=build_transform("thermal"), seed=0)
 
 
-def run_epochs(loader: Loader, epochs: tuple[int, ...]) -> dict[int, list[Any]]:
-    out = {}
-    for epoch in epochs:
-        loader.set_epoch(epoch)
-        out[epoch] = list(loader)
-    return out
+def _contract_params() -> list[Any]:
+    """(backend, workers) over the registry; the quick tier runs those that stay in this process."""
+    quick = {("sequential", 1), ("threads", 2), ("threads", 3)}  # 1 worker: sequential, whatever the backend
+    slow = pytest.mark.slow
+    return [pytest.param(b, w, marks=() if (b, w) in quick else slow) for b in sorted(BACKENDS) for w in (1, 2, 3)]
 
 
-_REFERENCE: dict[tuple, dict[int, list[Any]]] = {}
-
-
-def reference(dataset: Any, epochs: tuple[int, ...], **options: Any) -> dict[int, list[Any]]:
-    key = (id(dataset), epochs, tuple(sorted(options.items())))
-    if key not in _REFERENCE:
-        with make_loader(dataset, backend="sequential", **options) as loader:
-            _REFERENCE[key] = run_epochs(loader, epochs)
-    return _REFERENCE[key]
-
-
-def assert_same_batch(got: Any, expected: Any) -> None:
-    images, targets = got
-    want_images, want_targets = expected
-    assert images.dtype == want_images.dtype and images.shape == want_images.shape
-    assert images.numpy().tobytes() == want_images.numpy().tobytes()
-    assert len(targets) == len(want_targets)
-    for target, want in zip(targets, want_targets, strict=True):
-        assert target["image_id"] == want["image_id"]
-        for key in ("boxes", "labels"):
-            assert target[key].dtype == want[key].dtype and torch.equal(target[key], want[key])
-
-
-def check_backend(dataset: Any, backend: str, workers: int, epochs: tuple[int, ...] = (0, 1), **options: Any) -> Loader:
-    """Assert the loader contract for one backend and worker count; return the (closed) loader."""
-    options = {"batch_size": BATCH, "shuffle": True, "seed": 0, **options}
-    loader = pickle.loads(pickle.dumps(make_loader(dataset, backend=backend, workers=workers, **options)))
-    expected = reference(dataset, epochs, **options)
-    with loader:
-        got = run_epochs(loader, epochs)
-        for epoch in epochs:
-            assert len(got[epoch]) == len(loader) == len(expected[epoch])
-            for batch, want in zip(got[epoch], expected[epoch], strict=True):
-                assert_same_batch(batch, want)
-    if len(epochs) > 1:  # new augmentations (and, shuffled, a new order) every epoch
-        first, second = (b[0].numpy().tobytes() for b in (got[epochs[0]][0], got[epochs[1]][0]))
-        assert first != second
-    return loader
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(120)
 @pytest.mark.filterwarnings("ignore::flirdata.loader.WorkerCountWarning")  # 3 workers on a 2-core machine
-@pytest.mark.parametrize("workers", [1, 2, 3])
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_contract(flir: FlirDetection, backend: str, workers: int) -> None:
+@pytest.mark.parametrize(("backend", "workers"), _contract_params())
+def test_contract(flir: FlirDetection, backend: str, workers: int, request: pytest.FixtureRequest) -> None:
+    use_shared_ray_for(backend, request)
     loader = check_backend(flir, backend, workers)
     assert loader.backend is None  # closed
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", PARALLEL)
+@pytest.mark.parametrize("backend", backend_params(PARALLEL))
 def test_contract_drop_last_and_shard(flir: FlirDetection, backend: str) -> None:
     check_backend(flir, backend, 2, epochs=(3, 4), drop_last=True, rank=1, world_size=2, seed=5)
 
@@ -217,20 +129,23 @@ def test_workers_are_set_up_once_and_persist(backend: str) -> None:
     assert {(t["cv2"], t["torch"], t["omp"]) for t in targets} == {(1, 1, "1")}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", ("dataloader", "process", "threads"))  # loky: same window as process
+@pytest.mark.parametrize("backend", backend_params(("dataloader", "process", "threads")))  # loky: as process
 def test_prefetch_is_bounded(backend: str, tmp_path: Path) -> None:
     workers, prefetch, batch = 2, 2, 2
+    window = workers * prefetch * batch  # samples in flight while the consumer holds its batch
     dataset = ToyDataset(size=60, log_dir=tmp_path)
     options = {"workers": workers, "batch_size": batch, "prefetch": prefetch}
     with make_loader(dataset, backend=backend, **options) as loader:
         batches = iter(loader)
         next(batches)
-        time.sleep(1.0)  # a slow consumer: workers must wait, not run ahead through the epoch
+        start = time.monotonic()
+        while len(list(tmp_path.iterdir())) < window:  # workers run ahead of the consumer, by the window
+            time.sleep(0.01)
+        # A slow consumer: as long again as the window took to fill, and the workers wait for it.
+        time.sleep(max(0.5, 2 * (time.monotonic() - start)))
         fetched = len(list(tmp_path.iterdir()))
         batches.close()
-    assert batch <= fetched <= (workers * prefetch + 1) * batch
+    assert window <= fetched <= window + batch  # the window, and the one batch the consumer took
 
 
 @pytest.mark.slow

@@ -15,9 +15,10 @@ import psutil
 import pytest
 import torch
 
+import flirdata.tools.bench
 from flirdata import FlirDetection, build_transform
 from flirdata.cli import main
-from flirdata.tools.bench import BenchConfig, _open_sizes, measure_once
+from flirdata.tools.bench import BenchConfig, _open_sizes, measure_once, timing
 from flirdata.tools.bench.memory import MemorySampler, tree_memory_mb
 from flirdata.tools.bench.report import (
     BEST_COLUMNS,
@@ -80,7 +81,9 @@ def _bench(root: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, capsys):
+def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, capsys, monkeypatch):
+    # The calibration in this process: its own process is test_bench_engine's (slow) test.
+    monkeypatch.setattr(flirdata.tools.bench, "calibrate_warmed", timing._warmed_calibration)
     out = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
     argv = _bench(
         synth_root,
@@ -118,10 +121,10 @@ def test_bench_end_to_end_writes_json_markdown_and_plot(synth_root, tmp_path, ca
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_bench_every_backend(synth_root, capsys):
+def test_bench_every_backend(synth_root, capsys, shared_ray):
     assert main(_bench(synth_root, "--workers", "2", "--sizes", "16", "--repeats", "1")) == 0
     stdout = capsys.readouterr().out
-    for backend in ("sequential", "dataloader", "threads", "loky", "process"):
+    for backend in ("sequential", "dataloader", "threads", "loky", "process", "ray"):
         assert backend in stdout
 
 

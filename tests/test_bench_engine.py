@@ -71,6 +71,7 @@ def _no_loop_here(*_):
     raise RuntimeError("the tight loop ran in the test process")
 
 
+@pytest.mark.slow
 def test_calibrate_warmed_runs_the_loop_in_another_process(synth_root, monkeypatch):
     dataset = FlirDetection(synth_root, transform=build_transform("thermal"), seed=0)
     monkeypatch.setattr(timing, "tight_batches", _no_loop_here)  # this process only: the worker imports its own

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import write_split
-from test_faults import our_segments
+from support import backend_params, our_segments, use_shared_ray_for, write_split
 
 import flirdata.images
 from flirdata import FlirDetection, build_transform
@@ -66,12 +65,11 @@ def expected(plain: FlirDetection) -> list[Any]:
     return batches(plain)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", backend_params(sorted(BACKENDS)))
 def test_same_bytes_as_no_cache_on_every_backend(
-    synth_root: Path, expected: list[Any], backend: str, monkeypatch: pytest.MonkeyPatch
+    synth_root: Path, expected: list[Any], backend: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
+    use_shared_ray_for(backend, request)
     cached = FlirDetection(synth_root, "train", build_transform("thermal"), seed=5, cache="ram")
     calls = count_decodes(monkeypatch)  # counts the main process only
     assert_same(batches(cached, backend, workers=2), expected)
@@ -204,6 +202,7 @@ def test_no_segment_left_after_the_dataset_is_gone(synth_root: Path) -> None:
     assert frame.shape == (int(FlirDetection(synth_root, "train").index.heights[1]), frame.shape[1])
 
 
+@pytest.mark.slow
 def test_frame_outliving_its_cache_keeps_its_pixels(synth_root: Path) -> None:
     # In a child: a frame whose mapping was unmapped under it segfaults, which would end the test run.
     code = f"""
@@ -224,7 +223,7 @@ del dataset
 gc.collect()
 assert image.tobytes() == FlirDetection({str(synth_root)!r}, "train").load_raw(0)[0].tobytes()
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, (done.returncode, done.stderr)
 
 
@@ -243,7 +242,7 @@ def test_bench_cache_tiny_run_writes_its_block(synth_root: Path, tmp_path: Path)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cache.py"
     results = tmp_path / "RESULTS.md"
     args = [str(synth_root), "--repeats", "1", "--workers", "1", "--batch-size", "4", "--results", str(results)]
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=280)
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     text = results.read_text()
     assert "## Cache" in text and "<!-- bench_cache.py: end -->" in text

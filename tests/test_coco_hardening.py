@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import write_split
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import write_split
 
 from flirdata import synth
 from flirdata.cli import main

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_split
+from support import write_split
 
 from flirdata import FLIR_CLASSES, FlirDetection, build_transform, collate_detection
 from flirdata.coco import load_coco

@@ -152,7 +152,7 @@ def test_each_process_of_a_group_gets_its_own_shard() -> None:
         for rank in (0, 1)
     ]
     try:
-        outputs = [process.communicate(timeout=100) for process in ranks]
+        outputs = [process.communicate() for process in ranks]  # (the hang guard bounds them)
     finally:
         for process in ranks:
             process.kill()  # a no-op once it has exited; a rank stuck waiting for the other must not linger
@@ -246,7 +246,7 @@ def torchrun(*args: str, cache: Path) -> subprocess.CompletedProcess:
         "--distributed",
         *args,
     ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
 
 @pytest.mark.slow

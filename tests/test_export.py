@@ -37,7 +37,7 @@ from flirdata.tools.export import (
     export_item,
     output_stem,
 )
-from flirdata.tools.export.yolo import parse_yolo_labels
+from flirdata.tools.export.formats.yolo import parse_yolo_labels
 from flirdata.transforms import build_transform
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,13 +216,12 @@ def test_killed_export_resumes_to_the_same_bytes(source: Path, tmp_path: Path, c
     cmd = [sys.executable, "-m", "flirdata", *_export_args(source, out)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     shards = out / WORK_DIR / "shards"
-    deadline = time.monotonic() + 100
-    while proc.poll() is None and time.monotonic() < deadline:
+    while proc.poll() is None:  # (the hang guard bounds it)
         if shards.is_dir() and len(list(shards.glob("*.json"))) >= 2:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"export was not killed mid-way: {err.decode()}"
     assert (out / WORK_DIR).is_dir() and not (out / "coco.json").exists()
     assert main(_export_args(source, out)) == 2  # not empty, no --resume

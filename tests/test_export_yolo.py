@@ -24,7 +24,7 @@ from flirdata.cli import main
 from flirdata.dataset import FlirDetection
 from flirdata.synth import synthesize
 from flirdata.tools.export import WORK_DIR, ExportError, ExportPlan, export_augmented, output_stem
-from flirdata.tools.export.yolo import parse_yolo_labels
+from flirdata.tools.export.formats.yolo import parse_yolo_labels
 from flirdata.transforms import build_transform
 
 SEED = 7

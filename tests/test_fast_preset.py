@@ -13,7 +13,7 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import pytest
-from conftest import write_split
+from support import write_split
 
 from flirdata import FlirDetection, build_transform
 from flirdata.boxes import box_iou

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from support import backend_params, use_shared_ray_for
 
 import flirdata.images
 from flirdata import BACKENDS, BadImageWarning, FlirDetection, ImageError, make_loader
@@ -129,10 +130,11 @@ def test_truncated_jpeg_is_reported_by_the_decoder(frames: list[bytes]) -> None:
         decode_image(frames[0][: len(frames[0]) // 2], "cut.jpg")
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_damaged_jpeg_fails_on_every_backend(root: Path, frames: list[bytes], backend: str) -> None:
+@pytest.mark.parametrize("backend", backend_params(sorted(BACKENDS)))
+def test_damaged_jpeg_fails_on_every_backend(
+    root: Path, frames: list[bytes], backend: str, request: pytest.FixtureRequest
+) -> None:
+    use_shared_ray_for(backend, request)
     bad = _frame_path(root, 2)
     bad.write_bytes(damage_jpeg(frames[2]))
     dataset = FlirDetection(root, "train")

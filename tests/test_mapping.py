@@ -6,6 +6,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
+from support import backend_params
 
 from flirdata.loader import open_backend
 from flirdata.mapping import bounded_map, executor_map
@@ -103,8 +104,7 @@ def square(task: int) -> int:
     return task * task
 
 
-@pytest.mark.parametrize("backend", ["sequential", "threads", "process", "loky", "dataloader"])
-@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", backend_params(["sequential", "threads", "process", "loky", "dataloader"]))
 def test_every_backend_runs_any_task_function(backend: str) -> None:
     runner = open_backend(backend, square, workers=2, prefetch=1)
     try:

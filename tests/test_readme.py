@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from flirdata.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +37,7 @@ def test_readme_documents_every_subcommand() -> None:
         assert re.search(rf"`flirdata {name}\b", readme), name
 
 
+@pytest.mark.slow
 def test_public_api_is_lazy_and_complete() -> None:
     import subprocess
     import sys
@@ -44,7 +47,7 @@ def test_public_api_is_lazy_and_complete() -> None:
         "assert sorted(fd.__all__) == sorted(fd._EXPORTS);"
         "missing = [n for n in fd.__all__ if getattr(fd, n, None) is None]; assert not missing, missing"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _command_rows() -> dict[str, str]:

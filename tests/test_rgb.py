@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import RGB_SIZES, count_boxes_on_pixels, write_split
+from support import RGB_SIZES, backend_params, count_boxes_on_pixels, use_shared_ray_for, write_split
 
 from flirdata import BACKENDS, FlirDetection, ImageError, build_transform, collate_detection, make_loader
 from flirdata.cli import main
@@ -135,10 +135,11 @@ def rgb_sequential(rgb_root: Path) -> list[str]:
         return [_digest(*batch) for batch in loader]
 
 
-@pytest.mark.parametrize("backend", sorted(set(BACKENDS) - {"sequential"}))
+@pytest.mark.parametrize("backend", backend_params(sorted(set(BACKENDS) - {"sequential"})))
 def test_every_backend_gives_the_sequential_rgb_batches(
-    rgb_root: Path, rgb_sequential: list[str], backend: str
+    rgb_root: Path, rgb_sequential: list[str], backend: str, request: pytest.FixtureRequest
 ) -> None:
+    use_shared_ray_for(backend, request)
     ds = FlirDetection(rgb_root, "rgb_train", build_transform("rgb", size=(32, 40)), seed=3)
     with make_loader(ds, backend, workers=2, batch_size=4, shuffle=True, seed=2) as loader:
         loader.set_epoch(1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import backend_params
 
 from flirdata import FlirDetection, build_transform, make_loader
 
@@ -53,8 +54,7 @@ def test_a_subset_pickles_with_its_keys(ds: FlirDetection) -> None:
     assert np.array_equal(part.index.image_ids, ds.index.image_ids[[5, 2, 7, 2, len(ds) - 1]])
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", ["threads", "process"])
+@pytest.mark.parametrize("backend", backend_params(["threads", "process"]))
 def test_a_subset_loads_the_same_batches_on_a_worker_backend(ds: FlirDetection, backend: str) -> None:
     part = ds.subset(ROWS)
     with make_loader(part, batch_size=2, seed=1) as plain, make_loader(part, backend, 2, batch_size=2, seed=1) as pool:

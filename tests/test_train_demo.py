@@ -29,7 +29,6 @@ def _run(*args: str, cache: Path, stdin: str | None = None) -> subprocess.Comple
         capture_output=True,
         text=True,
         env=env,
-        timeout=150,
         check=False,
     )
 
@@ -173,10 +172,11 @@ def test_distributed_outside_torchrun_is_one_line(capsys, monkeypatch, args, mes
     assert "torchrun --standalone --nproc_per_node=N train_demo.py --distributed" in lines[0] or "--interactive" in args
 
 
-def test_missing_data_folder_is_one_line(tmp_path):
-    done = _run("--data", str(tmp_path / "flir"), cache=tmp_path)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and lines == [f"train_demo.py: error: {tmp_path / 'flir'}: dataset folder not found"]
+def test_missing_data_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FLIRDATA_CACHE", str(tmp_path))
+    code = _demo_module().main(["--data", str(tmp_path / "flir")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == [f"train_demo.py: error: {tmp_path / 'flir'}: dataset folder not found"]
 
 
 def test_help_states_the_default_run():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -65,10 +66,14 @@ class ThreadsBackend:
 
         def abandon(window: deque[Any]) -> None:
             # Wait for the abandoned tasks (queued ones return at once): the threads share
-            # one dataset, whose epoch the next iteration may change.
+            # one dataset, whose epoch the next iteration may change. At most one timeout in
+            # all, and none once a time-out has dropped the pool: its stuck threads are left.
             cancelled.set()
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
             for pending in window:
-                pending.wait(self.timeout)
+                if self._pool is not pool:
+                    return
+                pending.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
         def receive(pending: Any) -> Any:
             return pool.retrieve_result_callback(self._result(pending))

@@ -18,10 +18,12 @@ looks at the folder until it returns, so a second export into the same folder is
 once; on ``ray`` the driver holds it while the actors write. Resuming checks every finished file
 against its shard's record (size and digest) and writes again the batches of those that changed.
 
-A YOLO export fills one split (``images/S``, ``labels/S``) of a dataset that may hold others:
-each split has its own work folder and resumes on its own, and finishing a split rewrites
-``data.yaml`` to list every split present. A COCO export holds one split per folder. The command
-line runs in ``cli.py``; its arguments are in ``flirdata.commands.export``.
+What a format writes (its folders, label files, final file) is its ``Layout``, one module per
+format in ``formats/``, named in ``formats.LAYOUTS``. A YOLO export fills one split (``images/S``,
+``labels/S``) of a dataset that may hold others: each split has its own work folder and resumes on
+its own, and finishing a split rewrites ``data.yaml`` to list every split present. A COCO export
+holds one split per folder. The command line runs in ``cli.py``;
+its arguments are in ``flirdata.commands.export``.
 """
 
 from __future__ import annotations
@@ -45,18 +47,17 @@ from flirdata.cliargs import QUALITY
 from flirdata.files import NAME_MAX, FolderBusyError, folder_lock, write_atomic
 from flirdata.names import EXPORT_FORMATS
 from flirdata.tools.export.batch import (
-    WORK_DIR,
     BatchResult,
     BatchWriter,
-    ExportError,
     ExportItem,
     ExportPlan,
     export_item,
     output_stem,
     write_batch,
 )
-from flirdata.tools.export.output import LOCK_FILE, VERSION, finish_output, pending_batches, prepare_output
-from flirdata.tools.export.yolo import YOLO_SPLITS
+from flirdata.tools.export.formats import LAYOUTS, layout_for, several_splits
+from flirdata.tools.export.layout import LOCK_FILE, VERSION, WORK_DIR, ExportError, Layout
+from flirdata.tools.export.output import finish_output, pending_batches, prepare_output
 
 # The exporter's API first, then the worker-side names it re-exports from ``batch``.
 __all__ = [
@@ -154,18 +155,21 @@ def _settings(dataset: Any, plan: ExportPlan, copies: int, total: int) -> dict[s
     }
 
 
-def _check_split(fmt: str, split: str | None) -> str | None:
-    """The YOLO split an export fills (default train); coco takes none."""
-    if fmt == "coco":
+def _check_split(layout: Layout, split: str | None) -> str | None:
+    """The split an export fills where the format's folder holds several (default: the first); else None."""
+    if not layout.splits:
         if split is not None:
+            several = [
+                f"the {f} format ({LAYOUTS[f].images.format(split='SPLIT')} of one dataset)" for f in several_splits()
+            ]
             raise ExportError(
-                f"split is for the yolo format (images/SPLIT of one dataset); a coco export "
+                f"split is for {' or '.join(several) or 'a format of several splits'}; a {layout.name} export "
                 f"holds one split per folder, got split={split!r}"
             )
         return None
-    split = "train" if split is None else split
-    if split not in YOLO_SPLITS:
-        raise ExportError(f"split must be one of {YOLO_SPLITS} for the yolo format, got {split!r}")
+    split = layout.splits[0] if split is None else split
+    if split not in layout.splits:
+        raise ExportError(f"split must be one of {layout.splits} for the {layout.name} format, got {split!r}")
     return split
 
 
@@ -175,8 +179,7 @@ def _check_arguments(
     """Validate ``export_augmented``'s arguments; return the number of items to export."""
     if not (hasattr(dataset, "sample") and hasattr(dataset, "index")):
         raise TypeError(f"dataset must be a FlirDetection, got {type(dataset).__name__}")
-    if fmt not in FORMATS:
-        raise ExportError(f"format must be one of {FORMATS}, got {fmt!r}")
+    layout_for(fmt)  # an unknown format is an ExportError naming the known ones
     numbers = (
         ("copies", copies, 1, None),
         ("quality", quality, 0, 100),
@@ -323,9 +326,8 @@ def export_augmented(
     options = dict(backend_options or {})
     check_backend_options(backend, options)
     category_ids = tuple(int(c) for c in dataset.index.category_ids)
-    plan = ExportPlan(
-        str(Path(out)), fmt, quality, batch_size, category_ids, _check_split(fmt, split), _keeps_ids(dataset, total)
-    )
+    split = _check_split(layout_for(fmt), split)
+    plan = ExportPlan(str(Path(out)), fmt, quality, batch_size, category_ids, split, _keeps_ids(dataset, total))
     settings = _settings(dataset, plan, copies, total)
     written = damaged = 0
     with contextlib.ExitStack() as stack:

@@ -2,12 +2,13 @@
 
 ``BatchWriter`` is the task function a backend runs (``flirdata.mapping``'s ordered map):
 its task is a batch number, it draws the batch's items (``export_item``) and ``write_batch``
-encodes each image to JPEG and writes it (with its YOLO label file) atomically, then the
+encodes each image to JPEG and writes it (with its label file, if the format has them) atomically, then the
 batch's COCO records go to a shard in the work folder and only small counts go back. The
 shard is written last, so its presence means the whole batch is on disk; it records the size
 and digest of every file the batch wrote, which ``--resume`` checks before trusting a file.
 
-Where files go is ``ExportPlan``'s business, relative to the output folder ``out``::
+Where files go is the format's ``Layout`` (``formats/``), relative to the output folder ``out``;
+``ExportPlan`` names them::
 
     coco                    yolo, split S
     data/NAME.jpg           images/S/NAME.jpg
@@ -26,16 +27,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flirdata.errors import FlirdataError, add_note
+from flirdata.errors import add_note
 from flirdata.files import write_atomic
-from flirdata.tools.export.yolo import yolo_label_text
+from flirdata.tools.export.formats import layout_for
+from flirdata.tools.export.layout import ExportError, Layout
 
 __all__ = [
     "DECIMALS",
-    "WORK_DIR",
     "BatchResult",
     "BatchWriter",
-    "ExportError",
     "ExportItem",
     "ExportPlan",
     "export_item",
@@ -45,12 +45,7 @@ __all__ = [
     "write_batch",
 ]
 
-WORK_DIR = ".flirdata-export"  # hidden: tools that glob OUT never see half-finished state
 DECIMALS = 2  # box coordinates in pixels: 0.01 px is far below annotation accuracy
-
-
-class ExportError(FlirdataError, ValueError):
-    """An export cannot start or continue: bad argument, non-empty or foreign output folder."""
 
 
 @dataclass(frozen=True)
@@ -58,27 +53,39 @@ class ExportPlan:
     """Everything ``write_batch`` needs in a worker (small and picklable), and where files go."""
 
     out: str
-    fmt: str
+    fmt: str  # a key of formats.LAYOUTS
     quality: int
     batch_size: int
     category_ids: tuple[int, ...]  # label -> the coco.json category id
-    split: str | None = None  # the YOLO split this export fills; None for coco
+    split: str | None = None  # the split this export fills, if the format's folder holds several (YOLO)
     keep_ids: bool = False  # images keep their source ids (original frames, one copy); else 1..N
+
+    @property
+    def layout(self) -> Layout:
+        """The format's layout."""
+        return layout_for(self.fmt)
 
     @property
     def images(self) -> str:
         """The image folder, relative to ``out``."""
-        return "data" if self.fmt == "coco" else f"images/{self.split}"
+        return self.layout.images.format(split=self.split)
 
     @property
     def labels(self) -> str | None:
-        """The YOLO label folder, relative to ``out`` (None for coco)."""
-        return f"labels/{self.split}" if self.fmt == "yolo" else None
+        """The label folder, relative to ``out`` (None: the format has no label files)."""
+        labels = self.layout.labels
+        return None if labels is None else labels.format(split=self.split)
 
     @property
     def work(self) -> str:
-        """The hidden work folder, relative to ``out``: one per split, so splits resume apart."""
-        return f"{WORK_DIR}/{self.split}" if self.fmt == "yolo" else WORK_DIR
+        """The hidden work folder, relative to ``out``: one per split where splits share ``out``."""
+        return self.layout.work(self.split)
+
+    def files(self, stem: str) -> list[str]:
+        """The files an item of output name ``stem`` writes, relative to ``out``: image first, then label."""
+        labels = self.labels
+        image = f"{self.images}/{stem}.jpg"
+        return [image] if labels is None else [image, f"{labels}/{stem}{self.layout.label_suffix}"]
 
 
 @dataclass(frozen=True)
@@ -201,11 +208,11 @@ def _annotations(
 def _write_item(
     item: ExportItem, plan: ExportPlan, files: dict[str, list[Any]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Encode and write one copy (and its YOLO labels, both recorded in ``files``); return its COCO records."""
+    """Encode and write one copy (and its label file, all recorded in ``files``); return its COCO records."""
     ok, jpeg = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, plan.quality])
     if not ok:
         raise ExportError(f"item {item.index} ({item.source_file}): JPEG encoding failed")
-    file_name = f"{plan.images}/{item.stem}.jpg"
+    file_name, *label_files = plan.files(item.stem)
     _write(plan, file_name, jpeg.tobytes(), files)
     # Rounded corners stay inside the image; boxes thinner than the rounding are dropped.
     corners = np.round(np.asarray(item.xyxy, dtype=np.float64).reshape(-1, 4), DECIMALS)
@@ -215,9 +222,8 @@ def _write_item(
     area = size.prod(axis=1) if item.area is None else np.asarray(item.area, dtype=np.float64)[keep]
     iscrowd = np.zeros(len(labels), dtype=np.int64) if item.iscrowd is None else np.asarray(item.iscrowd)[keep]
     height, width = item.image.shape[:2]
-    if plan.labels is not None:
-        text = yolo_label_text(corners, labels - 1, width, height)
-        _write(plan, f"{plan.labels}/{item.stem}.txt", text.encode(), files)
+    for name in label_files:  # none, or the format's one
+        _write(plan, name, plan.layout.label_text(corners, labels, width, height).encode(), files)
     image_id = item.row_id if plan.keep_ids else item.index + 1
     image = {
         "id": image_id,

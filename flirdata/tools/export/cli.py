@@ -12,36 +12,36 @@ from pathlib import Path
 from flirdata.dataset import SPLITS, FlirDetection
 from flirdata.errors import FlirdataError, WorkerError
 from flirdata.tools.export import EVAL_SPLITS, WORK_DIR, ExportError, export_augmented
-from flirdata.tools.export.output import yolo_record
-from flirdata.tools.export.yolo import YOLO_SPLITS
+from flirdata.tools.export.formats import layout_for, several_splits
 from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
 
 __all__ = ["run_command"]
 
 
-def _yolo_split(split: str) -> str:
-    """The YOLO split a FLIR split fills: ``rgb_val`` -> ``val``."""
+def _base_split(split: str) -> str:
+    """A FLIR split whatever its modality, the split it fills where a format holds several: ``rgb_val`` -> ``val``."""
     return split.removeprefix("rgb_")
 
 
 def _parse_splits(args: argparse.Namespace) -> list[str]:
-    """``--split`` as a list, checked against the format (several only for yolo)."""
+    """``--split`` as a list, checked against the format (several only where the format's folder holds several)."""
+    layout = layout_for(args.fmt)
     splits = [s.strip() for s in str(args.split).split(",") if s.strip()]
     if not splits:
         raise ExportError(f"--split: expected one or more comma-separated splits, got {args.split!r}")
-    if args.fmt == "coco" and len(splits) > 1:
+    if not layout.splits and len(splits) > 1:
         raise ExportError(
-            f"--split {args.split}: a coco export holds one split per --out; run one export "
-            "per split, or use --format yolo"
+            f"--split {args.split}: a {layout.name} export holds one split per --out; run one export "
+            f"per split, or use --format {' or '.join(several_splits())}"
         )
-    if args.fmt == "yolo":
-        names = sorted(k for k in SPLITS if _yolo_split(k) in YOLO_SPLITS)
+    if layout.splits:
+        names = sorted(k for k in SPLITS if _base_split(k) in layout.splits)
         bad = next((s for s in splits if s not in names), None)
         if bad is not None:
-            raise ExportError(f"--split {bad!r}: a yolo export takes split names from {names}")
-        if len({_yolo_split(s) for s in splits}) < len(splits):
-            raise ExportError(f"--split {args.split}: two splits would fill the same YOLO split")
-    if args.copies != 1 and not args.augment_all and all(_yolo_split(s) in EVAL_SPLITS for s in splits):
+            raise ExportError(f"--split {bad!r}: a {layout.name} export takes split names from {names}")
+        if len({_base_split(s) for s in splits}) < len(splits):
+            raise ExportError(f"--split {args.split}: two splits would fill the same {layout.name.upper()} split")
+    if args.copies != 1 and not args.augment_all and all(_base_split(s) in EVAL_SPLITS for s in splits):
         raise ExportError(
             f"--copies {args.copies}: val and test are written once, un-augmented; "
             "pass --augment-all to augment them too"
@@ -50,11 +50,11 @@ def _parse_splits(args: argparse.Namespace) -> list[str]:
 
 
 def _plain(split: str, args: argparse.Namespace) -> bool:
-    return _yolo_split(split) in EVAL_SPLITS and not args.augment_all
+    return _base_split(split) in EVAL_SPLITS and not args.augment_all
 
 
 def _split_datasets(args: argparse.Namespace, splits: list[str]) -> list[FlirDetection]:
-    """One dataset per split, all with the same classes (the ones already in OUT's data.yaml first)."""
+    """One dataset per split, all with the same classes (the ones of the splits already in OUT first)."""
     try:
 
         def build(split: str, classes: Sequence[str] | None = None) -> FlirDetection:
@@ -68,7 +68,7 @@ def _split_datasets(args: argparse.Namespace, splits: list[str]) -> list[FlirDet
         raise
     except ValueError as exc:  # unknown preset, negative seed: user input, not a bug
         raise ExportError(str(exc)) from None
-    recorded = (yolo_record(Path(args.out)) or ([], {}))[0] if args.fmt == "yolo" else []
+    recorded = layout_for(args.fmt).recorded_classes(Path(args.out))
     classes = list(dict.fromkeys([*recorded, *(c for ds in datasets for c in ds.index.classes)]))
     if any(list(ds.index.classes) != classes for ds in datasets):  # splits use different extra classes
         datasets = [build(split, classes) for split in splits]
@@ -77,27 +77,19 @@ def _split_datasets(args: argparse.Namespace, splits: list[str]) -> list[FlirDet
     return datasets
 
 
-def _yolo_next_step(out: Path) -> str:
-    splits = (yolo_record(out) or ([], {}))[1]
-    if "val" not in splits:
-        return f"note: {out / 'data.yaml'} has no val split yet; Ultralytics needs one: export --split val into it"
-    return f"train with: yolo detect train data={(out / 'data.yaml').resolve()}"
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Run ``flirdata export`` on the parsed arguments."""
     splits = _parse_splits(args)
     datasets = _split_datasets(args, splits)  # every split is checked before anything is written
-    # What every split shares; each adds its own copies and YOLO split.
+    # What every split shares; each adds its own copies and, where the format holds several, split.
     shared = {"fmt": args.fmt, "quality": args.quality, "backend": args.backend, "workers": args.workers}
     shared.update(batch_size=args.batch_size, resume=args.resume, progress=args.progress, limit=args.limit)
+    layout = layout_for(args.fmt)
     for split, dataset in zip(splits, datasets, strict=True):
         plain = _plain(split, args)
-        yolo_split = _yolo_split(split) if args.fmt == "yolo" else None
+        target = _base_split(split) if layout.splits else None
         try:
-            summary = export_augmented(
-                dataset, args.out, copies=1 if plain else args.copies, split=yolo_split, **shared
-            )
+            summary = export_augmented(dataset, args.out, copies=1 if plain else args.copies, split=target, **shared)
         except WorkerError as exc:
             raise WorkerError(f"{exc} What was written is kept: run the same command with --resume to finish.") from exc
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (flirdata.errors.Terminated): the same class, a hint
@@ -105,6 +97,7 @@ def run_command(args: argparse.Namespace) -> int:
                 raise
             raise type(exc)("what was written is kept: run the same command with --resume to finish") from None
         print(f"{summary}{'; original frames, un-augmented' if plain else ''}")
-    if args.fmt == "yolo":
-        print(_yolo_next_step(Path(args.out)))
+    step = layout.next_step(Path(args.out))
+    if step:
+        print(step)
     return 0

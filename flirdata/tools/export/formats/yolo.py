@@ -1,15 +1,22 @@
-"""The Ultralytics YOLO detection layout: label lines, label files and ``data.yaml``.
+"""The Ultralytics YOLO layout of ``flirdata export``: label lines, label files and ``data.yaml``.
 
 A YOLO dataset holds one folder per split, ``images/S/NAME.jpg`` next to ``labels/S/NAME.txt``
 (Ultralytics finds a label file by replacing the last ``/images/`` of the image path with
 ``/labels/``), one ``class cx cy w h`` line per box with the centre and size normalised to
 ``[0, 1]`` and classes counted from 0, plus a ``data.yaml`` naming the classes and each
 split's image folder.
+
+One export fills one split of such a dataset (``images/S``, ``labels/S``); finishing it rewrites
+``data.yaml`` to list every split present, in a fixed order, so its bytes do not depend on the
+order the splits were exported in. Its ``flirdata_export`` entry records each split's settings and
+totals: a split recorded there is finished, and a folder whose ``data.yaml`` has no such entry of
+this version is not a dataset a split may join.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +24,19 @@ import numpy as np
 import yaml
 
 from flirdata.errors import AnnotationError
+from flirdata.files import write_atomic
+from flirdata.tools.export.layout import VERSION, WORK_DIR, ExportError, Layout, Shards, has_content
 
-__all__ = ["YOLO_SPLITS", "yolo_label_text", "parse_yolo_labels", "data_yaml_text", "read_data_yaml"]
+__all__ = [
+    "LAYOUT",
+    "YOLO_SPLITS",
+    "YoloLayout",
+    "data_yaml_text",
+    "parse_yolo_labels",
+    "read_data_yaml",
+    "yolo_label_text",
+    "yolo_record",
+]
 
 YOLO_SPLITS = ("train", "val", "test")  # the split keys Ultralytics' data.yaml knows
 
@@ -93,3 +111,63 @@ def read_data_yaml(path: str | Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def yolo_record(out: Path) -> tuple[list[str], dict[str, Any]] | None:
+    """``(class names, {split: metadata})`` of a YOLO dataset this version of export wrote."""
+    data = read_data_yaml(out / "data.yaml") or {}
+    meta, names = data.get("flirdata_export"), data.get("names")
+    ours = isinstance(meta, dict) and meta.get("version") == VERSION and isinstance(meta.get("splits"), dict)
+    if not (ours and isinstance(names, dict)):
+        return None
+    return [names[k] for k in sorted(names)], meta["splits"]
+
+
+@dataclass(frozen=True)
+class YoloLayout(Layout):
+    """An Ultralytics dataset: ``images/S``, ``labels/S`` of each split ``S``, one shared ``data.yaml``."""
+
+    def label_text(self, xyxy: np.ndarray, labels: np.ndarray, width: int, height: int) -> str:
+        return yolo_label_text(xyxy, labels - 1, width, height)  # YOLO counts classes from 0
+
+    def read_final(self, out: Path, split: str | None) -> Any:
+        return (yolo_record(out) or ([], {}))[1].get(split)
+
+    def check_out(self, out: Path, classes: Sequence[str]) -> None:
+        """A split may join a non-empty ``out`` only if it is a flirdata YOLO dataset of the same classes."""
+        if not has_content(out):
+            return
+        record = yolo_record(out)
+        if record is None and not (out / WORK_DIR).is_dir():
+            raise ExportError(
+                f"{out}: not empty and not a YOLO dataset written by this flirdata export "
+                "(no data.yaml of it); choose an empty folder"
+            )
+        if record is not None and record[0] != list(classes):
+            raise ExportError(
+                f"{out}: data.yaml names the classes {record[0]}, this split has {list(classes)}; "
+                "export every split with the same classes (--split train,val in one call does)"
+            )
+
+    def write_final(self, out: Path, split: str | None, meta: dict[str, Any], index: Any, shards: Shards) -> None:
+        """Rewrite ``data.yaml`` listing every split present: the ones recorded plus this one."""
+        names = index.classes
+        self.check_out(out, names)  # another split may have finished since this one started
+        splits = {**(yolo_record(out) or ([], {}))[1], split: meta}
+        ordered = {s: splits[s] for s in YOLO_SPLITS if s in splits}  # same bytes in any order
+        text = data_yaml_text(names, ordered, {"version": VERSION, "splits": ordered})
+        write_atomic(out / self.final_file, text.encode())
+
+    def recorded_classes(self, out: Path) -> list[str]:
+        return (yolo_record(out) or ([], {}))[0]
+
+    def next_step(self, out: Path) -> str | None:
+        data = out / self.final_file
+        if "val" not in (yolo_record(out) or ([], {}))[1]:
+            return f"note: {data} has no val split yet; Ultralytics needs one: export --split val into it"
+        return f"train with: yolo detect train data={data.resolve()}"
+
+
+LAYOUT = YoloLayout(
+    name="yolo", images="images/{split}", labels="labels/{split}", final_file="data.yaml", splits=YOLO_SPLITS
+)
