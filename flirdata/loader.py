@@ -243,9 +243,9 @@ def make_loader(
         timeout: a batch that does not arrive within ``timeout`` seconds of being waited for
             raises ``LoaderTimeoutError`` (a stopped or stuck worker), on every backend; the
             stuck pool is closed and the next epoch starts a new one. A worker's start-up is
-            not part of that wait: the first batch of each new worker may also take the larger
-            of ``timeout`` and 60 s (its start allowance; past it the error says a worker did
-            not start). None (default) waits for ever; the "sequential" path does its work in
+            not part of that wait: the first batch of a new pool (on "ray", of each actor) may
+            also take the larger of ``timeout`` and 60 s (its start allowance; past it the
+            error says a worker did not start). None (default) waits for ever; the "sequential" path does its work in
             the calling thread and never waits.
         backend_options: options of ``backend``, passed to its factory as keyword arguments
             (``backend_option_names(backend)`` lists them; unused when ``workers <= 1``).

@@ -1,8 +1,8 @@
 """One meaning of ``timeout=`` on every backend (``flirdata.backends._waits``).
 
 A batch that does not arrive within ``timeout`` seconds of being waited for raises
-``LoaderTimeoutError``; a worker's start-up is not part of that wait (the first batch of each new
-worker also has the start allowance). The "threads" bound is ``test_misuse``'s stuck-thread test, the
+``LoaderTimeoutError``; a worker's start-up is not part of that wait (the first batch of a new pool
+also has the start allowance). The "threads" bound is ``test_misuse``'s stuck-thread test, the
 "ray" ones ``test_ray``'s (a stopped actor, a slow start, a start past its allowance).
 """
 

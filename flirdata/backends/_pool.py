@@ -112,7 +112,7 @@ class PoolBackend:
         self.depth = workers * prefetch
         self._start = start or WorkerStart(hide_main=False)
         self.timeout = timeout
-        self._waits = BatchWaits(timeout, starting=1)  # tasks go to started workers only: see _waits
+        self._waits = BatchWaits(timeout, starting=1)  # the workers start together: see _waits
         self._processes: dict[int, Any] = {}  # pid -> multiprocessing Process, for crash reports
         self._res = _Resources(executor, shutdown)
         self._ring_tried = False

@@ -3,15 +3,16 @@
 A batch that does not arrive within ``timeout`` seconds of being waited for raises
 ``LoaderTimeoutError``, and the stuck pool is closed. A worker's start-up is not part of a batch's
 wait: a process importing torch and unpickling the dataset, a Ray actor waiting for a free CPU,
-take seconds on a busy machine. So the first batch each new worker delivers may also take the
-start allowance, ``max(timeout, START_S)``; past that, the error says a worker did not start.
+take seconds on a busy machine. So the first batch of a new pool (on "ray", of each actor) may also
+take the start allowance, ``max(timeout, START_S)``; past that, the error says a worker did not start.
 
-Who starts how (``BatchWaits(timeout, starting=...)``): a process pool ("loky", "process") hands a
-task only to a worker that has started, so once its first batch has arrived no wait includes a
-start (``starting=1``); torch's DataLoader deals the tasks to its workers in turn, so each of the
-first ``workers`` batches is a different worker's first (``starting=workers``); a Ray actor answers
-when it has started, so "ray" waits for that with ``start_allowance`` and then ``timeout`` for each
-batch; threads start at once (``starting=0``) and "sequential" never waits.
+Who starts how (``BatchWaits(timeout, starting=...)``): a process pool ("loky", "process",
+"dataloader") starts its workers together when it opens, so the wait for its first batch has the
+allowance and later ones do not (``starting=1``; loky and process hand a task only to a worker that
+has started; the DataLoader deals tasks in turn, so a worker that started more than ``timeout``
+after the first would time out its own first batch); a Ray actor answers when it has started, so
+"ray" waits for that with ``start_allowance`` and then ``timeout`` for each batch; threads start at
+once (``starting=0``) and "sequential" never waits.
 """
 
 from __future__ import annotations

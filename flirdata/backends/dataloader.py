@@ -82,7 +82,7 @@ class DataLoaderBackend:
     def __init__(self, fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._source = _TaskSource()
         self._expired = False  # the watchdog killed the workers of a wait that outlasted the timeout
-        self._waits = BatchWaits(timeout, starting=workers)  # one first batch per worker, dealt in turn
+        self._waits = BatchWaits(timeout, starting=1)  # the workers start together: see _waits
         self._start = plan_worker_start(fetcher, self.name)  # before any process starts
         with _more_workers_than_cores_is_fine():
             self._loader: DataLoader | None = DataLoader(
