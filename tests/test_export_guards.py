@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_split
+from support import write_split
 
 import flirdata.files
 import flirdata.tools.export
