@@ -4,7 +4,8 @@ One thread (OpenCV and torch at one thread), the first images untimed as a warm-
 ``images`` train images: decode, reseed the pipeline as the dataset does (``flirdata.seeding``),
 run the pipeline's top-level transforms one at a time exactly as ``albumentations.Compose`` runs
 them (its pre- and post-processing are a row of their own), then collate the samples in batches.
-Each row is milliseconds per image and its share of the sum of all rows.
+Each row is milliseconds per image and its share of the sum of all rows. A last line sets the
+pipeline's CPU per image against the floor, the preset's bare pixel work (``floor``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flirdata.tools.bench.timing import single_threaded
 __all__ = ["PROFILE_COLUMNS", "step_name", "profile_pipeline", "format_profile", "run_profile"]
 
 WARMUP = 3  # images run untimed first: first calls allocate, load code, fill caches
+FLOOR_ROUNDS = 3  # rounds of floor then pipeline; the line gives the median ratio
 DECODE, RESEED, COMPOSE, COLLATE = "decode", "reseed", "Compose (boxes in/out)", "collate"
 
 PROFILE_COLUMNS: list[report.Column] = [
@@ -129,12 +131,16 @@ def _command(args: argparse.Namespace) -> str:
 def run_profile(args: argparse.Namespace) -> int:
     """``flirdata bench ROOT --profile``: the train split with ``--preset``, ``--batches`` x ``--batch-size`` images."""
     from flirdata.dataset import FlirDetection
+    from flirdata.tools.bench.floor import format_floor, measure_floor
     from flirdata.tools.bench.machine import machine_info, machine_line
     from flirdata.transforms import build_transform
 
     dataset = FlirDetection(args.root, "train", transform=build_transform(args.preset), seed=args.seed)
     images = args.batch_size * (args.batches or -(-len(dataset) // args.batch_size))
     records = profile_pipeline(dataset, images, args.batch_size)
+    with single_threaded():
+        floor = measure_floor(dataset, images, FLOOR_ROUNDS, args.batch_size)
     print(f"{_command(args)}\n{machine_line(machine_info())}")
     print(format_profile(records))
+    print(format_floor(floor))
     return 0
