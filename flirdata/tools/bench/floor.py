@@ -1,7 +1,9 @@
 """The floor: the bare pixel work of the preset in use, next to the pipeline's CPU per image.
 
 The floor of one image is what no pipeline can avoid, as bare library calls on the user's own
-frames at one thread: the ``simplejpeg`` decode, one ``cv2.warpAffine`` to the output size, one
+frames at one thread: the ``simplejpeg`` decode, one ``cv2.warpAffine`` to the output size (its
+matrix drawn from the preset's flip, scale, shift and rotation ranges, as OpenCV's cost depends
+on it), one
 ``cv2.LUT``, and the blur and the noise weighted by the preset's probabilities of drawing them
 (``p`` of the blur's ``OneOf`` and of the noise step: a 5-pixel Gaussian and motion blur half
 each, the noise bank's ``cv2.addWeighted``). With ``cache="ram"`` the frames are decoded already,
@@ -56,6 +58,11 @@ def floor_weights(transform: Any) -> dict[str, float]:
     return {"decode": 1.0, "warpAffine": 1.0, "LUT": lut, "blur": min(blur, 1.0), "noise": min(noise, 1.0)}
 
 
+def _geometry(transform: Any) -> Any:
+    """The preset's ``FusedAffine``, or None."""
+    return next((node for node, _ in _nodes(transform) if type(node).__name__ == "FusedAffine"), None)
+
+
 def _output_size(transform: Any, frame: np.ndarray) -> tuple[int, int]:
     """(width, height) the preset writes: a ``FusedAffine``'s or letterbox's size, else the frame's."""
     for node, _ in _nodes(transform):
@@ -65,20 +72,44 @@ def _output_size(transform: Any, frame: np.ndarray) -> tuple[int, int]:
     return frame.shape[1], frame.shape[0]
 
 
-def _pixel_steps(frames: Sequence[np.ndarray], out_wh: tuple[int, int]) -> dict[str, Callable[[int], Any]]:
+def _warp_matrices(geometry: Any, shape: tuple[int, int], count: int) -> list[np.ndarray]:
+    """One warp per frame drawn as the preset draws a warped one: OpenCV's cost depends on the matrix
+    (a rotation costs 20x a shift), so a fixed matrix would not be the preset's work.
+
+    ``geometry`` is the preset's ``FusedAffine`` (its ranges), or None for the thermal preset's ranges.
+    """
+    from flirdata.fused import FusedAffine, affine_matrix
+
+    geometry = geometry if isinstance(geometry, FusedAffine) else FusedAffine()
+    rng = np.random.default_rng(0)
+    height, width = shape
+    flip = np.array([[-1.0, 0.0, width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    half, back = np.array([[1.0, 0, -0.5], [0, 1, -0.5], [0, 0, 1]]), np.array([[1.0, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    matrices = []
+    for _ in range(count):
+        tx, ty = rng.uniform(*geometry.translate_percent, size=2)
+        scale = tuple(rng.uniform(*geometry.scale, size=2))
+        matrix = affine_matrix(shape, (int(tx * width), int(ty * height)), scale, rng.uniform(*geometry.rotate))
+        matrix = matrix @ flip if rng.random() < geometry.flip_p else matrix
+        matrices.append((half @ matrix @ back)[:2])
+    return matrices
+
+
+def _pixel_steps(
+    frames: Sequence[np.ndarray], out_wh: tuple[int, int], geometry: Any
+) -> dict[str, Callable[[int], Any]]:
     """One bare call per floor step (decode apart), on frame ``j``."""
     import cv2
 
-    from flirdata.fused import affine_matrix, noise_bank
+    from flirdata.fused import noise_bank
 
-    shape = frames[0].shape[:2]
-    matrix = affine_matrix(shape, (12, -9), (1.05, 0.95), 3.0)[:2]
+    matrices = _warp_matrices(geometry, frames[0].shape[:2], len(frames))
     table = np.clip(np.arange(256) * 1.1 + 8, 0, 255).astype(np.uint8)
     motion = np.zeros((5, 5), np.float32)
     motion[2, :] = 1 / 5
 
     def warp(j: int) -> np.ndarray:
-        return cv2.warpAffine(frames[j], matrix, out_wh, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return cv2.warpAffine(frames[j], matrices[j], out_wh, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
     def blur(j: int) -> np.ndarray:  # the preset draws either blur with equal weight: take turns
         if j % 2:
@@ -129,7 +160,7 @@ def measure_floor(dataset: Any, images: int, repeats: int = 5, batch_size: int =
     cached = getattr(dataset, "_cache", None) is not None
     if cached:
         weights["decode"] = 0.0
-    steps = _pixel_steps(frames, _output_size(dataset.transform, frames[0]))
+    steps = _pixel_steps(frames, _output_size(dataset.transform, frames[0]), _geometry(dataset.transform))
     steps["decode"] = lambda j: simplejpeg.decode_jpeg(files[j], colorspace=colour)
     rounds = []
     for _ in range(repeats):
