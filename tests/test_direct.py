@@ -59,7 +59,6 @@ def test_dataset_samples_are_the_compose_paths(
         for i in range(len(direct)):
             _same(direct.sample(i, epoch), compose.sample(i, epoch))
     assert direct._local.plan is not None and compose._local.plan is None
-    assert direct._local.plan is not None and compose._local.plan is None
 
 
 def test_rgb_frames_through_the_thermal_preset_are_the_compose_paths(
