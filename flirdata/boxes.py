@@ -70,6 +70,8 @@ def clip_xyxy(boxes: np.ndarray, width: ArrayLike, height: ArrayLike) -> np.ndar
     """Clip corner boxes to ``[0, width] x [0, height]`` (scalars, or one size per box)."""
     b = _as_boxes(boxes)
     w, h = np.asarray(width, dtype=np.float64), np.asarray(height, dtype=np.float64)
+    if w.ndim == h.ndim == 0:  # one frame: the per-sample case, without the broadcast
+        return np.clip(b, 0.0, np.array([w, h, w, h]))
     limits = np.stack(np.broadcast_arrays(w, h, w, h), axis=-1)
     return np.clip(b, 0.0, limits)
 
@@ -78,6 +80,8 @@ def valid_mask(boxes: np.ndarray, min_size: float = 1e-3) -> np.ndarray:
     """True where a corner box is finite and has positive width and height."""
     b = _as_boxes(boxes)
     finite = np.isfinite(b).all(axis=1)
+    if finite.all():  # inf - inf is the only invalid operation below; errstate costs more than the test
+        return (b[:, 2] - b[:, 0] > min_size) & (b[:, 3] - b[:, 1] > min_size)
     with np.errstate(invalid="ignore"):
         positive = (b[:, 2] - b[:, 0] > min_size) & (b[:, 3] - b[:, 1] > min_size)
     return finite & positive

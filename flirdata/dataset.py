@@ -18,6 +18,7 @@ from flirdata._validate import check_int
 from flirdata.boxes import box_area, clip_xyxy, coco_to_xyxy, valid_mask
 from flirdata.cache import FrameCache, build_cache, check_cache
 from flirdata.coco import CocoIndex, load_coco
+from flirdata.direct import direct_plan
 from flirdata.errors import DataError, ImageError
 from flirdata.images import (
     MAX_IMAGE_BYTES,
@@ -307,6 +308,7 @@ class FlirDetection(Dataset):
         pipeline = getattr(self._local, "pipeline", None)
         if pipeline is None:
             pipeline = self._local.pipeline = copy.deepcopy(self.transform)
+            self._local.plan = direct_plan(pipeline)  # the fused presets skip Compose (flirdata.direct)
         return pipeline
 
     def _check_channels(self, image: np.ndarray) -> np.ndarray:
@@ -329,13 +331,18 @@ class FlirDetection(Dataset):
         if self.transform is None:
             return image, coco_to_xyxy(boxes), np.arange(len(boxes))
         pipeline = self._pipeline()
-        reseed_transform(pipeline, sample_seed_sequence(self.seed, epoch, k))
+        seeds = sample_seed_sequence(self.seed, epoch, k)
         voc = pipeline.processors["bboxes"].params.format == "pascal_voc"
-        # The label field carries each box's row, so labels and iscrowd follow the kept boxes.
-        rows = np.arange(len(boxes), dtype=np.int64)
-        out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=rows)
-        result = self._check_channels(np.ascontiguousarray(out["image"]))
-        out_boxes = np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4)
+        if self._local.plan is not None:  # the same samples as the Compose below, without its plumbing
+            result, out_boxes, out_rows = self._local.plan(image, boxes, seeds)
+        else:
+            reseed_transform(pipeline, seeds)
+            # The label field carries each box's row, so labels and iscrowd follow the kept boxes.
+            rows = np.arange(len(boxes), dtype=np.int64)
+            out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=rows)
+            result, out_boxes, out_rows = out["image"], out["bboxes"], out["labels"]
+        result = self._check_channels(np.ascontiguousarray(result))
+        out_boxes = np.asarray(out_boxes, dtype=np.float64).reshape(-1, 4)
         xyxy = clip_xyxy(out_boxes if voc else coco_to_xyxy(out_boxes), result.shape[1], result.shape[0])
         keep = valid_mask(xyxy)
-        return result, xyxy[keep], np.asarray(out["labels"], dtype=np.int64).reshape(-1)[keep]
+        return result, xyxy[keep], np.asarray(out_rows, dtype=np.int64).reshape(-1)[keep]

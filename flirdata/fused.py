@@ -98,10 +98,13 @@ def affine_matrix(shape: tuple[int, int], translate: Pair, scale: Pair, angle: f
     return centre @ _translation(*translate) @ linear @ _translation(-width / 2, -height / 2)
 
 
+# Columns of (x, y) for the corners top-left, top-right, bottom-right, bottom-left of an xyxy box.
+_CORNERS = np.array([[0, 1], [2, 1], [2, 3], [0, 3]])
+
+
 def move_boxes(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Pixel xyxy boxes (extra columns kept) -> boxes enclosing their corners moved by ``matrix``."""
-    x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    corners = np.stack([np.stack([x0, x1, x1, x0], 1), np.stack([y0, y0, y1, y1], 1)], -1)  # [N, 4, 2]
+    corners = boxes[:, _CORNERS]  # [N, 4, 2]
     moved = corners @ matrix[:2, :2].T + matrix[:2, 2]
     out = boxes.astype(np.float64, copy=True)
     out[:, :2], out[:, 2:4] = moved.min(axis=1), moved.max(axis=1)
@@ -216,14 +219,12 @@ class FusedAffine(A.DualTransform):
             return bboxes
         height, width = params["shape"][:2]
         boxes = bboxes.astype(np.float64, copy=True)
-        boxes[:, [0, 2]] *= width
-        boxes[:, [1, 3]] *= height
+        boxes[:, :4] *= (width, height, width, height)
         boxes = move_boxes(boxes, matrix)
         # As A.Affine: drop boxes wholly outside the frame before the letterbox moves the frame.
         inside = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < width) & (boxes[:, 1] < height)
         boxes = move_boxes(boxes[inside], letterbox)
-        boxes[:, [0, 2]] /= output_shape[1]
-        boxes[:, [1, 3]] /= output_shape[0]
+        boxes[:, :4] /= (output_shape[1], output_shape[0], output_shape[1], output_shape[0])
         return boxes.astype(bboxes.dtype, copy=False)
 
 

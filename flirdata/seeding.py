@@ -15,14 +15,14 @@ from a ``numpy.random.SeedSequence`` keyed by (seed, epoch, index).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from flirdata._validate import check_int
 
-__all__ = ["sample_seed_sequence", "shuffle_seed_sequence", "iter_random_nodes", "reseed_transform"]
+__all__ = ["sample_seed_sequence", "shuffle_seed_sequence", "iter_random_nodes", "reseed_transform", "seed_node"]
 
 # Keep flirdata's streams apart from each other and from other users of SeedSequence([seed, ...]).
 _DOMAIN = 0x466C6972  # "Flir": per-sample augmentation
@@ -73,15 +73,28 @@ def reseed_transform(transform: Any, seed_sequence: np.random.SeedSequence) -> N
     """
     nodes = list(iter_random_nodes(transform))
     blocks = seed_sequence.generate_state(6 * len(nodes), dtype=np.uint64).reshape(-1, 6).tolist()
-    for node, (s0, s1, i0, i1, p0, p1) in zip(nodes, blocks, strict=True):
-        generator, python = _own_generators(node)
-        generator.bit_generator.state = {
-            "bit_generator": "PCG64",
-            "state": {"state": s0 << 64 | s1, "inc": i0 << 64 | i1 | 1},
-            "has_uint32": 0,
-            "uinteger": 0,
-        }
-        python.seed(p0 << 64 | p1)
+    for node, block in zip(nodes, blocks, strict=True):
+        seed_node(node, block)
+
+
+def seed_node(node: Any, block: Sequence[int], numpy: bool = True) -> None:
+    """Seed one node's own generators from its block of six uint64 words, as ``reseed_transform`` does.
+
+    ``flirdata.direct`` seeds only the nodes a sample draws from, each from the block
+    ``reseed_transform`` would give it, so both paths draw the same numbers; ``numpy=False``
+    leaves the numpy generator of a node that draws only from its Python one.
+    """
+    s0, s1, i0, i1, p0, p1 = block
+    generator, python = _own_generators(node)
+    python.seed(p0 << 64 | p1)
+    if not numpy:
+        return
+    generator.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": s0 << 64 | s1, "inc": i0 << 64 | i1 | 1},
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
 
 
 def _own_generators(node: Any) -> tuple[np.random.Generator, random.Random]:

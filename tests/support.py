@@ -261,3 +261,25 @@ def our_children() -> list[psutil.Process]:
             continue
         found.append(child)
     return found
+
+
+def export_argv(source: Path, out: Path, backend: str, *extra: str, seed: int = 7) -> list[str]:
+    """``flirdata export`` of 8 augmented copies of ``source``'s train split into ``out`` on 2 workers."""
+    return [
+        "export",
+        str(source),
+        "--out",
+        str(out),
+        "--copies",
+        "8",
+        "--seed",
+        str(seed),
+        "--batch-size",
+        "4",
+        "--backend",
+        backend,
+        "--workers",
+        "2",
+        "--no-progress",
+        *extra,
+    ]

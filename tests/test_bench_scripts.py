@@ -17,7 +17,14 @@ import pytest
 from flirdata import FlirDetection, build_transform
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["bench_backends.py", "bench_decode.py", "bench_presets.py", "bench_cache.py", "bench_coco.py"]
+SCRIPTS = [
+    "bench_backends.py",
+    "bench_decode.py",
+    "bench_presets.py",
+    "bench_cache.py",
+    "bench_coco.py",
+    "bench_floor.py",
+]
 
 
 def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -122,6 +129,7 @@ def test_bench_backends_tiny_run_writes_its_block(tmp_path, shared_ray):
 
 
 TINY_RUNS = {
+    "bench_floor.py": (("--images", "8"), "## Floor", ["| none | 1.00 x ", "| ram | - | 1.00 x "]),
     "bench_presets.py": (
         ("--images", "16"),
         "## Presets",

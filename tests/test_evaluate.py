@@ -13,7 +13,7 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from conftest import write_split
+from support import write_split
 
 from demo_model import TinyDetector, assign_targets
 from flirdata import (

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from support import export_argv
 
 import flirdata.files
 import flirdata.tools.export
@@ -185,35 +186,11 @@ def test_same_bytes_on_every_backend(source: Path, coco_export: Exported, tmp_pa
         assert _digest(out) == expected, backend
 
 
-def _export_args(source: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "export",
-        "--data",
-        str(source),
-        "--split",
-        "train",
-        "--out",
-        str(out),
-        "--copies",
-        "8",
-        "--seed",
-        str(SEED),
-        "--batch-size",
-        "4",
-        "--backend",
-        "threads",
-        "--workers",
-        "2",
-        "--no-progress",
-        *extra,
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_killed_export_resumes_to_the_same_bytes(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "flirdata", *_export_args(source, out)]
+    cmd = [sys.executable, "-m", "flirdata", *export_argv(source, out, "threads", seed=SEED)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     shards = out / WORK_DIR / "shards"
     while proc.poll() is None:  # (the hang guard bounds it)
@@ -224,9 +201,9 @@ def test_killed_export_resumes_to_the_same_bytes(source: Path, tmp_path: Path, c
     _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"export was not killed mid-way: {err.decode()}"
     assert (out / WORK_DIR).is_dir() and not (out / "coco.json").exists()
-    assert main(_export_args(source, out)) == 2  # not empty, no --resume
+    assert main(export_argv(source, out, "threads", seed=SEED)) == 2  # not empty, no --resume
     capsys.readouterr()
-    assert main(_export_args(source, out, "--resume")) == 0, capsys.readouterr().err
+    assert main(export_argv(source, out, "threads", "--resume", seed=SEED)) == 0, capsys.readouterr().err
     assert "already there" in capsys.readouterr().out
     clean = tmp_path / "clean"
     export_augmented(_dataset(source, (512, 640)), clean, copies=8, batch_size=4, progress=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_split
+from support import export_argv, write_split
 
 import flirdata.files
 import flirdata.tools.export
@@ -199,27 +199,6 @@ def _shm_segments(pid: int) -> list[str]:
     return sorted(p.name for p in Path("/dev/shm").glob(f"flirdata-{pid}-*")) if Path("/dev/shm").is_dir() else []
 
 
-def _export_argv(source: Path, out: Path, backend: str, *extra: str) -> list[str]:
-    return [
-        "export",
-        str(source),
-        "--out",
-        str(out),
-        "--copies",
-        "8",
-        "--seed",
-        str(SEED),
-        "--batch-size",
-        "4",
-        "--backend",
-        backend,
-        "--workers",
-        "2",
-        "--no-progress",
-        *extra,
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("backend", ["process", "loky", "ray"])
@@ -229,7 +208,7 @@ def test_sigterm_mid_export_is_one_line_exit_143_and_resumes(
     if backend == "ray":
         pytest.importorskip("ray")
     out = tmp_path / "out"
-    argv = _export_argv(source, out, backend)
+    argv = export_argv(source, out, backend)
     proc = subprocess.Popen([sys.executable, "-m", "flirdata", *argv], cwd=REPO, stderr=subprocess.PIPE)
     shards = out / WORK_DIR / "shards"
     deadline = time.monotonic() + 250
@@ -244,7 +223,7 @@ def test_sigterm_mid_export_is_one_line_exit_143_and_resumes(
     hint = "what was written is kept: run the same command with --resume to finish"
     assert text == f"flirdata export: terminated (SIGTERM); {hint}\n"
     assert _shm_segments(proc.pid) == [] and not (out / LOCK).exists()
-    assert main(_export_argv(source, out, "threads", "--resume")) == 0, capsys.readouterr().err
+    assert main(export_argv(source, out, "threads", "--resume")) == 0, capsys.readouterr().err
     fresh = tmp_path / "fresh"
     export_augmented(_dataset(source, (512, 640)), fresh, copies=8, batch_size=4, progress=False)
     assert _digest(out) == _digest(fresh)

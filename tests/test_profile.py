@@ -65,6 +65,7 @@ def test_cli_profile_prints_the_table_for_the_preset_in_use(synth_root: Path, ca
     for step in ["decode", "FusedAffine", "IntensityLUT", "NoiseBank", "collate", "ms/image", "share"]:
         assert step in out
     assert "total " in out and "8 images" in out
+    assert "floor: " in out and "x the floor" in out
 
 
 def test_cli_profile_unknown_preset_is_one_line(synth_root: Path, capsys) -> None:

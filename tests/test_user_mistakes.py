@@ -13,7 +13,7 @@ import albumentations as A
 import numpy as np
 import psutil
 import pytest
-from conftest import write_split
+from support import write_split
 
 from flirdata import AnnotationError, FlirDetection, build_transform, make_loader
 from flirdata.backends import Fetcher
