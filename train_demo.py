@@ -195,6 +195,7 @@ def run_demo(
     import torch
 
     from demo_model import TinyDetector
+    from flirdata.backends import KINDS
     from flirdata.loader import make_loader
 
     # No rank or world_size: under --distributed, make_loader takes this rank's shard from the group.
@@ -202,15 +203,16 @@ def run_demo(
         dataset, backend=backend, workers=workers, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True
     ) as loader:
         runs_as = loader.options.effective_backend  # workers <= 1 runs in this thread
+        parallel = KINDS[runs_as].parallel
         # Worker threads and processes need cores too: training takes what they leave.
-        threads = torch_threads or (cores() if runs_as == "sequential" else max(1, cores() - workers))
+        threads = torch_threads or (max(1, cores() - workers) if parallel else cores())
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         model = TinyDetector(num_classes=len(dataset.classes) - 1)
         if distributed:  # rank 0's weights to every rank, then gradients averaged in each backward
             model = torch.nn.parallel.DistributedDataParallel(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        result = DemoResult(runs_as, workers if runs_as != "sequential" else 0, threads)
+        result = DemoResult(runs_as, workers if parallel else 0, threads)
         if save_to is not None:
             save_samples(dataset, loader, save_to)
         probe_loader(loader, result)

@@ -32,10 +32,8 @@ import argparse
 import json
 import math
 import multiprocessing
-import pickle
 import statistics
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -49,16 +47,20 @@ import numpy as np
 import torch
 
 from flirdata import FlirDetection, build_transform
-from flirdata.backends import _shm as shm
-from flirdata.backends import installed_backends
-from flirdata.backends._worker import forkserver_context, tune_malloc
-from flirdata.collate import batch_memory, collate_detection
+from flirdata.backends import KINDS, installed_backends
 from flirdata.loader import make_loader
 from flirdata.synth import synthesize
 from flirdata.tools.bench.machine import load_average, machine_info, machine_line
 from flirdata.tools.bench.memory import MemorySampler
 from flirdata.tools.bench.report import add_results_options, markdown_table, replace_block, text_columns
-from flirdata.tools.bench.timing import calibrate_warmed, single_threaded, timed_window
+from flirdata.tools.bench.timing import (
+    calibrate_warmed,
+    single_threaded,
+    timed_window,
+    tune_like_a_worker,
+    worker_context,
+)
+from flirdata.tools.bench.transport import transport_costs
 
 BATCH = 32
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -169,17 +171,17 @@ def course_batches(results: Iterator[Any]) -> Iterator[tuple[torch.Tensor, list[
 def course_rate(ds: Any, workers: int) -> Measure:
     order = np.random.default_rng(0).permutation(len(ds)).tolist()
     chunksize = math.ceil(len(order) / (workers * 25))
-    with ProcessPoolExecutor(workers, mp_context=forkserver_context()) as pool:
+    with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
         results = pool.map(partial(course_sample, ds), order, chunksize=chunksize)
         return timed_rate(course_batches(iter(results)), workers, math.ceil(len(order) / BATCH))
 
 
 def throughput(ds: Any, workers: int, repeats: int, retries: int) -> Rates:
-    tune_malloc()  # "sequential" runs here: give it the workers' allocator settings, as the ideal has
+    tune_like_a_worker()  # "sequential" runs here: give it the workers' allocator settings, as the ideal has
     runs: dict[str, Callable[[], Measure]] = {
         "tight loop": partial(tight_loop, ds),
         "sequential": partial(backend_rate, ds, "sequential", 1),
-        **{name: partial(backend_rate, ds, name, workers) for name in installed_backends() if name != "sequential"},
+        **{name: partial(backend_rate, ds, name, workers) for name in installed_backends() if KINDS[name].parallel},
         "peer DataLoader": partial(peer_rate, ds, workers),
         COURSE: partial(course_rate, ds, workers),
     }
@@ -199,77 +201,6 @@ def throughput(ds: Any, workers: int, repeats: int, retries: int) -> Rates:
                 file=sys.stderr,
             )
     return dict(rates)
-
-
-# -- transport ----------------------------------------------------------------------------
-def transport(repeats: int = 30) -> dict[str, float]:
-    """µs per 512x640 image to make a batch from samples in a sender thread and hand it to the consumer.
-
-    Sender: collate the samples and pack the batch (images into a ring slot, or everything
-    pickled), pickle, write to a pipe; consumer: read, unpickle, unpack, let the batch go. Two
-    threads of one process stand in for worker and consumer; the pipe and copies are the same as
-    between processes. The path in use collates straight into the slot and lends the slot to the
-    consumer; the one before it collated into fresh memory, copied that into the slot, and the
-    consumer copied it out again.
-    """
-    images = torch.randint(0, 256, (BATCH, 1, 512, 640), dtype=torch.uint8)
-    targets = [{"boxes": torch.rand(5, 4), "labels": torch.arange(5), "image_id": k} for k in range(BATCH)]
-    samples = list(zip(images, targets, strict=True))
-    ring = shm.SharedRing(images.nbytes, 2, lend=1)
-    reader, writer = multiprocessing.Pipe(duplex=False)
-    try:
-
-        def send(slot: shm.Slot | None, into_slot: bool) -> None:
-            if into_slot and slot is not None:
-                with batch_memory(shm.slot_allocator(slot)):
-                    batch = collate_detection(samples)
-            else:
-                batch = collate_detection(samples)
-            writer.send_bytes(pickle.dumps(shm.pack_batch(batch, slot)))
-
-        def through_pipe(way: str) -> None:
-            slot = None if way == "pickled" else ring.acquire()
-            sender = threading.Thread(target=send, args=(slot, way == "lent"))
-            sender.start()
-            packed = pickle.loads(reader.recv_bytes())
-            if way == "lent":
-                shm.unpack_batch(packed, ring, slot)  # lent, then let go: the slot returns
-            else:
-                shm.unpack_batch(packed, ring)  # copied out
-                if slot is not None:
-                    ring.release(slot.index)
-            sender.join()
-
-        slot = ring.acquire()
-        packed = shm.pack_batch(collate_detection(samples), slot)
-        ways = {
-            "collated into the ring slot, lent to the consumer (used)": partial(through_pipe, "lent"),
-            "collated, copied into the ring, copied out (before)": partial(through_pipe, "copied"),
-            "collated, pickled through the pipe (the fallback)": partial(through_pipe, "pickled"),
-            "collate alone (the stack of the images)": partial(collate_detection, samples),
-            "a copy into the ring alone (saved by collating into it)": partial(shm.pack_batch, (images, targets), slot),
-            "a copy out of the ring alone (saved by lending the slot)": partial(ring.read, packed.images),
-            "targets only, tensors pickled as numpy arrays (used)": lambda: pickle.loads(shm.dumps(targets)),
-            "targets only, torch's own tensor pickling": lambda: pickle.loads(pickle.dumps(targets)),
-        }
-        ring.release(slot.index)
-        out = {name: _per_image_us(fn, repeats) for name, fn in ways.items()}
-    finally:
-        reader.close()
-        writer.close()
-        shm.close_attached()  # the sender thread attached to the ring as a worker would
-        ring.close()
-    return out
-
-
-def _per_image_us(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / BATCH * 1e6
 
 
 # -- memory -------------------------------------------------------------------------------
@@ -331,7 +262,7 @@ def throughput_table(rates: Rates, workers: int) -> str:
 def targets(rates: Rates, peaks: dict[str, float], workers: int) -> str:
     med = medians(rates)
     ideal = workers * med["tight loop"]
-    best = max((n for n in installed_backends() if n != "sequential"), key=med.__getitem__)
+    best = max((n for n in installed_backends() if KINDS[n].parallel), key=med.__getitem__)
     mem = list(peaks.values())
     checks = [
         (f"best backend ({best}) >= 0.95 of ideal", med[best] / ideal, 0.95),
@@ -390,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     with single_threaded():  # "sequential" and the transport are single-threaded work (the ideal runs in a worker)
         rates = throughput(medium, args.workers, args.repeats, args.retries)
-        costs = transport()
-        best = max((n for n in installed_backends() if n != "sequential"), key=medians(rates).__getitem__)
+        costs = transport_costs(BATCH)
+        best = max((n for n in installed_backends() if KINDS[n].parallel), key=medians(rates).__getitem__)
         peaks = memory(medium, dataset(args.cache, "large", args.large), best, args.workers)
     meta = {**machine_info(), "load_before": load_before, "load_after": load_average()}
     result = {"machine": machine_line(meta), "rates": rates, "transport_us": costs, "peak_pss_mb": peaks}

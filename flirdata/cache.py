@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from flirdata.backends._segments import ShmFullError, create_segment, shm_free_bytes
-from flirdata.backends._shm import _aligned, _attach, _unmap, _view
+from flirdata._segments import ShmFullError, aligned, array_over, attach, create_segment, shm_free_bytes, unmap
+from flirdata._validate import check_int
 
 __all__ = [
     "CACHES",
@@ -73,11 +73,11 @@ class CacheLayout:
         """The layout of the longest prefix that fits ``budget`` bytes, and the bytes all frames need."""
         pairs = zip(heights, widths, strict=True)
         shapes = [(int(h), int(w)) if channels == 1 else (int(h), int(w), channels) for h, w in pairs]
-        offsets, ends, position = [], [], _aligned(len(shapes))  # the flags come first
+        offsets, ends, position = [], [], aligned(len(shapes))  # the flags come first
         for shape in shapes:
             offsets.append(position)
             ends.append(position + int(np.prod(shape)))
-            position = _aligned(ends[-1])
+            position = aligned(ends[-1])
         # Offsets only grow, so the frames that fit are a prefix.
         fit = len(ends) if budget is None else sum(end <= budget for end in ends)
         layout = cls(tuple(shapes[:fit]), tuple(offsets[:fit]), ends[fit - 1] if fit else 0)
@@ -86,7 +86,7 @@ class CacheLayout:
 
 def _destroy(segment: SharedMemory, owner: int) -> None:
     """Unmap ``segment``; unlink it only in the creating process (a forked child inherits the finalizer)."""
-    _unmap(segment)  # a frame the caller still holds keeps the mapping; the name goes now
+    unmap(segment)  # a frame the caller still holds keeps the mapping; the name goes now
     if os.getpid() == owner:
         try:
             segment.unlink()
@@ -134,7 +134,7 @@ class FrameCache:
     def _buffer(self) -> memoryview | None:
         if self._segment is None and self.name:
             try:
-                self._segment = _attach(self.name)  # kept for the worker's life (_shm.close_attached)
+                self._segment = attach(self.name)  # kept for the worker's life (_segments.close_attached)
             except FileNotFoundError:  # the owner is gone (a pickle outliving it): decode as without cache
                 self.name = ""
         return None if self._segment is None else self._segment.buf
@@ -150,7 +150,7 @@ class FrameCache:
         if buffer is None:
             return decode()
         shape = self.layout.shapes[k]
-        view = _view(buffer, shape, np.dtype(np.uint8), self.layout.offsets[k])  # keeps the mapping alive
+        view = array_over(buffer, shape, np.dtype(np.uint8), self.layout.offsets[k])  # keeps the mapping alive
         if not buffer[k]:
             image = decode()  # raises before anything is written: a bad image is never cached
             if image.shape != shape or image.dtype != np.uint8:
@@ -172,9 +172,8 @@ def build_cache(heights: Any, widths: Any, channels: int, cache_bytes: int | Non
 
     The budget is capped at /dev/shm's free space; where /dev/shm does not exist, None is no limit.
     """
-    bad = isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 1
-    if cache_bytes is not None and bad:
-        raise ValueError(f"cache_bytes must be a positive int or None, got {cache_bytes!r}")
+    if cache_bytes is not None:
+        cache_bytes = check_int("cache_bytes", cache_bytes, 1, expected="a positive int or None")
     budget = cache_bytes
     free = shm_free_bytes()
     if free is not None:  # more than /dev/shm holds could not be reserved

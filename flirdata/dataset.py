@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from flirdata._validate import check_int
 from flirdata.boxes import box_area, clip_xyxy, coco_to_xyxy, valid_mask
 from flirdata.cache import FrameCache, build_cache, check_cache
 from flirdata.coco import CocoIndex, load_coco
@@ -29,7 +30,7 @@ from flirdata.images import (
     read_image,
 )
 from flirdata.names import SPLITS  # split name -> folder, defined where light modules read it
-from flirdata.sampler import MAX_EPOCH, check_int
+from flirdata.sampler import MAX_EPOCH
 from flirdata.seeding import reseed_transform, sample_seed_sequence
 from flirdata.transforms import ensure_detection_compose
 
@@ -141,9 +142,7 @@ class FlirDetection(Dataset):
         # Files and symlink targets must stay in the dataset folder: coco.json is data, not a licence to read /etc.
         self._within = dataset_folder(self.root, self.split_dir)  # resolved once, not per read
         self.modality = infer_modality(self.split_dir) if modality is None else check_modality(modality)
-        if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
-            raise ValueError(f"max_image_bytes must be a positive int, got {max_image_bytes!r}")
-        self.max_image_bytes = max_image_bytes
+        self.max_image_bytes = check_int("max_image_bytes", max_image_bytes, 1, expected="a positive int")
         self.index: CocoIndex = load_coco(self.split_dir / "coco.json", classes)
         self.transform = None if transform is None else ensure_detection_compose(transform)
         self.seed = seed

@@ -1,7 +1,8 @@
-"""Exceptions raised at the package's boundaries.
+"""Exceptions raised at the package's boundaries, the warning about a worker count, and ``add_note``.
 
 Every error a user can cause (bad data, bad argument) derives from ``FlirdataError`` so the CLI
-can turn it into one clear line instead of a traceback.
+can turn it into one clear line instead of a traceback. ``add_note`` is how a layer adds what it
+knows (the sample, the file, the retries) to an error raised below it, on every Python we support.
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ __all__ = [
     "LoaderTimeoutError",
     "Terminated",
     "ClusterConnectionError",
+    "WorkerCountWarning",
+    "add_note",
 ]
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``; Python 3.10 lacks it, so set ``__notes__`` as 3.11 would."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
 
 
 class FlirdataError(Exception):
@@ -57,14 +68,16 @@ class WorkerError(FlirdataError, RuntimeError):
 class LoaderTimeoutError(WorkerError):
     """No batch arrived within the loader's ``timeout`` (a stopped or stuck worker).
 
-    ``starting=True``: a worker did not even start within ``timeout``, the backend's start
-    allowance (Ray actors waiting for a free CPU of the cluster, or a node slow to start one).
+    ``starting=True``: a worker did not even start (or deliver its first batch) within ``timeout``,
+    its start allowance (a machine too busy to start a process, Ray actors waiting for a free CPU
+    of the cluster, a node slow to start one); see ``flirdata.backends._waits``.
     """
 
     def __init__(self, backend: str, timeout: float, starting: bool = False) -> None:
         if starting:
             what = (
-                f"a worker did not start within {timeout:g} s (no free CPU in the cluster, or a node slow to start one)"
+                f"a worker did not start within {timeout:g} s, its start-up allowance (a machine too busy to "
+                "start it, no free CPU in the cluster, or a node slow to start one)"
             )
         else:
             what = (
@@ -91,3 +104,7 @@ class Terminated(KeyboardInterrupt):
 
 class ClusterConnectionError(FlirdataError, ConnectionError):
     """A backend's cluster (Ray's ``address``) cannot be reached: the message names the address and what to check."""
+
+
+class WorkerCountWarning(UserWarning):
+    """More workers than cores: they only add memory and start-up time."""

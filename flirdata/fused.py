@@ -27,7 +27,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from flirdata.sampler import check_int
+from flirdata._validate import check_int, is_int
 
 __all__ = ["FusedAffine", "IntensityLUT", "NoiseBank", "noise_bank"]
 
@@ -57,7 +57,7 @@ def _size(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
     pair = tuple(value) if isinstance(value, Sequence) else ()
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+    if len(pair) != 2 or not all(is_int(v, 1) for v in pair):
         raise ValueError(f"size must be None or a (height, width) pair of positive ints, got {value!r}")
     return pair  # type: ignore[return-value]
 

@@ -1,27 +1,36 @@
 """``make_loader`` and ``Loader``: batches of a dataset through any backend, epoch by epoch.
 
 The loader owns the options, the batch sampler and (lazily) one backend whose pool lives
-until ``close()``; each ``iter(loader)`` maps the backend over the epoch's tasks.
+until ``close()``; each ``iter(loader)`` maps the backend over the epoch's tasks. Which
+backends there are, how one opens and how many workers are too many is the registry's
+(``flirdata.backends.registry``).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import os
-import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flirdata.backends import BACKENDS, Backend, Fetcher, Task
-from flirdata.backends.protocol import TaskFunction
-from flirdata.backends.ray import may_run_elsewhere
+from flirdata._validate import check_int
+from flirdata.backends.protocol import Backend, Fetcher, Task
+from flirdata.backends.registry import (  # re-exported: they lived here, and callers may still look here
+    WorkerCountWarning,
+    backend_option_names,
+    check_backend,
+    check_backend_options,
+    effective_backend,
+    open_backend,
+    usable_cores,
+    warn_if_oversubscribed,
+)
 from flirdata.collate import collate_detection
 from flirdata.errors import DataError, WorkerError
 from flirdata.outputs import OUTPUTS, convert_batch
-from flirdata.sampler import MAX_EPOCH, BatchSampler, check_int, resolve_shard
+from flirdata.sampler import MAX_EPOCH, BatchSampler, resolve_shard
 
 __all__ = [
     "LoaderOptions",
@@ -55,12 +64,9 @@ class LoaderOptions:
             raise ValueError(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; expected one of {sorted(OUTPUTS)}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
+        check_backend(self.backend)
         for name, minimum in (("workers", 0), ("prefetch", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))  # frozen: set once, here
         if not callable(self.collate_fn):
             raise ValueError(f"collate_fn must be callable, got {self.collate_fn!r}")
         options = dict(self.backend_options)  # from a mapping or pairs
@@ -70,7 +76,7 @@ class LoaderOptions:
     @property
     def effective_backend(self) -> str:
         """The backend that runs: ``workers <= 1`` is always the in-thread "sequential" path."""
-        return _effective_backend(self.backend, self.workers)
+        return effective_backend(self.backend, self.workers)
 
     def sampler(self, size: int) -> BatchSampler:
         """The batch sampler of a dataset of ``size`` samples."""
@@ -199,53 +205,6 @@ class Loader:
         )
 
 
-def _effective_backend(name: str, workers: int) -> str:
-    return name if workers > 1 else "sequential"
-
-
-def backend_option_names(name: str) -> list[str]:
-    """The options backend ``name`` takes: its factory's keyword-only parameters, sorted."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
-    parameters = inspect.signature(BACKENDS[name]).parameters.values()
-    return sorted(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
-
-
-def check_backend_options(name: str, options: Mapping[str, Any]) -> None:
-    """Refuse an option ``name`` does not take, naming those it does (their values are checked when it opens)."""
-    valid = backend_option_names(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        takes = f"expected one of {valid}" if valid else "it takes none"
-        raise ValueError(f"unknown option {unknown[0]!r} for backend {name!r}; {takes}")
-
-
-def open_backend(
-    name: str,
-    fn: TaskFunction,
-    workers: int,
-    prefetch: int = 2,
-    timeout: float | None = None,
-    backend_options: Mapping[str, Any] | None = None,
-) -> Backend:
-    """``BACKENDS[name]`` running ``fn`` (picklable, for process backends) over the tasks given to its ``imap``.
-
-    ``workers <= 1`` is always the in-thread "sequential" path, as in ``make_loader`` (the
-    options of ``name`` are checked, then unused). ``backend_options`` are passed to the
-    factory as keyword arguments (see ``make_loader``). The caller closes the backend (its
-    pool lives until then).
-
-    Raises:
-        ValueError: an unknown backend name, or an option it does not take.
-    """
-    options = dict(backend_options or {})
-    check_backend_options(name, options)
-    effective = _effective_backend(name, workers)
-    if effective != name:
-        options = {}
-    return BACKENDS[effective](fn, workers, prefetch, timeout, **options)
-
-
 def make_loader(
     dataset: Any,
     backend: str = "sequential",
@@ -266,7 +225,7 @@ def make_loader(
 
     Args:
         dataset: map-style dataset; if it has ``set_epoch``, workers call it per task.
-        backend: a key of ``BACKENDS``.
+        backend: a key of ``BACKENDS`` (``flirdata.backends.registry``).
         workers: worker threads or processes; ``<= 1`` runs in the calling thread.
         batch_size, shuffle, seed: see ``BatchSampler``.
         drop_last: False (default) pads the shards with the order's head, as
@@ -281,13 +240,13 @@ def make_loader(
             "uint8" (default, as collated), "float" (float32 in [0, 1]), or "float_rgb"
             (float32 in [0, 1] with 3 channels, grey repeated: what torchvision's detection
             models take). Workers still send uint8, 4x fewer bytes.
-        timeout: seconds to wait for one batch before ``LoaderTimeoutError`` (a stopped or
-            stuck worker), as torch's ``DataLoader(timeout=)``; the first batch of a new pool
-            also waits for its workers to start (seconds for loky), except on "ray", where a
-            batch's wait counts from when its actor has started and starting one may take the
-            larger of ``timeout`` and 60 s; the stuck pool is closed and the next epoch starts a
-            new one. None (default) waits for ever; the "sequential" path does its work in the
-            calling thread and never waits.
+        timeout: a batch that does not arrive within ``timeout`` seconds of being waited for
+            raises ``LoaderTimeoutError`` (a stopped or stuck worker), on every backend; the
+            stuck pool is closed and the next epoch starts a new one. A worker's start-up is
+            not part of that wait: the first batch of a new pool (on "ray", of each actor) may
+            also take the larger of ``timeout`` and 60 s (its start allowance; past it the
+            error says a worker did not start). None (default) waits for ever; the "sequential" path does its work in
+            the calling thread and never waits.
         backend_options: options of ``backend``, passed to its factory as keyword arguments
             (``backend_option_names(backend)`` lists them; unused when ``workers <= 1``).
             "ray": ``address`` (the cluster; default ``RAY_ADDRESS``, else a local instance
@@ -310,39 +269,6 @@ def make_loader(
     options = LoaderOptions(backend, workers, batching, collate_fn, prefetch, output, timeout, extra)
     warn_if_oversubscribed(options.backend, options.workers, stacklevel=2, backend_options=dict(extra))
     return Loader(dataset, options)
-
-
-class WorkerCountWarning(UserWarning):
-    """More workers than cores: they only add memory and start-up time."""
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def warn_if_oversubscribed(
-    backend: str, workers: int, stacklevel: int = 2, backend_options: Mapping[str, Any] | None = None
-) -> None:
-    """``WorkerCountWarning`` if ``workers`` parallel workers of ``backend`` exceed the usable cores.
-
-    Not for "ray" workers that may run on other machines (``may_run_elsewhere``): there, the
-    cluster's CPUs count, and Ray places the actors on them.
-    """
-    cores = usable_cores()
-    if backend == "ray" and may_run_elsewhere(**(backend_options or {})):
-        return
-    if _effective_backend(backend, workers) != "sequential" and workers > cores:
-        warnings.warn(
-            f"flirdata: workers={workers} is more than the {cores} cores this process may use; "
-            f"every {backend!r} worker holds its own copy of the dataset and pipeline, so workers "
-            "beyond the cores add memory and start-up time, not speed",
-            WorkerCountWarning,
-            stacklevel=stacklevel + 1,
-        )
 
 
 def _refuse_empty(dataset: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from flirdata._validate import is_int
 from flirdata.errors import AnnotationError
 
 __all__ = ["SIDE_MAX", "annotation_error", "parse_annotations", "parse_categories", "parse_images"]
@@ -38,7 +39,7 @@ def _number(value: Any) -> bool:
 def _integer(value: Any, low: int = -_ID_MAX, high: int = _ID_MAX) -> bool:
     """An int in ``low..high`` (by default an id that fits int64); never a bool, which JSON
     ``true`` becomes and ``isinstance(True, int)`` accepts."""
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return is_int(value, low, high)
 
 
 def _int_column(values: list[Any], low: int = -_ID_MAX, high: int = _ID_MAX) -> np.ndarray | None:

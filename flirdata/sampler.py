@@ -12,22 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flirdata._validate import check_int
 from flirdata.seeding import shuffle_seed_sequence
 
-__all__ = ["MAX_EPOCH", "BatchSampler", "check_int", "resolve_shard"]
+__all__ = ["MAX_EPOCH", "BatchSampler", "resolve_shard"]
 
 # Epochs are shared with workers as an int64 (``FlirDetection.set_epoch``); the seeding functions
 # take any size, so int64 is the bound.
 MAX_EPOCH = 2**63 - 1
-
-
-def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    """``value`` as an int if it is one (not a bool) in ``minimum..maximum``, else ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an integer in {minimum}..{maximum}, got {value!r}")
-    return int(value)
 
 
 def _check_shard(rank: object, world_size: object) -> tuple[int, int]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from flirdata._validate import check_int
+
 __all__ = ["sample_seed_sequence", "shuffle_seed_sequence", "iter_random_nodes", "reseed_transform", "seed_node"]
 
 # Keep flirdata's streams apart from each other and from other users of SeedSequence([seed, ...]).
@@ -28,9 +30,7 @@ _SHUFFLE_DOMAIN = 0x53687566  # "Shuf": an epoch's sample order
 
 
 def _check_non_negative(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+    return check_int(name, value, 0)
 
 
 def sample_seed_sequence(seed: int, epoch: int, index: int) -> np.random.SeedSequence:

@@ -14,6 +14,7 @@ from typing import Any
 import albumentations as A
 import cv2
 
+from flirdata._validate import is_int
 from flirdata.boxes import MIN_BOX_SIDE, SIDE_SLACK
 from flirdata.fused import FusedAffine, IntensityLUT, NoiseBank
 
@@ -151,7 +152,7 @@ MODALITY_PRESETS: dict[str, str] = {"thermal": "thermal", "rgb": "rgb"}
 
 def _as_size(size: int | Size) -> Size:
     pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+    if len(pair) != 2 or not all(is_int(v, 1) for v in pair):
         raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
     return pair  # type: ignore[return-value]
 

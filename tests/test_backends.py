@@ -27,12 +27,12 @@ from support import (
     use_shared_ray_for,
 )
 
-from flirdata import FlirDetection, build_transform
+from flirdata import FlirDetection, _segments, build_transform
 from flirdata.backends import BACKENDS, Fetcher, WorkerCrashError
 from flirdata.backends import _shm as shm_module
 from flirdata.backends._pool import LENT_BATCHES, PoolBackend
-from flirdata.backends._shm import PackedBatch, SharedRing, ShmCapacityWarning, ShmImages, Slot
-from flirdata.backends.dataloader import RemoteFailure, Shipment
+from flirdata.backends._shm import SharedRing, ShmCapacityWarning, Slot
+from flirdata.backends._wire import PackedBatch, RemoteFailure, Shipment, ShmImages, dumps
 from flirdata.collate import batch_memory, collate_detection
 from flirdata.loader import LoaderOptions, make_loader
 
@@ -183,7 +183,7 @@ def test_small_dev_shm_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch
 
 
 def test_ring_round_trip_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shm_module, "_ATTACHED", {})
+    monkeypatch.setattr(_segments, "_ATTACHED", {})
     ring = SharedRing(slot_bytes=1000, slots=2)
     try:
         images = torch.arange(2 * 3 * 50, dtype=torch.int16).reshape(2, 3, 50)
@@ -200,7 +200,7 @@ def test_ring_round_trip_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
         unpicklable = (images, lambda: None)  # the pool's own pickler gets to try
         assert shm_module.pack_batch(unpicklable, slot) is unpicklable
     finally:
-        for segment in shm_module._ATTACHED.values():
+        for segment in _segments._ATTACHED.values():
             segment.close()
         ring.close()
     assert not Path(f"/dev/shm/{ring.name}").exists()
@@ -213,7 +213,7 @@ def _in_segment(tensor: torch.Tensor, ring: SharedRing, mapping: Any = None) -> 
 
 
 def test_ring_lends_slots_and_takes_them_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shm_module, "_ATTACHED", {})
+    monkeypatch.setattr(_segments, "_ATTACHED", {})
     unraisable: list[Any] = []
     monkeypatch.setattr("sys.unraisablehook", unraisable.append)
     samples = [(torch.full((1, 4, 5), i, dtype=torch.uint8), {"i": i}) for i in range(3)]
@@ -222,7 +222,7 @@ def test_ring_lends_slots_and_takes_them_back(monkeypatch: pytest.MonkeyPatch) -
         slot = ring.acquire()
         with batch_memory(shm_module.slot_allocator(slot)):  # as a worker collates: into the slot itself
             batch = collate_detection(samples)
-        assert _in_segment(batch[0], ring, shm_module._ATTACHED[ring.name])  # the worker's own map of it
+        assert _in_segment(batch[0], ring, _segments._ATTACHED[ring.name])  # the worker's own map of it
         lent = shm_module.unpack_batch(shm_module.pack_batch(batch, slot), ring, slot)
         assert _in_segment(lent[0], ring) and ring.lent == 1  # no copy: the batch is the slot
         assert torch.equal(lent[0], torch.stack([image for image, _ in samples])) and lent[1][2] == {"i": 2}
@@ -245,7 +245,7 @@ def test_ring_lends_slots_and_takes_them_back(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_slot_memory_serves_one_batch_per_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shm_module, "_ATTACHED", {})
+    monkeypatch.setattr(_segments, "_ATTACHED", {})
     ring = SharedRing(slot_bytes=64, slots=2)
     try:
         with batch_memory(shm_module.slot_allocator(ring.acquire())):  # a collate that stacks twice
@@ -303,7 +303,7 @@ def test_batch_payload_keeps_tensors_as_tensors() -> None:
             "grad": torch.ones(2, requires_grad=True),
         }
     ]
-    out = pickle.loads(shm_module.dumps(targets))[0]
+    out = pickle.loads(dumps(targets))[0]
     for key, value in targets[0].items():
         assert type(out[key]) is torch.Tensor and out[key].dtype == value.dtype
         assert torch.equal(out[key].detach(), value.detach())

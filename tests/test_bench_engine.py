@@ -136,3 +136,12 @@ def test_close_attached_lets_the_ring_close_and_reattach():
             assert torch.equal(out[0], images) and out[1] == ["t"]
     finally:
         ring.close()
+
+
+def test_transport_costs_time_every_path() -> None:
+    """The ring's transport paths, timed in threads of this process (what bench_backends.py reports)."""
+    from flirdata.tools.bench.transport import transport_costs
+
+    costs = transport_costs(batch=2, repeats=1)
+    assert len(costs) == 8 and all(us > 0 for us in costs.values())
+    assert "collated into the ring slot, lent to the consumer (used)" in costs

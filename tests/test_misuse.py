@@ -116,7 +116,7 @@ def _workers_of(before: set[int]) -> list[psutil.Process]:
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 def test_a_stopped_worker_times_out_and_the_next_epoch_recovers(flir: fd.FlirDetection, backend: str) -> None:
     before = {p.pid for p in our_children()}
-    # The first batch waits for the workers to start too: the timeout is well above a start-up measured here.
+    # A batch's wait, well above one of this dataset's batches on this machine now (start-up has its own allowance).
     timeout = round(2 + 4 * process_startup_s())
     with fd.make_loader(flir, backend=backend, workers=2, batch_size=1, prefetch=1, timeout=timeout) as loader:
         batches = iter(loader)

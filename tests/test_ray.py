@@ -330,7 +330,7 @@ def test_an_actors_start_does_not_count_against_a_batchs_timeout(shared_ray: Non
 def test_an_actor_that_does_not_start_in_its_allowance_times_out(
     shared_ray: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flirdata.backends.ray, "ACTOR_START_S", 3.0)  # 60 s in use
+    monkeypatch.setattr(flirdata.backends._waits, "START_S", 3.0)  # 60 s in use
     with make_loader(SlowToStart(size=8, delay=60), backend="ray", workers=2, batch_size=2, timeout=1) as loader:
         start = time.monotonic()
         with pytest.raises(LoaderTimeoutError, match=r"'ray' backend: a worker did not start within 3 s") as caught:

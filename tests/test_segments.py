@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from flirdata import FlirDetection
-from flirdata.backends import _segments, _shm
-from flirdata.backends._segments import SEGMENT_PREFIX, SHM_DIR, sweep_stale
+from flirdata import FlirDetection, _segments
+from flirdata._segments import SEGMENT_PREFIX, SHM_DIR, sweep_stale
+from flirdata.backends import _shm
 from flirdata.backends._shm import SharedRing, ShmCapacityWarning
 from flirdata.cache import CacheCapacityWarning
 

@@ -159,3 +159,12 @@ def test_synth_and_check_run_without_torch(synth_root: Path, tmp_path: Path) -> 
     for argv in (synth, check):
         imported = _imported_by(f"import flirdata.cli; flirdata.cli.main({argv!r})")
         assert "cv2" in imported and not {"torch", "albumentations"} & set(imported), (argv, imported)
+
+
+def test_the_dataset_loads_no_backend_and_no_joblib() -> None:
+    """``import flirdata.dataset`` (its frame cache's shared memory included) needs no backend: with every
+    ``flirdata.backends`` module and joblib unimportable, it imports."""
+    with _blocked(("joblib",)):
+        sys.modules["flirdata.backends"] = None  # type: ignore[assignment]  # so any backend module fails too
+        dataset = importlib.import_module("flirdata.dataset")
+        assert dataset.FlirDetection.__module__ == "flirdata.dataset"

@@ -11,7 +11,9 @@
 * "ray": Ray actors on this machine or a cluster, batches through Ray's object store (Ray
   is an optional extra, imported when the backend opens).
 
-A factory's keyword-only parameters are its options (``make_loader(backend_options=...)``).
+A factory's keyword-only parameters are its options (``make_loader(backend_options=...)``), and
+each backend module declares what it is (``KIND``, a ``BackendKind``). The registry
+(``registry``) holds both, opens a backend and judges a worker count; callers ask it.
 
 The path of one loader batch::
 
@@ -22,53 +24,50 @@ The path of one loader batch::
       <- results in task order; the consumer converts them (outputs.py) and trains
 
 The modules starting with ``_`` are internals: the process-pool window (``_pool``), the
-shared-memory ring (``_shm``), per-worker set-up (``_worker``) and how workers start from
-any script (``_spawning``).
+shared-memory ring (``_shm``, over ``flirdata._segments``), what a batch or an error travels as
+(``_wire``), per-worker set-up (``_worker``), how workers start from any script (``_spawning``)
+and Ray's actor, address and session (``_ray_*``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 from flirdata.backends._shm import ShmCapacityWarning
 from flirdata.backends._spawning import CollatePicklingError, MainModuleError
-from flirdata.backends.dataloader import DataLoaderBackend
-from flirdata.backends.loky import make_loky_backend
-from flirdata.backends.process import make_process_backend
-from flirdata.backends.protocol import Backend, BackendFactory, Fetcher, Task, TaskFunction, WorkerCrashError
-from flirdata.backends.ray import make_ray_backend
-from flirdata.backends.sequential import SequentialBackend
-from flirdata.backends.threads import ThreadsBackend
+from flirdata.backends.protocol import (
+    Backend,
+    BackendFactory,
+    BackendKind,
+    Fetcher,
+    Task,
+    TaskFunction,
+    WorkerCrashError,
+)
+from flirdata.backends.registry import (
+    BACKENDS,
+    EXTRAS,
+    KINDS,
+    backend_option_names,
+    check_backend_options,
+    installed_backends,
+    open_backend,
+)
 
 __all__ = [
     "BACKENDS",
     "Backend",
     "BackendFactory",
+    "BackendKind",
     "CollatePicklingError",
     "EXTRAS",
     "Fetcher",
+    "KINDS",
     "MainModuleError",
     "ShmCapacityWarning",
     "Task",
     "TaskFunction",
     "WorkerCrashError",
+    "backend_option_names",
+    "check_backend_options",
     "installed_backends",
+    "open_backend",
 ]
-
-# Backends that need an optional extra: name -> the package it imports (and the extra's name).
-EXTRAS: dict[str, str] = {"ray": "ray"}
-
-
-def installed_backends() -> list[str]:
-    """The names of ``BACKENDS`` whose optional extra, if any, is installed (nothing is imported)."""
-    return [name for name in BACKENDS if name not in EXTRAS or importlib.util.find_spec(EXTRAS[name]) is not None]
-
-
-BACKENDS: dict[str, BackendFactory] = {
-    "sequential": SequentialBackend,
-    "dataloader": DataLoaderBackend,
-    "threads": ThreadsBackend,
-    "loky": make_loky_backend,
-    "process": make_process_backend,
-    "ray": make_ray_backend,
-}

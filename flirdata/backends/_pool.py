@@ -25,9 +25,9 @@ import torch
 
 from flirdata.backends._shm import SharedRing, Slot, unpack_batch
 from flirdata.backends._spawning import WorkerStart
+from flirdata.backends._waits import BatchWaits
 from flirdata.backends._worker import run_installed
 from flirdata.backends.protocol import WorkerCrashError
-from flirdata.errors import LoaderTimeoutError
 from flirdata.mapping import bounded_map
 
 __all__ = ["PoolBackend"]
@@ -112,6 +112,7 @@ class PoolBackend:
         self.depth = workers * prefetch
         self._start = start or WorkerStart(hide_main=False)
         self.timeout = timeout
+        self._waits = BatchWaits(timeout, starting=1)  # the workers start together: see _waits
         self._processes: dict[int, Any] = {}  # pid -> multiprocessing Process, for crash reports
         self._res = _Resources(executor, shutdown)
         self._ring_tried = False
@@ -184,7 +185,7 @@ class PoolBackend:
         future, slot, samples = pending
         ring = self._res.ring
         try:
-            result = future.result(timeout=self.timeout)
+            result = future.result(timeout=self._waits.next())
         except BaseException as exc:
             if isinstance(exc, FutureTimeout):
                 self._kill_workers()  # a stuck worker would hold shutdown for ever
@@ -195,8 +196,9 @@ class PoolBackend:
             if isinstance(exc, BrokenProcessPool):  # loky's TerminatedWorkerError is a subclass
                 raise self._crash_error(exc) from exc
             if isinstance(exc, FutureTimeout):
-                raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
+                raise self._waits.expired(self.name) from exc
             raise
+        self._waits.arrived()
         batch = unpack_batch(result, ring, slot)  # the ring takes the slot back: lent as the images, or freed
         if not self._ring_tried:
             self._make_ring(batch, samples)

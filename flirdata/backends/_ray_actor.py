@@ -29,16 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from flirdata.backends._worker import limit_threads, portable_errors, tune_malloc
-from flirdata.backends.dataloader import Shipment
+from flirdata.backends._wire import Delivery, portable_errors
+from flirdata.backends._worker import limit_threads, tune_malloc
 from flirdata.backends.protocol import TaskFunction
 from flirdata.errors import ImageError
 from flirdata.images import dataset_folder, read_image_bytes, supplied_image_bytes
 
-__all__ = ["Delivery", "RayWorker", "TaskImages"]
+__all__ = ["RayWorker", "TaskImages"]
 
 # What a FlirDetection-like dataset must have for its files to be read on the driver.
 _DATASET_NEEDS = ("image_path", "root", "split_dir", "max_image_bytes")
@@ -83,30 +80,6 @@ class RayWorker:
         import ray
 
         return ray.get_runtime_context().get_node_id(), os.getpid()
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A task's result as it leaves an actor: ``images`` (the batch's first tensor, if any) and the rest pickled."""
-
-    images: np.ndarray | None
-    payload: bytes
-
-    @staticmethod
-    def pack(result: Any) -> Any:
-        """``result`` as a ``Delivery``, or as it is if it does not pickle that way (Ray then tries)."""
-        shipment = Shipment.pack(result)
-        if not isinstance(shipment, Shipment):
-            return result
-        try:
-            images = None if shipment.images is None else shipment.images.numpy()
-        except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16), a tensor needing grad
-            return result
-        return Delivery(images, shipment.payload)
-
-    def unpack(self) -> Any:
-        """The task's result; its images in writable memory of this process (the store's is read-only)."""
-        return Shipment(None if self.images is None else torch.from_numpy(self.images.copy()), self.payload).unpack()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
+from flirdata._cores import usable_cores as _usable_cores  # a name of this module: tests give it other cores
 from flirdata.backends._ray_address import CONNECT_S, check_reachable, connection_failed
 from flirdata.errors import MissingExtraError
 
@@ -63,12 +64,6 @@ def import_ray() -> ModuleType:
     except ImportError as exc:
         raise MissingExtraError("flirdata's 'ray' backend", "ray") from exc
     return ray
-
-
-def _usable_cores() -> int:
-    from flirdata.loader import usable_cores  # lazily: the loader imports the backends
-
-    return usable_cores()
 
 
 @contextlib.contextmanager

@@ -8,13 +8,29 @@ when that tensor and every view of it are gone. A ring lends at most ``lend`` sl
 (its spare slots beyond the tasks in flight); past that, for a consumer that keeps its
 batches, images are copied out (one memcpy) and the slot freed at once, so the window of
 tasks in flight never waits for the consumer. A batch that does not fit travels pickled.
+
+A slot's life (the consumer moves it, except where the worker writes)::
+
+    +--> free --acquire--> given --(worker) pack_batch--> written --unpack_batch--+
+    |   (to one task)        |                       (its images in the slot)     |
+    |                        | cancelled, failed or timed out (once nothing       +-- no lending token free:
+    |                        | can write into it), or the batch did not fit       |   copied out (one memcpy)
+    |                        v (it travelled pickled)                             |          |
+    +<------------------- release <-----------------------------------------------|----------+
+    |                                                                             |
+    |                                                                             +-- a token free: lent
+    |                                                                                 (the batch's images
+    |                                                                                 ARE the slot)
+    |                                                                                        |
+    +<-- returned, with its token, once the tensor and every view of it are garbage <--------+
+
+The segment itself (made, reserved, swept, attached) is ``flirdata._segments``'s; what travels
+beside the slot (``PackedBatch``) is ``_wire``'s.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import os
 import pickle
 import queue
 import warnings
@@ -27,25 +43,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from flirdata.backends._segments import SEGMENT_PREFIX, create_segment, new_segment_name, shm_free_bytes
+from flirdata._segments import (
+    SEGMENT_PREFIX,
+    aligned,
+    array_over,
+    attach,
+    close_attached,
+    create_segment,
+    shm_free_bytes,
+    unmap,
+)
+from flirdata.backends._wire import PackedBatch, ShmImages, dumps
 
 __all__ = [
-    "SEGMENT_PREFIX",
+    "SEGMENT_PREFIX",  # re-exported: which segments are flirdata's
     "ShmCapacityWarning",
     "Slot",
-    "ShmImages",
-    "PackedBatch",
     "SharedRing",
-    "dumps",
     "pack_batch",
     "slot_allocator",
     "unpack_batch",
-    "close_attached",
-    "new_segment_name",
-    "shm_free_bytes",
+    "close_attached",  # re-exported: a process that packs batches itself lets go of the ring with it
 ]
 
-_ALIGN = 64  # slots and cached frames start on a cache line
 _warned = False
 
 
@@ -63,59 +83,6 @@ class Slot:
     nbytes: int
 
 
-@dataclass(frozen=True)
-class ShmImages:
-    """The layout of images a worker wrote into a slot."""
-
-    offset: int
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass(frozen=True)
-class PackedBatch:
-    """A batch in transit: its images in a ring slot (or None), everything else pickled.
-
-    ``payload`` is plain pickle bytes, not objects, on purpose: process pools send results
-    with multiprocessing's ForkingPickler, for which torch registers a reduction that moves
-    every tensor into a shared-memory file of its own and passes the descriptor over a
-    socket; for the two small target tensors of every image that cost more than the
-    augmentation itself (measured: the main process at 28% of a core, workers preempted).
-    """
-
-    images: ShmImages | None
-    payload: bytes
-
-
-class _BatchPickler(pickle.Pickler):
-    """Plain CPU tensors pickled as numpy arrays, which is ~10x cheaper than torch's own
-    reduction (measured on 32 targets: 6.8 ms to pickle and 9.3 ms to unpickle, against
-    0.75 ms and 0.2 ms); the consumer gets ``torch.from_numpy`` of its own copy."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is torch.Tensor and obj.layout == torch.strided and obj.device.type == "cpu":
-            try:
-                return torch.from_numpy, (obj.numpy(),)
-            except (TypeError, RuntimeError):  # requires_grad, conj bit, dtypes numpy lacks
-                pass
-        return NotImplemented
-
-
-def dumps(obj: Any) -> bytes | None:
-    """Pickle bytes of ``obj`` (tensors by value, as arrays), or None if it cannot be pickled."""
-    buffer = io.BytesIO()
-    try:
-        _BatchPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    except Exception:  # e.g. objects only torch's ForkingPickler reductions can carry
-        return None
-    return buffer.getvalue()
-
-
-def _aligned(n: int) -> int:
-    """``n`` bytes rounded up to a whole number of cache lines."""
-    return -(-n // _ALIGN) * _ALIGN
-
-
 def _image_array(batch: Any) -> np.ndarray | None:
     """The images of a ``(images, ...)`` batch as a contiguous numpy array, if they have one."""
     if type(batch) is not tuple or not batch or not isinstance(batch[0], torch.Tensor):
@@ -127,37 +94,6 @@ def _image_array(batch: Any) -> np.ndarray | None:
         return np.ascontiguousarray(images.numpy())
     except (TypeError, RuntimeError):  # dtypes numpy lacks (bfloat16, ...)
         return None
-
-
-_ATTACHED: dict[str, SharedMemory] = {}
-
-
-def _attach(name: str) -> SharedMemory:
-    """This worker's handle on segment ``name``, opened once and kept for the worker's life.
-
-    The consumer owns the segment (creates, registers and unlinks it). Python < 3.13 also
-    registers an attachment with the resource tracker; our workers share the consumer's
-    tracker (spawn, forkserver and loky all pass it on), where that is a no-op.
-    """
-    segment = _ATTACHED.get(name)
-    if segment is None:
-        try:
-            segment = SharedMemory(name=name, track=False)  # type: ignore[call-arg]
-        except TypeError:  # Python < 3.13
-            segment = SharedMemory(name=name)
-        _ATTACHED[name] = segment
-    return segment
-
-
-def close_attached() -> None:
-    """Close this process's handles on the segments ``pack_batch`` attached to.
-
-    A worker keeps them for its life; a process that packs batches itself (a test, a
-    benchmark of the transport) calls this before the consumer closes the ring.
-    """
-    for segment in _ATTACHED.values():
-        _unmap(segment)
-    _ATTACHED.clear()
 
 
 def slot_allocator(slot: Slot) -> Callable[[tuple[int, ...], torch.dtype], torch.Tensor | None]:
@@ -180,7 +116,7 @@ def slot_allocator(slot: Slot) -> Callable[[tuple[int, ...], torch.dtype], torch
             return None
         if math.prod(shape) * np_dtype.itemsize > slot.nbytes:
             return None
-        return torch.from_numpy(_view(_attach(slot.name).buf, shape, np_dtype, slot.offset))
+        return torch.from_numpy(array_over(attach(slot.name).buf, shape, np_dtype, slot.offset))
 
     return allocate
 
@@ -199,7 +135,7 @@ def pack_batch(batch: Any, slot: Slot | None) -> Any:
     payload = dumps(tuple(batch[1:]))
     if payload is None:
         return batch
-    target = np.ndarray(images.shape, images.dtype, buffer=_attach(slot.name).buf, offset=slot.offset)
+    target = np.ndarray(images.shape, images.dtype, buffer=attach(slot.name).buf, offset=slot.offset)
     if target.ctypes.data != images.ctypes.data:  # not already collated into the slot
         np.copyto(target, images)
     layout = ShmImages(slot.offset, images.shape, images.dtype.str)
@@ -220,21 +156,8 @@ def _warn_once(problem: str) -> None:
         )
 
 
-def _unmap(segment: SharedMemory) -> None:
-    """Close this process's handle on ``segment``, even while arrays still view its mapping."""
-    try:
-        segment.close()
-    except BufferError:
-        # Batches or frames the caller still holds are views of the mapping: leave it to them
-        # (it is unmapped when the last one is garbage) and let go of the rest now.
-        segment._buf = segment._mmap = None  # type: ignore[attr-defined]
-        fd, segment._fd = getattr(segment, "_fd", -1), -1  # type: ignore[attr-defined]
-        if fd >= 0:
-            os.close(fd)
-
-
 def _destroy(segment: SharedMemory) -> None:
-    _unmap(segment)
+    unmap(segment)
     try:
         segment.unlink()
     except FileNotFoundError:
@@ -245,15 +168,6 @@ def _give_back(free: queue.SimpleQueue[int], tokens: queue.SimpleQueue[int], ind
     """A lent slot's tensor is gone: the slot and the lending token return (any thread, even in GC)."""
     free.put(index)
     tokens.put(index)
-
-
-def _view(buffer: memoryview, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
-    """An array over ``buffer`` that holds a buffer export on the mapping, so it cannot be unmapped under it.
-
-    Not ``np.ndarray(buffer=...)``: that keeps a reference but no export, so closing the segment
-    unmaps memory the array still points to (a segfault on the next read).
-    """
-    return np.frombuffer(buffer, dtype, count=math.prod(shape), offset=offset).reshape(shape)
 
 
 class SharedRing:
@@ -268,7 +182,7 @@ class SharedRing:
     def __init__(self, slot_bytes: int, slots: int, lend: int = 0) -> None:
         if not 0 <= lend < slots:
             raise ValueError(f"lend must be in [0, slots), got lend={lend} for {slots} slots")
-        self.slot_bytes = _aligned(slot_bytes)
+        self.slot_bytes = aligned(slot_bytes)
         self.slots = slots
         self._segment = create_segment(self.slot_bytes * slots)  # reserved: never a SIGBUS later
         self.name = self._segment.name.lstrip("/")
@@ -289,7 +203,7 @@ class SharedRing:
         The size is checked up front, and the segment's pages are reserved when it is made
         (a /dev/shm filled meanwhile: the same warning, naming the bytes needed and free).
         """
-        need = _aligned(slot_bytes) * slots
+        need = aligned(slot_bytes) * slots
         free = shm_free_bytes()
         if free is None or need <= free:
             try:
@@ -319,7 +233,7 @@ class SharedRing:
     def read(self, images: ShmImages) -> torch.Tensor:
         """Copy images out of their slot into a fresh tensor (one memcpy); the slot stays the caller's."""
         out = np.empty(images.shape, np.dtype(images.dtype))
-        source = _view(self._buffer(), images.shape, out.dtype, images.offset)
+        source = array_over(self._buffer(), images.shape, out.dtype, images.offset)
         np.copyto(out, source)
         del source
         return torch.from_numpy(out)
@@ -339,7 +253,7 @@ class SharedRing:
             finally:
                 self.release(index)
         try:
-            view = _view(self._buffer(), images.shape, np.dtype(images.dtype), images.offset)
+            view = array_over(self._buffer(), images.shape, np.dtype(images.dtype), images.offset)
         except BaseException:
             _give_back(self._free, self._tokens, index)
             raise

@@ -12,7 +12,6 @@ import ctypes
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import pickle
 import select
 import sys
 import threading
@@ -21,7 +20,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flirdata.backends._shm import Slot, pack_batch, slot_allocator
-from flirdata.backends.protocol import TaskFunction, add_note
+from flirdata.backends._wire import portable_errors
+from flirdata.backends.protocol import TaskFunction
 from flirdata.collate import batch_memory, collate_detection
 
 __all__ = [
@@ -32,8 +32,6 @@ __all__ = [
     "watch_parent",
     "install_fetcher",
     "run_installed",
-    "portable_exception",
-    "portable_errors",
     "forkserver_context",
 ]
 
@@ -166,34 +164,6 @@ def install_fetcher(fetcher: TaskFunction, owner: int | None = None) -> None:
     global _FETCHER, _INTO_SLOT
     _FETCHER = fetcher
     _INTO_SLOT = getattr(fetcher, "collate_fn", None) is collate_detection
-
-
-def portable_exception(exc: BaseException) -> BaseException:
-    """``exc`` if it survives a pickle round trip, else a ``RuntimeError`` saying what it was.
-
-    An exception class whose ``__init__`` does not take its ``args`` back fails to unpickle
-    in the consumer, where the pool would report it as a broken pool, hiding the real error.
-    """
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        substitute = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-        for note in getattr(exc, "__notes__", ()):
-            add_note(substitute, note)
-        return substitute
-
-
-@contextlib.contextmanager
-def portable_errors() -> Iterator[None]:
-    """Re-raise an exception of the block as ``portable_exception`` makes it: one the consumer can unpickle."""
-    try:
-        yield
-    except Exception as exc:
-        portable = portable_exception(exc)
-        if portable is exc:
-            raise
-        raise portable from None
 
 
 def run_installed(task: Any, slot: Slot | None) -> Any:

@@ -12,81 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import signal
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flirdata.backends._shm import dumps
 from flirdata.backends._spawning import plan_worker_start
-from flirdata.backends._worker import forkserver_context, portable_exception, setup_worker
-from flirdata.backends.protocol import TaskFunction, WorkerCrashError
-from flirdata.errors import LoaderTimeoutError
+from flirdata.backends._waits import BatchWaits
+from flirdata.backends._wire import RemoteFailure, Shipment
+from flirdata.backends._worker import forkserver_context, setup_worker
+from flirdata.backends.protocol import BackendKind, TaskFunction, WorkerCrashError
 
 _WATCHDOG_GRACE_S = 2.0  # beyond the timeout, before the watchdog kills a stuck transfer
 
-__all__ = ["DataLoaderBackend", "RemoteFailure", "RemoteTraceback", "Shipment"]
+__all__ = ["KIND", "DataLoaderBackend"]
 
-
-class RemoteTraceback(Exception):
-    """The worker-side traceback, attached as ``__cause__`` of a re-raised exception."""
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.args[0]}"""'
-
-
-@dataclass(frozen=True)
-class RemoteFailure:
-    """An exception returned, not raised, by a DataLoader worker.
-
-    torch re-raises worker errors as ``type(exc)("Caught ... Original Traceback ...")``,
-    which loses the message and the notes; returning the exception keeps both.
-    """
-
-    exc: BaseException
-    tb: str
-
-    @classmethod
-    def capture(cls, exc: BaseException) -> RemoteFailure:
-        return cls(portable_exception(exc), "".join(traceback.format_exception(exc)))
-
-    def reraise(self) -> None:
-        self.exc.__cause__ = RemoteTraceback(self.tb)
-        raise self.exc
-
-
-@dataclass(frozen=True)
-class Shipment:
-    """A batch leaving a DataLoader worker: the images tensor, everything else as pickle bytes.
-
-    torch sends every tensor of a worker's result through a shared-memory file and a
-    descriptor passed over a socket: right for the images (one 10 MB tensor), wasteful for
-    the two small target tensors of each image, so those travel inside ``payload``.
-    """
-
-    images: torch.Tensor | None
-    payload: bytes
-
-    @staticmethod
-    def pack(batch: Any) -> Any:
-        if type(batch) is tuple and batch and isinstance(batch[0], torch.Tensor):
-            payload = dumps(batch[1:])
-            return batch if payload is None else Shipment(batch[0], payload)
-        payload = dumps(batch)
-        return batch if payload is None else Shipment(None, payload)
-
-    def unpack(self) -> Any:
-        payload = pickle.loads(self.payload)
-        return payload if self.images is None else (self.images, *payload)
+KIND = BackendKind(parallel=True, uses_threads=False)
 
 
 class _TaskDataset(Dataset):
@@ -136,6 +82,7 @@ class DataLoaderBackend:
     def __init__(self, fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._source = _TaskSource()
         self._expired = False  # the watchdog killed the workers of a wait that outlasted the timeout
+        self._waits = BatchWaits(timeout, starting=1)  # the workers start together: see _waits
         self._start = plan_worker_start(fetcher, self.name)  # before any process starts
         with _more_workers_than_cores_is_fine():
             self._loader: DataLoader | None = DataLoader(
@@ -159,23 +106,26 @@ class DataLoaderBackend:
             with _more_workers_than_cores_is_fine(), self._start.starting():
                 batches = iter(self._loader)  # starts the workers on the first epoch
         while True:
-            with self._worker_failures(), self._watchdog():
+            wait = self._waits.next()
+            # torch's own wait for a batch's message: set per wait (its iterator copied timeout= once).
+            batches._timeout = wait or 0  # type: ignore[attr-defined]
+            with self._worker_failures(), self._watchdog(wait):
                 try:
                     batch = next(batches)
                 except StopIteration:
                     return
+            self._waits.arrived()
             if isinstance(batch, RemoteFailure):
                 batch.reraise()
             yield batch.unpack() if isinstance(batch, Shipment) else batch
 
     @contextlib.contextmanager
-    def _watchdog(self) -> Iterator[None]:
-        """Kill the workers if a wait outlasts the timeout where torch's own timeout cannot see.
+    def _watchdog(self, timeout: float | None) -> Iterator[None]:
+        """Kill the workers if a wait outlasts ``timeout`` where torch's own timeout cannot see.
 
         torch times out the wait for a batch's message, not the descriptor transfer that
         follows it: a worker stopped between the two holds the consumer for ever.
         """
-        timeout = None if self._loader is None else self._loader.timeout
         if not timeout:
             yield
             return
@@ -197,17 +147,17 @@ class DataLoaderBackend:
         try:
             yield
         except (RuntimeError, ConnectionError, EOFError, OSError) as exc:
-            if self._expired and self._loader is not None:
-                raise LoaderTimeoutError(self.name, self._loader.timeout) from exc
+            if self._expired:
+                raise self._waits.expired(self.name) from exc
             self._map_failure(exc)
             raise
 
     def _map_failure(self, exc: BaseException) -> None:
         """Raise flirdata's error for ``exc``, or return if it is not about the workers."""
         if isinstance(exc, RuntimeError):
-            if self._loader is not None and self._loader.timeout and "timed out" in str(exc):
+            if self._waits.timeout and "timed out" in str(exc):
                 self._kill_workers()  # a stuck worker would hold the shutdown for ever
-                raise LoaderTimeoutError(self.name, self._loader.timeout) from exc
+                raise self._waits.expired(self.name) from exc
         # A worker that dies while sending a batch breaks the descriptor transfer
         # (ConnectionResetError, EOFError) before torch's own check notices it.
         crash = self._crash_error()

@@ -15,9 +15,11 @@ from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
 
 from flirdata.backends._pool import PoolBackend
 from flirdata.backends._worker import THREAD_ENV, install_fetcher
-from flirdata.backends.protocol import TaskFunction
+from flirdata.backends.protocol import BackendKind, TaskFunction
 
-__all__ = ["make_loky_backend"]
+__all__ = ["KIND", "make_loky_backend"]
+
+KIND = BackendKind(parallel=True, uses_threads=False)
 
 
 def _shutdown(executor: Executor, wait: bool = True) -> None:

@@ -8,9 +8,11 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from flirdata.backends._pool import PoolBackend
 from flirdata.backends._spawning import plan_worker_start
 from flirdata.backends._worker import forkserver_context, install_fetcher
-from flirdata.backends.protocol import TaskFunction
+from flirdata.backends.protocol import BackendKind, TaskFunction
 
-__all__ = ["make_process_backend"]
+__all__ = ["KIND", "make_process_backend"]
+
+KIND = BackendKind(parallel=True, uses_threads=False)
 
 
 def _shutdown(executor: Executor, wait: bool = True) -> None:

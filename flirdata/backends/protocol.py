@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from flirdata.errors import WorkerError
+from flirdata.errors import WorkerError, add_note
 
 __all__ = [
     "Task",
@@ -23,8 +23,8 @@ __all__ = [
     "Fetcher",
     "Backend",
     "BackendFactory",
+    "BackendKind",
     "WorkerCrashError",
-    "add_note",
     "describe_exit",
     "item_getter",
     "sync_epoch",
@@ -35,14 +35,6 @@ __all__ = [
 Task = tuple[int, tuple[int, ...]]
 # What a backend runs in its workers: one task in, one result out; picklable for process backends.
 TaskFunction = Callable[[Any], Any]
-
-
-def add_note(exc: BaseException, note: str) -> None:
-    """``exc.add_note(note)``; Python 3.10 lacks it, so set ``__notes__`` as 3.11 would."""
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    else:
-        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
 
 
 def sync_epoch(dataset: Any, epoch: int) -> None:
@@ -125,8 +117,33 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def _never(**options: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """What a backend is, declared next to it (its module's ``KIND``), as joblib's backends declare
+    ``uses_threads``: callers ask it, never test the backend's name.
+
+    Attributes:
+        parallel: its workers run batches side by side; False: the calling thread does each one
+            in turn (the "sequential" path, which nothing can oversubscribe).
+        uses_threads: the work runs in threads of this process (the calling thread counts): one
+            dataset, one GIL, nothing pickled; False: in processes, each with its own copy.
+        runs_elsewhere: ``(**backend_options) -> bool``, whether its workers may run on other
+            machines, whose cores are not this process's to count.
+        extra: the optional package it imports when it opens (the extra of the same name).
+    """
+
+    parallel: bool
+    uses_threads: bool
+    runs_elsewhere: Callable[..., bool] = _never
+    extra: str | None = None
+
+
 # factory(task function, workers, prefetch, timeout) -> Backend; prefetch = tasks in flight per
-# worker; timeout = seconds to wait for one result (None: for ever), then LoaderTimeoutError.
+# worker; timeout = seconds to wait for one batch (None: for ever), its meaning in backends._waits.
 BackendFactory = Callable[[TaskFunction, int, int, "float | None"], Backend]
 
 

@@ -11,7 +11,8 @@ opens; importing this module does not import it. The path of one task::
         Delivery.unpack()                         # images copied out of the store, targets unpickled
 
 ``timeout`` is a batch's wait once its actor has started; an actor's start (a process importing
-torch; on a cluster, maybe waiting for a free CPU) has the larger of ``timeout`` and 60 s, and
+torch; on a cluster, maybe waiting for a free CPU) has the larger of ``timeout`` and ``START_S``
+(60 s; ``_waits``, as on every backend), and
 checking that a cluster's address answers the larger of ``timeout`` and ``CONNECT_S`` (15 s). (An
 actor that replaces a lost one starts within the wait of the batch it re-runs: the driver
 cannot tell that start from the batch's work.)
@@ -37,25 +38,23 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from flirdata.backends._ray_actor import Delivery, RayWorker, TaskImages
+from flirdata._validate import check_int
+from flirdata.backends._ray_actor import RayWorker, TaskImages
 from flirdata.backends._ray_address import CONNECT_S
 from flirdata.backends._ray_session import RaySession
+from flirdata.backends._waits import start_allowance
+from flirdata.backends._wire import Delivery, RemoteTraceback
 from flirdata.backends._worker import THREAD_ENV
-from flirdata.backends.dataloader import RemoteTraceback
-from flirdata.backends.protocol import TaskFunction, WorkerCrashError, add_note
-from flirdata.errors import LoaderTimeoutError, WorkerError
+from flirdata.backends.protocol import BackendKind, TaskFunction, WorkerCrashError
+from flirdata.errors import LoaderTimeoutError, WorkerCountWarning, WorkerError, add_note
 from flirdata.mapping import bounded_map
-from flirdata.sampler import check_int
 
-__all__ = ["DEFAULT_RETRIES", "RayBackend", "RayOptions", "make_ray_backend", "may_run_elsewhere"]
+__all__ = ["DEFAULT_RETRIES", "KIND", "RayBackend", "RayOptions", "make_ray_backend", "may_run_elsewhere"]
 
 # Replacements of each actor, and re-runs of each task, after a death (Ray's max_restarts and
 # max_task_retries): enough for a node lost now and then; a worker that dies at every task
 # (a sample that crashes native code) still fails within a few batches.
 DEFAULT_RETRIES = 3
-# A batch's timeout counts from when its actor has started: starting one (a process importing
-# torch, on a cluster perhaps waiting for a CPU or a node) has the larger of this and timeout=.
-ACTOR_START_S = 60.0
 _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task name in its error text
 
 
@@ -119,8 +118,6 @@ class _Resources:
 
 def _warn_if_too_few_cpus(ray: Any, workers: int) -> None:
     """Warn when the cluster has fewer CPUs than one-CPU actors asked for: the rest would wait unseen."""
-    from flirdata.loader import WorkerCountWarning  # lazily: the loader imports the backends
-
     total = int(ray.cluster_resources().get("CPU", 0))
     if total < workers:
         warnings.warn(
@@ -147,7 +144,7 @@ class RayBackend:
     ) -> None:
         self.depth = workers * prefetch
         self.timeout = timeout
-        self.start_timeout = None if timeout is None else max(timeout, ACTOR_START_S)
+        self.start_timeout = start_allowance(timeout)  # an actor's start; then timeout per batch
         self.options = options
         self.shipped_bytes = 0  # image bytes the driver sent with tasks (ship_images)
         self._images = TaskImages.of(fn) if options.ship_images else None  # refuse before starting Ray
@@ -285,3 +282,7 @@ def make_ray_backend(
         ValueError: an invalid option value.
     """
     return RayBackend(fn, workers, prefetch, timeout, RayOptions(address, ship_images, retries))
+
+
+# Ray is an optional extra; its actors are processes, here or on the cluster's nodes.
+KIND = BackendKind(parallel=True, uses_threads=False, runs_elsewhere=may_run_elsewhere, extra="ray")

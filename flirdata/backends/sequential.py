@@ -11,9 +11,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from flirdata.backends._worker import tune_malloc
-from flirdata.backends.protocol import TaskFunction
+from flirdata.backends.protocol import BackendKind, TaskFunction
 
-__all__ = ["SequentialBackend"]
+__all__ = ["KIND", "SequentialBackend"]
+
+KIND = BackendKind(parallel=False, uses_threads=True)  # the calling thread, one batch at a time
 
 
 class SequentialBackend:

@@ -20,12 +20,14 @@ from typing import Any
 import cv2
 from joblib.parallel import ThreadingBackend  # joblib re-exports its backends here
 
+from flirdata.backends._waits import BatchWaits
 from flirdata.backends._worker import tune_malloc
-from flirdata.backends.protocol import TaskFunction
-from flirdata.errors import LoaderTimeoutError
+from flirdata.backends.protocol import BackendKind, TaskFunction
 from flirdata.mapping import bounded_map
 
-__all__ = ["ThreadsBackend"]
+__all__ = ["KIND", "ThreadsBackend"]
+
+KIND = BackendKind(parallel=True, uses_threads=True)
 
 
 def _run_unless_cancelled(fn: TaskFunction, task: Any, cancelled: threading.Event) -> Any:
@@ -45,6 +47,7 @@ class ThreadsBackend:
     def __init__(self, fetcher: TaskFunction, workers: int, prefetch: int, timeout: float | None = None) -> None:
         self._fetcher = fetcher
         self.timeout = timeout
+        self._waits = BatchWaits(timeout, starting=0)  # threads start at once: no start-up to allow for
         self.depth = workers * prefetch
         self._pool: ThreadingBackend | None = ThreadingBackend()
         self._pool.configure(n_jobs=workers)
@@ -79,10 +82,10 @@ class ThreadsBackend:
 
     def _result(self, pending: Any) -> Any:
         try:
-            return pending.get(self.timeout)
+            return pending.get(self._waits.next())
         except multiprocessing.TimeoutError as exc:
             self._abandon()
-            raise LoaderTimeoutError(self.name, self.timeout or 0.0) from exc
+            raise self._waits.expired(self.name) from exc
 
     def _abandon(self) -> None:
         """Drop a pool whose thread is stuck: a thread cannot be killed, only left to finish.

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from flirdata._cores import usable_cores
+from flirdata._validate import is_int
 from flirdata.cliargs import MAX_COUNT, MAX_SEED, MAX_WORKERS
 from flirdata.coco import write_coco
 from flirdata.errors import DataError
@@ -308,8 +310,7 @@ def _write_split(root: Path, split: str, n: int, seed: int, workers: int, progre
 
 
 def _check_count(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
-    if not ok or (maximum is not None and value > maximum):
+    if not is_int(value, minimum, maximum):
         bound = f" and <= {maximum}" if maximum is not None else ""
         raise DataError(f"{name}={value!r}: expected an integer >= {minimum}{bound}")
     return int(value)
@@ -320,7 +321,7 @@ def _auto_workers(n: int) -> int:
     torch), seconds that 2 workers only win back after ~1000 images (measured on 2 cores)."""
     if n < 1000:
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def synthesize(

@@ -92,7 +92,7 @@ def _items(text: str, what: str) -> list[str]:
 
 def parse_config(args: argparse.Namespace) -> BenchConfig:
     """Turn the parsed command line into a ``BenchConfig``; every bad list is one ``BenchError``."""
-    from flirdata.backends import BACKENDS, installed_backends
+    from flirdata.backends.registry import BACKENDS, installed_backends
     from flirdata.synth import parse_size
 
     backends = _items(args.backends, "--backends") if args.backends else installed_backends()

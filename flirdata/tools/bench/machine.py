@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from flirdata.loader import usable_cores
+from flirdata._cores import usable_cores
 
 __all__ = [
     "LIBRARIES",

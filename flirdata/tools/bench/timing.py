@@ -32,7 +32,17 @@ import numpy as np
 
 from flirdata.tools.bench.machine import busy_seconds, tree_cpu_seconds
 
-__all__ = ["Stopwatch", "Window", "single_threaded", "tight_batches", "calibrate", "calibrate_warmed", "timed_window"]
+__all__ = [
+    "Stopwatch",
+    "Window",
+    "single_threaded",
+    "tight_batches",
+    "calibrate",
+    "calibrate_warmed",
+    "timed_window",
+    "tune_like_a_worker",
+    "worker_context",
+]
 
 
 class Window(NamedTuple):
@@ -160,3 +170,18 @@ def calibrate_warmed(dataset: Any, batch_size: int, batches: int, seed: int) -> 
         1, mp_context=forkserver_context(), initializer=partial(setup_worker, owner=os.getpid())
     ) as pool:
         return pool.submit(_warmed_calibration, dataset, batch_size, batches, seed).result()
+
+
+def worker_context() -> Any:
+    """The multiprocessing context flirdata's process backends start workers with (a fork server,
+    flirdata preloaded), for a benchmark's own pool to start as theirs do."""
+    from flirdata.backends._worker import forkserver_context  # torch: imported when used
+
+    return forkserver_context()
+
+
+def tune_like_a_worker() -> bool:
+    """This process's allocator tuned as a worker's (work timed here then has the workers' settings)."""
+    from flirdata.backends._worker import tune_malloc
+
+    return tune_malloc()

@@ -41,9 +41,10 @@ from typing import Any
 import albumentations as A
 from tqdm import tqdm
 
+from flirdata._validate import check_int
+from flirdata.backends.registry import check_backend_options, open_backend, warn_if_oversubscribed
 from flirdata.cliargs import QUALITY
 from flirdata.files import NAME_MAX, FolderBusyError, folder_lock, write_atomic
-from flirdata.loader import check_backend_options, open_backend, warn_if_oversubscribed
 from flirdata.names import EXPORT_FORMATS
 from flirdata.tools.export.batch import (
     BatchResult,
@@ -187,9 +188,8 @@ def _check_arguments(
         ("limit", limit, 1, None),
     )
     for name, value, low, high in numbers:
-        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= (high or value)
-        if not ok and not (name == "limit" and value is None):
-            raise ExportError(f"{name} must be an integer in [{low}, {high or 'inf'}], got {value!r}")
+        if not (name == "limit" and value is None):
+            check_int(name, value, low, high, error=ExportError, expected=f"an integer in [{low}, {high or 'inf'}]")
     if len(dataset) == 0:
         raise ExportError(f"{dataset.index.path}: the dataset has no images to export")
     total = min(limit or len(dataset) * copies, len(dataset) * copies)

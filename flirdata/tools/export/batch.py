@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flirdata.backends.protocol import add_note
+from flirdata.errors import add_note
 from flirdata.files import write_atomic
 from flirdata.tools.export.formats import layout_for
 from flirdata.tools.export.layout import ExportError, Layout

@@ -1,4 +1,7 @@
-"""The shared-memory segments flirdata creates (the prefetch ring, the frame cache): made, reserved, swept.
+"""The shared-memory segments flirdata creates (the prefetch ring, the frame cache): made, reserved, swept, mapped.
+
+The primitives both the ring (``flirdata.backends._shm``) and the frame cache (``flirdata.cache``)
+stand on, importing nothing of flirdata: the dataset's cache needs no backend.
 
 A segment is ``/dev/shm/flirdata-<pid>-<random>``, so a leaked one names its creator.
 ``create_segment`` makes one and
@@ -15,17 +18,24 @@ A segment is ``/dev/shm/flirdata-<pid>-<random>``, so a leaked one names its cre
   its lock: a reused pid keeps it (until that process is gone too), and so does a creator
   alive in another pid namespace sharing /dev/shm (``docker --ipc=host``), whose pid means
   nothing here.
+
+Using one: ``attach`` (a worker's handle by name, kept for the worker's life), ``array_over`` (an array
+over a segment that keeps its mapping alive), ``unmap`` (close a handle even while arrays view it),
+``aligned`` (sizes rounded to cache lines).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import secrets
 import shutil
 from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
 
 try:
     import fcntl
@@ -36,10 +46,15 @@ __all__ = [
     "SEGMENT_PREFIX",
     "SHM_DIR",
     "ShmFullError",
+    "aligned",
+    "attach",
+    "close_attached",
     "create_segment",
     "new_segment_name",
     "shm_free_bytes",
     "sweep_stale",
+    "unmap",
+    "array_over",
 ]
 
 SEGMENT_PREFIX = "flirdata-"  # segment names: flirdata-<pid>-<random>, so leaks are attributable
@@ -47,6 +62,8 @@ SHM_DIR = "/dev/shm"
 _NAME = re.compile(re.escape(SEGMENT_PREFIX) + r"([1-9][0-9]*)-[0-9a-f]{8}")
 # posix_fallocate errors meaning "this file system cannot reserve", not "no space": go on unreserved.
 _CANNOT_RESERVE = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+_ALIGN = 64  # slots and cached frames start on a cache line
+_ATTACHED: dict[str, SharedMemory] = {}  # this process's handles on segments it did not create
 
 
 class ShmFullError(OSError):
@@ -154,3 +171,58 @@ def _unlocked(path: str) -> bool:
     finally:
         os.close(fd)  # drops our lock too
     return True
+
+
+def aligned(n: int) -> int:
+    """``n`` bytes rounded up to a whole number of cache lines."""
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def attach(name: str) -> SharedMemory:
+    """This process's handle on segment ``name``, opened once and kept for the process's life.
+
+    The creator owns the segment (creates, registers and unlinks it). Python < 3.13 also
+    registers an attachment with the resource tracker; our workers share the creator's
+    tracker (spawn, forkserver and loky all pass it on), where that is a no-op.
+    """
+    segment = _ATTACHED.get(name)
+    if segment is None:
+        try:
+            segment = SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+        except TypeError:  # Python < 3.13
+            segment = SharedMemory(name=name)
+        _ATTACHED[name] = segment
+    return segment
+
+
+def close_attached() -> None:
+    """Close this process's handles on the segments ``attach`` opened.
+
+    A worker keeps them for its life; a process that packs batches itself (a test, a
+    benchmark of the transport) calls this before the creator closes the ring.
+    """
+    for segment in _ATTACHED.values():
+        unmap(segment)
+    _ATTACHED.clear()
+
+
+def unmap(segment: SharedMemory) -> None:
+    """Close this process's handle on ``segment``, even while arrays still view its mapping."""
+    try:
+        segment.close()
+    except BufferError:
+        # Batches or frames the caller still holds are views of the mapping: leave it to them
+        # (it is unmapped when the last one is garbage) and let go of the rest now.
+        segment._buf = segment._mmap = None  # type: ignore[attr-defined]
+        fd, segment._fd = getattr(segment, "_fd", -1), -1  # type: ignore[attr-defined]
+        if fd >= 0:
+            os.close(fd)
+
+
+def array_over(buffer: memoryview, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
+    """An array over ``buffer`` that holds a buffer export on the mapping, so it cannot be unmapped under it.
+
+    Not ``np.ndarray(buffer=...)``: that keeps a reference but no export, so closing the segment
+    unmaps memory the array still points to (a segfault on the next read).
+    """
+    return np.frombuffer(buffer, dtype, count=math.prod(shape), offset=offset).reshape(shape)
