@@ -294,7 +294,9 @@ def test_past_the_retries_a_lost_actor_raises_worker_crash_error(shared_ray: Non
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_a_stopped_actor_times_out(shared_ray: None) -> None:
+def test_a_stopped_actor_times_out(no_ray: None) -> None:
+    # flirdata's private instance: closing it ends every process it started, stopped ones too (on a
+    # user's own instance, ray.kill ends the actors, and Ray ends a stopped process only when it resumes)
     timeout = round(1 + process_startup_s())  # a batch's wait: well above a batch's work on this machine now
     with make_loader(Slow(size=40, delay=0.05), backend="ray", workers=2, batch_size=2, timeout=timeout) as loader:
         batches = iter(loader)
