@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import cv2
+import psutil
 import pytest
 import torch
 
 from flirdata import FlirDetection, build_transform
 from flirdata.backends import _shm as shm
 from flirdata.tools.bench import timing
-from flirdata.tools.bench.machine import LIBRARIES, busy_seconds, machine_info, machine_line, tree_cpu_seconds
+from flirdata.tools.bench.machine import (
+    LIBRARIES,
+    busy_seconds,
+    machine_info,
+    machine_line,
+    tree_cpu_seconds,
+    tree_cpu_times,
+    tree_cpu_used,
+)
 from flirdata.tools.bench.memory import MemorySampler
 from flirdata.tools.bench.report import markdown_table, replace_block, text_columns
 from flirdata.tools.bench.timing import calibrate, calibrate_warmed, single_threaded, tight_batches, timed_window
@@ -40,6 +51,21 @@ def test_cpu_counters_grow_with_work():
     while time.process_time() < end:
         pass
     assert tree_cpu_seconds() - mine >= 0.1 and busy_seconds() - busy >= 0.1
+
+
+@pytest.mark.slow
+def test_a_child_ending_in_the_window_does_not_make_the_cpu_used_negative():
+    spin = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\ninput()"
+    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, text=True)
+    try:
+        while sum(psutil.Process(child.pid).cpu_times()[:2]) < 0.4:  # its seconds, used before the window
+            time.sleep(0.05)
+        before = tree_cpu_times()
+        child.communicate("\n", timeout=60)  # it ends inside the window, taking its seconds with it
+    finally:
+        child.kill()
+    assert tree_cpu_used(before) >= 0
+    assert tree_cpu_seconds() < sum(before.values())  # what the old whole-tree difference saw: a fall
 
 
 def test_timed_window_skips_then_counts_images():

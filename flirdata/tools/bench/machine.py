@@ -31,6 +31,8 @@ __all__ = [
     "busy_seconds",
     "process_tree",
     "tree_cpu_seconds",
+    "tree_cpu_times",
+    "tree_cpu_used",
 ]
 
 # Modules whose versions a loader result depends on: (import name, name in the record).
@@ -112,10 +114,24 @@ def process_tree(root: psutil.Process | None = None) -> list[psutil.Process]:
         return [root]
 
 
-def tree_cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by this process and its live children."""
-    total = 0.0
+def tree_cpu_times() -> dict[tuple[int, float], float]:
+    """CPU seconds (user + system) used so far by this process and each live descendant, by (pid, start)."""
+    times = {}
     for proc in process_tree():
         with contextlib.suppress(psutil.Error):
-            total += sum(proc.cpu_times()[:2])
-    return total
+            times[(proc.pid, proc.create_time())] = sum(proc.cpu_times()[:2])
+    return times
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its live children."""
+    return sum(tree_cpu_times().values())
+
+
+def tree_cpu_used(before: dict[tuple[int, float], float]) -> float:
+    """CPU seconds the tree used since ``tree_cpu_times()`` returned ``before``: per process, never negative.
+
+    A child that ended in between takes its seconds with it (a whole-tree sum would fall by all of
+    them, even those used before the window): its share of the window is left out, an undercount.
+    """
+    return sum(max(0.0, cpu - before.get(key, 0.0)) for key, cpu in tree_cpu_times().items())

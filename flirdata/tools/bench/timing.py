@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from flirdata.tools.bench.machine import busy_seconds, tree_cpu_seconds
+from flirdata.tools.bench.machine import busy_seconds, tree_cpu_times, tree_cpu_used
 
 __all__ = [
     "Stopwatch",
@@ -71,12 +71,12 @@ class Stopwatch:
     """Started at construction; ``stop(images)`` gives the ``Window`` since then."""
 
     def __init__(self) -> None:
-        self._busy, self._mine = busy_seconds(), tree_cpu_seconds()
+        self._busy, self._mine = busy_seconds(), tree_cpu_times()
         self._start = time.perf_counter()
 
     def stop(self, images: int) -> Window:
         elapsed = time.perf_counter() - self._start
-        used = tree_cpu_seconds() - self._mine
+        used = tree_cpu_used(self._mine)
         others = (busy_seconds() - self._busy - used) / elapsed if elapsed > 0 else 0.0
         return Window(images, elapsed, used, max(others, 0.0))
 
