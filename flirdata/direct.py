@@ -24,7 +24,7 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-from flirdata.fused import FusedAffine, IntensityLUT, NoiseBank
+from flirdata.fused import _IDENTITY, FusedAffine, IntensityLUT, NoiseBank, move_boxes
 from flirdata.seeding import iter_random_nodes, seed_node
 
 __all__ = ["DirectPlan", "direct_plan"]
@@ -97,7 +97,7 @@ class DirectPlan:
                 params: dict[str, Any] = {"shape": image.shape}
                 params.update(step.get_params_dependent_on_data(params, {}))
                 if type(step) is FusedAffine and data is not None:
-                    data = step.apply_to_bboxes(data, **params)
+                    data = _affine_boxes(data, params)
                 image = step.apply(image, **params)
             if clock is not None:
                 clock[k] += time.perf_counter() - start
@@ -111,38 +111,96 @@ class DirectPlan:
         idx = step.random_generator.choice(len(step.transforms), p=step.transforms_ps)
         return seeded_node(step.transforms[idx])(force_apply=True, image=image)["image"]
 
-    def _boxes_in(self, boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The bbox processor's preprocess: rows as a float32 column, normalised, clipped, invalid dropped."""
+    def _boxes_in(self, boxes: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The bbox processor's preprocess: ``(corners float64 [N, 4], rows [N])``, normalised, clipped, valid."""
         if len(boxes) == 0:
             return None
         height, width = shape[:2]
         coco = boxes.astype(np.float32, copy=False)
-        data = np.empty((len(boxes), 5), np.float32)
-        data[:, :2] = coco[:, :2]
-        data[:, 2:4] = coco[:, :2] + coco[:, 2:4]  # coco -> corners, in float32
-        data[:, 4] = np.arange(len(boxes))
-        # As convert_bboxes_to_albumentations: normalised in float64, stored in float32, then clipped.
-        data[:, :4] = data[:, :4] / _scale(width, height)
-        np.clip(data[:, :4], 0, 1, out=data[:, :4])
-        return _filter(data, width, height)
+        if not (coco[:, 2:] > 0).all():  # albumentations refuses these anyway: its own steps, for its errors
+            return _split(_filter(_columns_in(coco, width, height, rows=True), width, height))
+        corners = _columns_in(coco, width, height, rows=False)
+        # _filter with no limits on boxes of positive size clipped to [0, 1]: its clip and its
+        # round trip to pixels and back change nothing (a float32 times an int is exact in
+        # float64), every visibility is >= 0, and what it drops is the boxes of no area.
+        area = ((corners[:, 2] - corners[:, 0]) * width) * ((corners[:, 3] - corners[:, 1]) * height)
+        keep = area >= _EPS
+        return corners[keep].astype(np.float64), np.flatnonzero(keep)
 
-    def _boxes_out(self, data: np.ndarray | None, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def _boxes_out(
+        self, data: tuple[np.ndarray, np.ndarray] | None, shape: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The bbox processor's postprocess: filtered by the pipeline's rule, back to COCO pixels."""
-        if data is None or not data.size:
+        if data is None or not len(data[0]):
             return np.zeros((0, 4)), np.zeros(0, np.int64)
         height, width = shape[:2]
         p = self.params
-        data = _filter(data, width, height, p.min_area, p.min_visibility, p.min_width, p.min_height, p.max_accept_ratio)
-        corners = data[:, :4] * _scale(width, height)  # convert_bboxes_from_albumentations, in float64
-        coco = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
-        return coco.astype(np.float64), data[:, 4].astype(np.int64)
+        boxes, rows = data
+        limits = (p.min_area, p.min_visibility, p.min_width, p.min_height, p.max_accept_ratio)
+        corners, mask = _filter_corners(boxes, width, height, *limits)  # = convert_bboxes_from_albumentations
+        corners = corners[mask]
+        coco = np.empty(corners.shape)
+        coco[:, :2] = corners[:, :2]
+        np.subtract(corners[:, 2:], corners[:, :2], out=coco[:, 2:])
+        return coco, rows[mask].astype(np.int64, copy=False)
+
+
+_EPS = 1e-7  # albumentations 2.0.8's filter_bboxes epsilon
+
+
+def _columns_in(coco: np.ndarray, width: int, height: int, rows: bool) -> np.ndarray:
+    """COCO pixels -> corners normalised in float64, stored in float32, clipped to [0, 1], as
+    ``convert_bboxes_to_albumentations`` makes them; ``rows`` adds the row number as a fifth column."""
+    data = np.empty((len(coco), 5 if rows else 4), np.float32)
+    data[:, :2] = coco[:, :2]
+    np.add(coco[:, :2], coco[:, 2:4], out=data[:, 2:4])  # coco -> corners, in float32
+    if rows:
+        data[:, 4] = np.arange(len(coco))
+    data[:, :4] = data[:, :4] / _scale(width, height)
+    np.clip(data[:, :4], 0, 1, out=data[:, :4])
+    return data
+
+
+def _split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.ascontiguousarray(data[:, :4]), data[:, 4].astype(np.int64)
+
+
+def _affine_boxes(data: tuple[np.ndarray, np.ndarray], params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``FusedAffine.apply_to_bboxes`` on ``(boxes, rows)``: the same arithmetic, the rows alongside."""
+    boxes, rows = data
+    if not len(boxes):
+        return data
+    height, width = params["shape"][:2]
+    out_h, out_w = params["output_shape"]
+    pixels = boxes * _scale(width, height)
+    moved = _move(pixels, params["matrix"])
+    inside = (moved[:, 2] > 0) & (moved[:, 3] > 0) & (moved[:, 0] < width) & (moved[:, 1] < height)
+    moved = _move(moved[inside], params["letterbox"])
+    moved /= _scale(out_w, out_h)
+    return moved, rows[inside]
+
+
+def _move(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``fused.move_boxes``; by the identity, ``x * 1 + y * 0 + 0`` whatever the matmul, that is ``x + 0.0``."""
+    if matrix is _IDENTITY or np.array_equal(matrix, _IDENTITY):
+        return boxes + 0.0  # -0.0 becomes 0.0, as through the matmul
+    return move_boxes(boxes, matrix)
 
 
 def _scale(width: int, height: int) -> np.ndarray:
     return np.array([width, height, width, height], dtype=np.float64)
 
 
-def _filter(
+def _filter(data: np.ndarray, width: int, height: int) -> np.ndarray:
+    """albumentations 2.0.8's ``filter_bboxes`` with no limits, on normalised boxes with extra columns."""
+    clipped = np.empty(data.shape, np.float64)
+    pixels, mask = _filter_corners(data[:, :4], width, height)
+    clipped[:, :4] = pixels / _scale(width, height)
+    clipped[:, 4:] = data[:, 4:]
+    return clipped[mask]
+
+
+def _filter_corners(
     data: np.ndarray,
     width: int,
     height: int,
@@ -151,30 +209,30 @@ def _filter(
     min_width: float = 0.0,
     min_height: float = 0.0,
     max_accept_ratio: float | None = None,
-) -> np.ndarray:
-    """albumentations 2.0.8's ``filter_bboxes`` on normalised boxes with extra columns, step for step.
+) -> tuple[np.ndarray, np.ndarray]:
+    """albumentations 2.0.8's ``filter_bboxes`` step for step on normalised corners ``[N, 4]``:
+    ``(the boxes clipped to the frame, in pixels, float64; the mask of those it keeps)``.
 
     Its arithmetic and dtypes are kept (the areas before clipping in the input's dtype, the clipped
     boxes in float64), so the boxes kept and their bytes are the same; what goes is its wrappers.
+    Its clipped boxes normalised again and back in pixels are these pixels: ``x / w * w`` is ``x``
+    for the clipped ``x`` here, kept in float64 (a float32 ratio times an int is exact).
     """
-    eps = 1e-7
     area = ((data[:, 2] - data[:, 0]) * width) * ((data[:, 3] - data[:, 1]) * height)
     scale = _scale(width, height)
-    pixels = data[:, :4] * scale
+    pixels = data * scale
     np.clip(pixels, 0, scale, out=pixels)
-    clipped = np.empty(data.shape, np.float64)
-    clipped[:, :4] = pixels / scale
-    clipped[:, 4:] = data[:, 4:]
+    clipped = pixels / scale
     clipped_area = ((clipped[:, 2] - clipped[:, 0]) * width) * ((clipped[:, 3] - clipped[:, 1]) * height)
-    sides = clipped[:, :4] * scale
+    sides = clipped * scale
     widths, heights = sides[:, 2] - sides[:, 0], sides[:, 3] - sides[:, 1]
     mask = (
-        (area >= eps)
-        & (clipped_area >= min_area - eps)
-        & (clipped_area / (area + eps) >= min_visibility)
-        & (widths >= min_width - eps)
-        & (heights >= min_height - eps)
+        (area >= _EPS)
+        & (clipped_area >= min_area - _EPS)
+        & (clipped_area / (area + _EPS) >= min_visibility)
+        & (widths >= min_width - _EPS)
+        & (heights >= min_height - _EPS)
     )
     if max_accept_ratio is not None:
-        mask &= np.maximum(widths / (heights + eps), heights / (widths + eps)) <= max_accept_ratio
-    return clipped[mask]
+        mask &= np.maximum(widths / (heights + _EPS), heights / (widths + _EPS)) <= max_accept_ratio
+    return sides, mask

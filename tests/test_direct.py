@@ -83,11 +83,12 @@ def _hazard_boxes(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return np.concatenate([np.concatenate([xy, wh], 1), edges]).astype(np.float32)
 
 
-def test_plan_boxes_and_pixels_equal_compose_on_hazardous_boxes() -> None:
+@pytest.mark.parametrize("size", [(80, 120), (96, 128)])  # a letterbox, and none (the frame's own size)
+def test_plan_boxes_and_pixels_equal_compose_on_hazardous_boxes(size: tuple[int, int]) -> None:
     """Boxes across the frame's edges, slivers, boxes that vanish after the warp: the same bytes, the same rows."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (96, 128), dtype=np.uint8)
-    compose = build_transform("thermal", size=(80, 120))
+    compose = build_transform("thermal", size=size)
     plan = direct_plan(pickle.loads(pickle.dumps(compose)))
     for index in range(150):
         boxes = _hazard_boxes(rng, *image.shape)
