@@ -22,9 +22,11 @@ import time
 from typing import Any
 
 import albumentations as A
+import cv2
 import numpy as np
+from albumentations.augmentations.blur import functional as fblur
 
-from flirdata.fused import _IDENTITY, FusedAffine, IntensityLUT, NoiseBank, move_boxes
+from flirdata.fused import _IDENTITY, FusedAffine, IntensityLUT, NoiseBank, _like, move_boxes
 from flirdata.seeding import iter_random_nodes, seed_node
 
 __all__ = ["DirectPlan", "direct_plan"]
@@ -109,7 +111,9 @@ class DirectPlan:
         if not step.transforms_ps or not step.py_random.random() < step.p:
             return image
         idx = step.random_generator.choice(len(step.transforms), p=step.transforms_ps)
-        return seeded_node(step.transforms[idx])(force_apply=True, image=image)["image"]
+        child = seeded_node(step.transforms[idx])
+        blur = _BLURS.get(type(child))
+        return blur(child, image) if blur is not None else child(force_apply=True, image=image)["image"]
 
     def _boxes_in(self, boxes: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
         """The bbox processor's preprocess: ``(corners float64 [N, 4], rows [N])``, normalised, clipped, valid."""
@@ -185,6 +189,54 @@ def _move(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     if matrix is _IDENTITY or np.array_equal(matrix, _IDENTITY):
         return boxes + 0.0  # -0.0 becomes 0.0, as through the matmul
     return move_boxes(boxes, matrix)
+
+
+# -- the blurs, as their ``__call__(force_apply=True, image=...)`` without its plumbing -------------
+def _gaussian_blur(step: A.GaussianBlur, image: np.ndarray) -> np.ndarray:
+    """``A.GaussianBlur``: its draws (sigma, then size) and its kernel; ``separable_convolve`` is this call."""
+    sigma = step.py_random.uniform(*step.sigma_limit)
+    size = step.py_random.randint(*step.blur_limit)
+    kernel = fblur.create_gaussian_kernel_1d(sigma, size)
+    return _like(cv2.sepFilter2D(image, ddepth=-1, kernelX=kernel, kernelY=kernel), image)
+
+
+def _motion_blur(step: A.MotionBlur, image: np.ndarray) -> np.ndarray:
+    """``A.MotionBlur``: its draws (size, angle, direction, the shift) and its kernel; ``convolve`` is this call."""
+    size = fblur.sample_odd_from_range(step.py_random, step.blur_limit[0], step.blur_limit[1])
+    angle = step.py_random.uniform(*step.angle_range)
+    direction = step.py_random.uniform(*step.direction_range)
+    kernel = _motion_kernel(size, angle, direction, step.allow_shifted, step.py_random)
+    kernel = kernel.astype(np.float32) / np.sum(kernel)
+    return _like(cv2.filter2D(image, ddepth=-1, kernel=kernel), image)
+
+
+def _motion_kernel(size: int, angle: float, direction: float, allow_shifted: bool, rng: Any) -> np.ndarray:
+    """albumentations 2.0.8's ``create_motion_kernel``, step for step, without its ``np.unique`` of the
+    points (setting a cell to 1 twice sets it to 1): the same kernel, the same draws."""
+    direction = np.clip(direction, -1.0, 1.0)
+    kernel = np.zeros((size, size), dtype=np.float32)
+    center = line = size // 2
+    angle_rad = np.deg2rad(angle)
+    dx, dy = np.cos(angle_rad), np.sin(angle_rad)
+    t_start, t_end = float(-line), float(line)
+    if direction < 0:
+        t_end = line * (1 - abs(direction))
+    elif direction > 0:
+        t_start = -line * (1 - direction)
+    t = np.linspace(t_start, t_end, size)
+    x, y = center + dx * t, center + dy * t
+    if allow_shifted:
+        x += rng.uniform(-1, 1) * line / 2
+        y += rng.uniform(-1, 1) * line / 2
+    x = np.clip(np.round(x), 0, size - 1).astype(int)
+    y = np.clip(np.round(y), 0, size - 1).astype(int)
+    kernel[y, x] = 1
+    if not kernel.any():
+        kernel[center, center] = 1
+    return kernel
+
+
+_BLURS = {A.GaussianBlur: _gaussian_blur, A.MotionBlur: _motion_blur}
 
 
 def _scale(width: int, height: int) -> np.ndarray:

@@ -104,6 +104,25 @@ def test_plan_boxes_and_pixels_equal_compose_on_hazardous_boxes(size: tuple[int,
     assert plan(image, np.zeros((0, 4), np.float32), seeds)[1].shape == (0, 4)
 
 
+@pytest.mark.parametrize("shape", [(40, 56), (40, 56, 3)])
+def test_direct_blurs_are_the_transforms_calls(shape: tuple[int, ...]) -> None:
+    """The direct path calls OpenCV for the preset's blurs: same draws, same kernel, same pixels."""
+    from flirdata.direct import _BLURS
+
+    rng = np.random.default_rng(5)
+    blurs = [A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7)), A.MotionBlur(allow_shifted=False)]
+    for seed in range(60):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        for blur in blurs:
+            blur.py_random.seed(seed)
+            want = blur(force_apply=True, image=image)["image"]
+            after = blur.py_random.getstate()
+            blur.py_random.seed(seed)
+            got = _BLURS[type(blur)](blur, image)
+            assert got.shape == want.shape and np.array_equal(got, want)
+            assert blur.py_random.getstate() == after  # as many draws: the next node's draws are unchanged
+
+
 def test_saved_and_loaded_preset_gives_the_same_samples(synth_root: Path, tmp_path: Path) -> None:
     """The preset stays an albumentations pipeline: A.save/A.load round-trips it to a plain Compose of the
     same transforms drawing the same samples. albumentations 2.0.8 does not save ``filter_invalid_bboxes``,
