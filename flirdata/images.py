@@ -239,13 +239,33 @@ def read_image_bytes(path: str | Path, within: str | Path | None = None, max_byt
     if info.st_size > limit:
         raise _too_large(path, info.st_size, limit)
     fd = os.open(path, _OPEN_FLAGS)
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else since the stat
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):  # replaced by something else since the stat
             raise ImageError(f"{path}: not a regular file, expected an image file")
-        data = f.read(limit + 1)
+        data = _read_to_limit(fd, opened.st_size, limit)
+    finally:
+        os.close(fd)
     if len(data) > limit:  # it grew since the stat
         raise _too_large(path, len(data), limit)
     return data
+
+
+def _read_to_limit(fd: int, size: int, limit: int) -> bytes:
+    """The file's bytes, at most ``limit + 1``: its ``size`` plus one first, then on to the limit if it grew.
+
+    Asking for ``limit + 1`` bytes at once would allocate them (64 MiB by default) on every read,
+    and the pages the kernel maps for each such buffer cost more than the read itself.
+    """
+    parts, got, want = [], 0, min(size, limit) + 1
+    while part := os.read(fd, want - got):
+        parts.append(part)
+        got += len(part)
+        if got == want:
+            if want > limit:
+                break
+            want = limit + 1  # it grew since its size was taken: read on, to the limit plus one
+    return b"".join(parts)
 
 
 def _decode_jpeg(data: bytes, name: str) -> np.ndarray:
