@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from flirdata.boxes import box_area, clip_xyxy, coco_to_xyxy, valid_mask
+from flirdata.boxes import box_area, clip_valid_xyxy, coco_to_xyxy
 from flirdata.cache import FrameCache, build_cache, check_cache
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.direct import direct_plan
@@ -237,12 +237,12 @@ class FlirDetection(Dataset):
         k = self._check_index(i)
         epoch = self.epoch if epoch is None else check_int("epoch", epoch, 0, MAX_EPOCH)
         image, boxes, labels, source = self._load_or_skip(k)
-        image, xyxy, kept = self._augment(image, boxes, self._key(k), epoch)
+        image, xyxy, area, kept = self._augment(image, boxes, self._key(k), epoch)
         target = {
-            "boxes": torch.from_numpy(xyxy.astype(np.float32, copy=False)),
+            "boxes": torch.from_numpy(xyxy.astype(np.float32)),
             "labels": torch.from_numpy(labels[kept].astype(np.int64, copy=False)),
             "image_id": int(self.index.image_ids[source]),
-            "area": torch.from_numpy(box_area(xyxy).astype(np.float32, copy=False)),
+            "area": torch.from_numpy(area.astype(np.float32)),
             "iscrowd": torch.from_numpy(self.index.crowd_flags(source)[kept].astype(np.int64)),
         }
         chw = as_chw(image)
@@ -327,10 +327,11 @@ class FlirDetection(Dataset):
 
     def _augment(
         self, image: np.ndarray, boxes: np.ndarray, k: int, epoch: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(image, xyxy boxes, positions)``: ``positions`` are the input rows of the kept boxes."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(image, xyxy boxes, their areas, positions)``: ``positions`` are the input rows of the kept boxes."""
         if self.transform is None:
-            return image, coco_to_xyxy(boxes), np.arange(len(boxes))
+            xyxy = coco_to_xyxy(boxes)
+            return image, xyxy, box_area(xyxy), np.arange(len(boxes))
         pipeline = self._pipeline()
         seeds = sample_seed_sequence(self.seed, epoch, k)
         voc = pipeline.processors["bboxes"].params.format == "pascal_voc"
@@ -344,6 +345,7 @@ class FlirDetection(Dataset):
             result, out_boxes, out_rows = out["image"], out["bboxes"], out["labels"]
         result = self._check_channels(np.ascontiguousarray(result))
         out_boxes = np.asarray(out_boxes, dtype=np.float64).reshape(-1, 4)
-        xyxy = clip_xyxy(out_boxes if voc else coco_to_xyxy(out_boxes), result.shape[1], result.shape[0])
-        keep = valid_mask(xyxy)
-        return result, xyxy[keep], np.asarray(out_rows, dtype=np.int64).reshape(-1)[keep]
+        xyxy, area, keep = clip_valid_xyxy(
+            out_boxes if voc else coco_to_xyxy(out_boxes), result.shape[1], result.shape[0]
+        )
+        return result, xyxy, area, np.asarray(out_rows, dtype=np.int64).reshape(-1)[keep]
