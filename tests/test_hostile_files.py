@@ -336,6 +336,13 @@ def test_a_file_growing_after_its_stat_is_read_only_to_the_limit_plus_one(
         read_image_bytes(path, max_bytes=100)
 
 
+def test_a_read_allocates_the_files_size_not_the_limit(tmp_path: Path) -> None:
+    """A read asks for the file's size plus one byte: a buffer of the limit (64 MiB) per read cost page faults."""
+    path = tmp_path / "frame.jpg"
+    path.write_bytes(bytes(range(256)) * 40)
+    assert read_image_bytes(path, max_bytes=2**60) == path.read_bytes()  # a 1 EiB buffer cannot be allocated
+
+
 @pytest.mark.timeout(20)
 def test_every_row_at_once_is_one_line_each_in_check(
     root: Path, frames: list[bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
