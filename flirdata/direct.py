@@ -270,21 +270,24 @@ def _filter_corners(
     Its clipped boxes normalised again and back in pixels are these pixels: ``x / w * w`` is ``x``
     for the clipped ``x`` here, kept in float64 (a float32 ratio times an int is exact).
     """
-    area = ((data[:, 2] - data[:, 0]) * width) * ((data[:, 3] - data[:, 1]) * height)
+    # By [width, height] in the boxes' dtype: the same products as by the ints (which are exact in it).
+    sides_in = (data[:, 2:] - data[:, :2]) * np.array([width, height], dtype=data.dtype)
+    area = sides_in[:, 0] * sides_in[:, 1]
     scale = _scale(width, height)
     pixels = data * scale
     np.clip(pixels, 0, scale, out=pixels)
     clipped = pixels / scale
-    clipped_area = ((clipped[:, 2] - clipped[:, 0]) * width) * ((clipped[:, 3] - clipped[:, 1]) * height)
+    sides_clipped = (clipped[:, 2:] - clipped[:, :2]) * scale[:2]
+    clipped_area = sides_clipped[:, 0] * sides_clipped[:, 1]
     sides = clipped * scale
-    widths, heights = sides[:, 2] - sides[:, 0], sides[:, 3] - sides[:, 1]
+    lengths = sides[:, 2:] - sides[:, :2]  # widths, heights
     mask = (
         (area >= _EPS)
         & (clipped_area >= min_area - _EPS)
         & (clipped_area / (area + _EPS) >= min_visibility)
-        & (widths >= min_width - _EPS)
-        & (heights >= min_height - _EPS)
+        & (lengths >= np.array([min_width - _EPS, min_height - _EPS])).all(axis=1)
     )
     if max_accept_ratio is not None:
+        widths, heights = lengths[:, 0], lengths[:, 1]
         mask &= np.maximum(widths / (heights + _EPS), heights / (widths + _EPS)) <= max_accept_ratio
     return sides, mask
