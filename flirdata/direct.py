@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from albumentations.augmentations.blur import functional as fblur
 
-from flirdata.fused import _IDENTITY, FusedAffine, IntensityLUT, NoiseBank, _like, move_boxes
+from flirdata.fused import _CORNERS, _IDENTITY, FusedAffine, IntensityLUT, NoiseBank, _like
 from flirdata.seeding import iter_random_nodes, seed_node
 
 __all__ = ["DirectPlan", "direct_plan"]
@@ -127,8 +127,8 @@ class DirectPlan:
         # _filter with no limits on boxes of positive size clipped to [0, 1]: its clip and its
         # round trip to pixels and back change nothing (a float32 times an int is exact in
         # float64), every visibility is >= 0, and what it drops is the boxes of no area.
-        area = ((corners[:, 2] - corners[:, 0]) * width) * ((corners[:, 3] - corners[:, 1]) * height)
-        keep = area >= _EPS
+        sides = (corners[:, 2:] - corners[:, :2]) * np.array([width, height], dtype=np.float32)
+        keep = sides[:, 0] * sides[:, 1] >= _EPS  # the area, in float32 as there
         return corners[keep].astype(np.float64), np.flatnonzero(keep)
 
     def _boxes_out(
@@ -160,7 +160,7 @@ def _columns_in(coco: np.ndarray, width: int, height: int, rows: bool) -> np.nda
     np.add(coco[:, :2], coco[:, 2:4], out=data[:, 2:4])  # coco -> corners, in float32
     if rows:
         data[:, 4] = np.arange(len(coco))
-    data[:, :4] = data[:, :4] / _scale(width, height)
+    np.divide(data[:, :4], _scale(width, height), out=data[:, :4])  # in float64, stored in float32
     np.clip(data[:, :4], 0, 1, out=data[:, :4])
     return data
 
@@ -178,17 +178,22 @@ def _affine_boxes(data: tuple[np.ndarray, np.ndarray], params: dict[str, Any]) -
     out_h, out_w = params["output_shape"]
     pixels = boxes * _scale(width, height)
     moved = _move(pixels, params["matrix"])
-    inside = (moved[:, 2] > 0) & (moved[:, 3] > 0) & (moved[:, 0] < width) & (moved[:, 1] < height)
+    inside = ((moved[:, 2:] > 0) & (moved[:, :2] < np.array([width, height]))).all(axis=1)
     moved = _move(moved[inside], params["letterbox"])
     moved /= _scale(out_w, out_h)
     return moved, rows[inside]
 
 
 def _move(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``fused.move_boxes``; by the identity, ``x * 1 + y * 0 + 0`` whatever the matmul, that is ``x + 0.0``."""
-    if matrix is _IDENTITY or np.array_equal(matrix, _IDENTITY):
+    """``fused.move_boxes`` of corner boxes ``[N, 4]``, its matmul and its min and max, in one new array.
+
+    By the identity (``FusedAffine`` passes ``_IDENTITY`` itself for no move), ``x * 1 + y * 0 + 0``
+    is ``x + 0.0`` whatever the matmul's order.
+    """
+    if matrix is _IDENTITY:
         return boxes + 0.0  # -0.0 becomes 0.0, as through the matmul
-    return move_boxes(boxes, matrix)
+    moved = boxes[:, _CORNERS] @ matrix[:2, :2].T + matrix[:2, 2]
+    return np.concatenate([moved.min(axis=1), moved.max(axis=1)], axis=1)
 
 
 # -- the blurs, as their ``__call__(force_apply=True, image=...)`` without its plumbing -------------
