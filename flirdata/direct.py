@@ -83,19 +83,22 @@ class DirectPlan:
         blocks = seed_sequence.generate_state(6 * len(self._nodes), dtype=np.uint64).reshape(-1, 6).tolist()
         seeded: set[int] = set()
 
-        def seeded_node(node: Any) -> Any:
+        def seeded_node(node: Any, numpy: bool = True) -> Any:
+            """``node`` seeded from its block once per sample: the generators it draws from, when it draws."""
             slot = self._slot[id(node)]
-            if slot not in seeded:  # our own steps draw only from their Python generator
-                seed_node(node, blocks[slot], numpy=type(node) not in _OWN_STEPS)
+            if slot not in seeded:
+                seed_node(node, blocks[slot], numpy=numpy)
                 seeded.add(slot)
+            elif numpy:  # seeded before without its numpy generator, which it draws from now
+                seed_node(node, blocks[slot], python=False)
             return node
 
         data = self._boxes_in(boxes, image.shape)
         for k, step in enumerate(self.pipeline.transforms):
             start = time.perf_counter() if clock is not None else 0.0
             if type(step) is A.OneOf:
-                image = self._one_of(seeded_node(step), image, seeded_node)
-            elif seeded_node(step).should_apply():
+                image = self._one_of(seeded_node(step, numpy=False), image, seeded_node)
+            elif seeded_node(step, numpy=False).should_apply():  # our own steps draw from py_random only
                 params: dict[str, Any] = {"shape": image.shape}
                 params.update(step.get_params_dependent_on_data(params, {}))
                 if type(step) is FusedAffine and data is not None:
@@ -107,12 +110,15 @@ class DirectPlan:
 
     @staticmethod
     def _one_of(step: A.OneOf, image: np.ndarray, seeded_node: Any) -> np.ndarray:
-        """``OneOf.__call__``: its coin, then its numpy choice of a child run with ``force_apply``."""
+        """``OneOf.__call__``: its coin, then its numpy choice of a child run with ``force_apply``.
+
+        The blurs of ``_BLURS`` draw from their Python generator only; any other child is called.
+        """
         if not step.transforms_ps or not step.py_random.random() < step.p:
             return image
-        idx = step.random_generator.choice(len(step.transforms), p=step.transforms_ps)
-        child = seeded_node(step.transforms[idx])
-        blur = _BLURS.get(type(child))
+        idx = seeded_node(step).random_generator.choice(len(step.transforms), p=step.transforms_ps)
+        blur = _BLURS.get(type(step.transforms[idx]))
+        child = seeded_node(step.transforms[idx], numpy=blur is None)
         return blur(child, image) if blur is not None else child(force_apply=True, image=image)["image"]
 
     def _boxes_in(self, boxes: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
