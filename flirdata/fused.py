@@ -231,6 +231,14 @@ class FusedAffine(A.DualTransform):
 
 
 # -- intensity -----------------------------------------------------------------------------------
+# The inputs of albumentations' uint8 tables, built once (read-only): 0..255, and 0..255 / 255 as
+# ``np.arange(0, 256.0 / 255, 1.0 / 255)`` makes them.
+_LEVELS = np.arange(0, 256, dtype=np.float32)
+_UNIT_LEVELS = np.arange(0, 256.0 / 255, 1.0 / 255)
+_LEVELS.setflags(write=False)
+_UNIT_LEVELS.setflags(write=False)
+
+
 class IntensityLUT(A.ImageOnlyTransform):
     """RandomBrightnessContrast(``brightness_contrast_p``) then RandomGamma(``gamma_p``) as one table.
 
@@ -262,10 +270,10 @@ class IntensityLUT(A.ImageOnlyTransform):
         if self.py_random.random() < self.brightness_contrast_p:
             alpha = 1.0 + self.py_random.uniform(*self.contrast_limit)
             beta = self.py_random.uniform(*self.brightness_limit) * 255
-            table = np.clip(np.arange(0, 256, dtype=np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+            table = np.clip(_LEVELS * alpha + beta, 0, 255).astype(np.uint8)
         if self.py_random.random() < self.gamma_p:
             gamma = self.py_random.uniform(*self.gamma_limit) / 100.0
-            curve = ((np.arange(0, 256.0 / 255, 1.0 / 255) ** gamma) * 255).astype(np.uint8)
+            curve = ((_UNIT_LEVELS**gamma) * 255).astype(np.uint8)
             table = curve if table is None else curve[table]
         return {"table": table}
 
