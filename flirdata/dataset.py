@@ -212,7 +212,10 @@ class FlirDetection(Dataset):
         ``image`` is ``uint8 [H, W]`` (thermal) or ``uint8 [H, W, 3]`` RGB (rgb).
         With ``cache="ram"`` it is a read-only view of the shared cache.
         """
-        k = self._check_index(i)
+        return self._load(self._check_index(i))
+
+    def _load(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``load_raw`` of a row already checked."""
         if self._cache is None:
             image = self._decode(k)
         else:
@@ -288,7 +291,7 @@ class FlirDetection(Dataset):
         for step in range(len(self)):
             source = (k + step) % len(self)
             try:
-                return (*self.load_raw(source), source)
+                return (*self._load(source), source)
             except ImageError as exc:
                 if self.on_error == "raise":
                     raise
@@ -334,15 +337,18 @@ class FlirDetection(Dataset):
             return image, xyxy, box_area(xyxy), np.arange(len(boxes))
         pipeline = self._pipeline()
         seeds = sample_seed_sequence(self.seed, epoch, k)
+        plan = self._local.plan
+        if plan is not None:  # the same samples as the Compose below, without its plumbing
+            result, coco, rows = plan(image, boxes, seeds)  # float64 [M, 4] and int64 [M] already
+            result = self._check_channels(np.ascontiguousarray(result))
+            xyxy, area, keep = clip_valid_xyxy(coco_to_xyxy(coco), result.shape[1], result.shape[0])
+            return result, xyxy, area, rows[keep]
         voc = pipeline.processors["bboxes"].params.format == "pascal_voc"
-        if self._local.plan is not None:  # the same samples as the Compose below, without its plumbing
-            result, out_boxes, out_rows = self._local.plan(image, boxes, seeds)
-        else:
-            reseed_transform(pipeline, seeds)
-            # The label field carries each box's row, so labels and iscrowd follow the kept boxes.
-            rows = np.arange(len(boxes), dtype=np.int64)
-            out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=rows)
-            result, out_boxes, out_rows = out["image"], out["bboxes"], out["labels"]
+        reseed_transform(pipeline, seeds)
+        # The label field carries each box's row, so labels and iscrowd follow the kept boxes.
+        rows = np.arange(len(boxes), dtype=np.int64)
+        out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=rows)
+        result, out_boxes, out_rows = out["image"], out["bboxes"], out["labels"]
         result = self._check_channels(np.ascontiguousarray(result))
         out_boxes = np.asarray(out_boxes, dtype=np.float64).reshape(-1, 4)
         xyxy, area, keep = clip_valid_xyxy(
