@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from flirdata._validate import check_int
-from flirdata.boxes import box_area, clip_xyxy, coco_to_xyxy, valid_mask
+from flirdata.boxes import box_area, clip_valid_xyxy, coco_to_xyxy
 from flirdata.cache import FrameCache, build_cache, check_cache
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.direct import direct_plan
@@ -211,7 +211,10 @@ class FlirDetection(Dataset):
         ``image`` is ``uint8 [H, W]`` (thermal) or ``uint8 [H, W, 3]`` RGB (rgb).
         With ``cache="ram"`` it is a read-only view of the shared cache.
         """
-        k = self._check_index(i)
+        return self._load(self._check_index(i))
+
+    def _load(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``load_raw`` of a row already checked."""
         if self._cache is None:
             image = self._decode(k)
         else:
@@ -236,12 +239,12 @@ class FlirDetection(Dataset):
         k = self._check_index(i)
         epoch = self.epoch if epoch is None else check_int("epoch", epoch, 0, MAX_EPOCH)
         image, boxes, labels, source = self._load_or_skip(k)
-        image, xyxy, kept = self._augment(image, boxes, self._key(k), epoch)
+        image, xyxy, area, kept = self._augment(image, boxes, self._key(k), epoch)
         target = {
-            "boxes": torch.from_numpy(xyxy.astype(np.float32, copy=False)),
+            "boxes": torch.from_numpy(xyxy.astype(np.float32)),
             "labels": torch.from_numpy(labels[kept].astype(np.int64, copy=False)),
             "image_id": int(self.index.image_ids[source]),
-            "area": torch.from_numpy(box_area(xyxy).astype(np.float32, copy=False)),
+            "area": torch.from_numpy(area.astype(np.float32)),
             "iscrowd": torch.from_numpy(self.index.crowd_flags(source)[kept].astype(np.int64)),
         }
         chw = as_chw(image)
@@ -287,7 +290,7 @@ class FlirDetection(Dataset):
         for step in range(len(self)):
             source = (k + step) % len(self)
             try:
-                return (*self.load_raw(source), source)
+                return (*self._load(source), source)
             except ImageError as exc:
                 if self.on_error == "raise":
                     raise
@@ -326,23 +329,28 @@ class FlirDetection(Dataset):
 
     def _augment(
         self, image: np.ndarray, boxes: np.ndarray, k: int, epoch: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(image, xyxy boxes, positions)``: ``positions`` are the input rows of the kept boxes."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(image, xyxy boxes, their areas, positions)``: ``positions`` are the input rows of the kept boxes."""
         if self.transform is None:
-            return image, coco_to_xyxy(boxes), np.arange(len(boxes))
+            xyxy = coco_to_xyxy(boxes)
+            return image, xyxy, box_area(xyxy), np.arange(len(boxes))
         pipeline = self._pipeline()
         seeds = sample_seed_sequence(self.seed, epoch, k)
+        plan = self._local.plan
+        if plan is not None:  # the same samples as the Compose below, without its plumbing
+            result, coco, rows = plan(image, boxes, seeds)  # float64 [M, 4] and int64 [M] already
+            result = self._check_channels(np.ascontiguousarray(result))
+            xyxy, area, keep = clip_valid_xyxy(coco_to_xyxy(coco), result.shape[1], result.shape[0])
+            return result, xyxy, area, rows[keep]
         voc = pipeline.processors["bboxes"].params.format == "pascal_voc"
-        if self._local.plan is not None:  # the same samples as the Compose below, without its plumbing
-            result, out_boxes, out_rows = self._local.plan(image, boxes, seeds)
-        else:
-            reseed_transform(pipeline, seeds)
-            # The label field carries each box's row, so labels and iscrowd follow the kept boxes.
-            rows = np.arange(len(boxes), dtype=np.int64)
-            out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=rows)
-            result, out_boxes, out_rows = out["image"], out["bboxes"], out["labels"]
+        reseed_transform(pipeline, seeds)
+        # The label field carries each box's row, so labels and iscrowd follow the kept boxes.
+        rows = np.arange(len(boxes), dtype=np.int64)
+        out = pipeline(image=image, bboxes=coco_to_xyxy(boxes) if voc else boxes, labels=rows)
+        result, out_boxes, out_rows = out["image"], out["bboxes"], out["labels"]
         result = self._check_channels(np.ascontiguousarray(result))
         out_boxes = np.asarray(out_boxes, dtype=np.float64).reshape(-1, 4)
-        xyxy = clip_xyxy(out_boxes if voc else coco_to_xyxy(out_boxes), result.shape[1], result.shape[0])
-        keep = valid_mask(xyxy)
-        return result, xyxy[keep], np.asarray(out_rows, dtype=np.int64).reshape(-1)[keep]
+        xyxy, area, keep = clip_valid_xyxy(
+            out_boxes if voc else coco_to_xyxy(out_boxes), result.shape[1], result.shape[0]
+        )
+        return result, xyxy, area, np.asarray(out_rows, dtype=np.int64).reshape(-1)[keep]

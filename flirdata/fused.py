@@ -80,8 +80,8 @@ def _translation(x: float, y: float) -> np.ndarray:
 def letterbox_matrix(shape: tuple[int, int], size: tuple[int, int] | None) -> np.ndarray:
     """LongestMaxSize to fit ``size`` then centred PadIfNeeded, as albumentations rounds them."""
     height, width = shape
-    if size is None:
-        return _IDENTITY
+    if size is None or tuple(size) == (height, width):
+        return _IDENTITY  # what the arithmetic below gives for the frame's own size, without building it
     scale = min(size[0] / height, size[1] / width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     top, left = max(0, int((size[0] - new_h) / 2.0)), max(0, int((size[1] - new_w) / 2.0))
@@ -97,6 +97,8 @@ def affine_matrix(shape: tuple[int, int], translate: Pair, scale: Pair, angle: f
     centre = _translation(width / 2, height / 2)
     return centre @ _translation(*translate) @ linear @ _translation(-width / 2, -height / 2)
 
+
+_HALF_BACK, _HALF_ON = _translation(-0.5, -0.5), _translation(0.5, 0.5)
 
 # Columns of (x, y) for the corners top-left, top-right, bottom-right, bottom-left of an xyxy box.
 _CORNERS = np.array([[0, 1], [2, 1], [2, 3], [0, 3]])
@@ -178,7 +180,7 @@ class FusedAffine(A.DualTransform):
         if pixels == "flip":
             return _like(cv2.flip(image, 1), image)  # a flip alone: a copy, not an interpolating warp
         # Box coordinates put pixel i on [i, i + 1); OpenCV puts its centre at i: shift by half a pixel.
-        pixel = _translation(-0.5, -0.5) @ matrix @ _translation(0.5, 0.5)
+        pixel = _HALF_BACK @ matrix @ _HALF_ON
         out = cv2.warpAffine(
             image, pixel[:2], (out_shape[1], out_shape[0]), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0
         )
@@ -229,6 +231,14 @@ class FusedAffine(A.DualTransform):
 
 
 # -- intensity -----------------------------------------------------------------------------------
+# The inputs of albumentations' uint8 tables, built once (read-only): 0..255, and 0..255 / 255 as
+# ``np.arange(0, 256.0 / 255, 1.0 / 255)`` makes them.
+_LEVELS = np.arange(0, 256, dtype=np.float32)
+_UNIT_LEVELS = np.arange(0, 256.0 / 255, 1.0 / 255)
+_LEVELS.setflags(write=False)
+_UNIT_LEVELS.setflags(write=False)
+
+
 class IntensityLUT(A.ImageOnlyTransform):
     """RandomBrightnessContrast(``brightness_contrast_p``) then RandomGamma(``gamma_p``) as one table.
 
@@ -260,10 +270,10 @@ class IntensityLUT(A.ImageOnlyTransform):
         if self.py_random.random() < self.brightness_contrast_p:
             alpha = 1.0 + self.py_random.uniform(*self.contrast_limit)
             beta = self.py_random.uniform(*self.brightness_limit) * 255
-            table = np.clip(np.arange(0, 256, dtype=np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+            table = np.clip(_LEVELS * alpha + beta, 0, 255).astype(np.uint8)
         if self.py_random.random() < self.gamma_p:
             gamma = self.py_random.uniform(*self.gamma_limit) / 100.0
-            curve = ((np.arange(0, 256.0 / 255, 1.0 / 255) ** gamma) * 255).astype(np.uint8)
+            curve = ((_UNIT_LEVELS**gamma) * 255).astype(np.uint8)
             table = curve if table is None else curve[table]
         return {"table": table}
 

@@ -20,7 +20,9 @@ header claims, so a 40 KB file claiming 60000x60000 would otherwise cost gigabyt
 Reading a file (``read_image_bytes``) checks, before opening it, that it resolves inside the
 dataset folder (a symlink may point anywhere inside it, not outside), that it is a regular
 file (a FIFO, device or socket is refused without opening it, so nothing hangs) and that it
-is at most ``MAX_IMAGE_BYTES`` long; it never reads more than the limit plus one byte. Inside
+is at most ``MAX_IMAGE_BYTES`` long; it never reads more than the limit plus one byte. A frame
+reached from the dataset folder through plain folders (no symlink) costs an ``lstat`` per folder
+below the dataset folder and one of the file, not a ``realpath`` (``_stat_plain_path``). Inside
 ``supplied_image_bytes(files)`` it returns the bytes another process read and checked that way
 instead (the ``ray`` backend's ``ship_images``: actors on nodes that cannot see the dataset).
 """
@@ -79,6 +81,11 @@ _JPEG_START = b"\xff\xd8"
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 # This thread's ``supplied_image_bytes`` files (path -> bytes), if any.
 _SUPPLIED = threading.local()
+# (dataset folder, image folder) -> the folders between them, to lstat on each read, or None when
+# the image folder is not written below the dataset folder (``_folders_below``). Bounded: a split
+# has a few folders; a process that has seen more starts over.
+_FOLDERS: dict[tuple[str, str], tuple[str, ...] | None] = {}
+_MAX_FOLDERS = 1024
 _SPECIAL_FILES = {
     stat.S_IFIFO: "a FIFO (named pipe)",
     stat.S_IFCHR: "a character device",
@@ -121,15 +128,61 @@ def dataset_folder(root: str | Path, split_dir: str | Path) -> Path:
     return Path(split_dir).parent
 
 
+def _check_inside(path: str | Path, within: str | Path) -> None:
+    """``path``, every symlink on the way resolved, lies inside ``within``; else an ImageError."""
+    real, folder = os.path.realpath(path), os.path.realpath(within)
+    if not _inside(real, folder):
+        raise ImageError(
+            f"{path}: resolves to {real}, outside the dataset folder {within}; image files, "
+            "and the targets of symlinks among them, must stay inside it"
+        )
+
+
+def _folders_below(folder: str, within: str) -> tuple[str, ...] | None:
+    """The folders from ``within`` (excluded) down to ``folder``, when ``folder`` names a path below it."""
+    key = (within, folder)
+    folders = _FOLDERS.get(key, False)
+    if folders is False:
+        prefix = within.rstrip(os.sep) + os.sep
+        names = folder[len(prefix) :].split(os.sep) if folder.startswith(prefix) else [""]
+        plain = within and folder != within and not any(name in ("", ".", "..") for name in names)
+        folders = tuple(prefix + os.sep.join(names[: i + 1]) for i in range(len(names))) if plain else None
+        if len(_FOLDERS) >= _MAX_FOLDERS:
+            _FOLDERS.clear()
+        _FOLDERS[key] = folders
+    return folders
+
+
+def _stat_plain_path(path: str | Path, within: str | Path) -> os.stat_result | None:
+    """``os.lstat(path)`` when ``path`` is a regular file reached from ``within`` through plain folders, else None.
+
+    When no folder between ``within`` and the file, nor the file, is a symlink, the path resolves
+    inside ``within`` whatever ``within`` itself resolves to, and ``realpath`` (an ``lstat`` per
+    component of both paths, in Python, on every read) has nothing to add. So a frame costs an
+    ``lstat`` per folder below ``within`` (two in the FLIR layout) and one of the file. Anything
+    else (a symlink, a special file, a missing one, a path not written below ``within``) is None:
+    the full check decides, and names what is wrong.
+    """
+    folders = _folders_below(os.path.dirname(os.fspath(path)), os.fspath(within))
+    if folders is None:
+        return None
+    try:
+        for folder in folders:  # a folder swapped for a symlink since the last read shows here
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return None
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
 def _stat_regular(path: str | Path, within: str | Path | None) -> os.stat_result:
     """``os.stat(path)`` of a regular file inside ``within``; anything else is an ImageError."""
     if within is not None:
-        real, folder = os.path.realpath(path), os.path.realpath(within)
-        if not _inside(real, folder):
-            raise ImageError(
-                f"{path}: resolves to {real}, outside the dataset folder {within}; image files, "
-                "and the targets of symlinks among them, must stay inside it"
-            )
+        plain = _stat_plain_path(path, within)
+        if plain is not None:
+            return plain
+        _check_inside(path, within)
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -186,13 +239,33 @@ def read_image_bytes(path: str | Path, within: str | Path | None = None, max_byt
     if info.st_size > limit:
         raise _too_large(path, info.st_size, limit)
     fd = os.open(path, _OPEN_FLAGS)
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else since the stat
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):  # replaced by something else since the stat
             raise ImageError(f"{path}: not a regular file, expected an image file")
-        data = f.read(limit + 1)
+        data = _read_to_limit(fd, opened.st_size, limit)
+    finally:
+        os.close(fd)
     if len(data) > limit:  # it grew since the stat
         raise _too_large(path, len(data), limit)
     return data
+
+
+def _read_to_limit(fd: int, size: int, limit: int) -> bytes:
+    """The file's bytes, at most ``limit + 1``: its ``size`` plus one first, then on to the limit if it grew.
+
+    Asking for ``limit + 1`` bytes at once would allocate them (64 MiB by default) on every read,
+    and the pages the kernel maps for each such buffer cost more than the read itself.
+    """
+    parts, got, want = [], 0, min(size, limit) + 1
+    while part := os.read(fd, want - got):
+        parts.append(part)
+        got += len(part)
+        if got == want:
+            if want > limit:
+                break
+            want = limit + 1  # it grew since its size was taken: read on, to the limit plus one
+    return b"".join(parts)
 
 
 def _decode_jpeg(data: bytes, name: str) -> np.ndarray:

@@ -77,16 +77,18 @@ def reseed_transform(transform: Any, seed_sequence: np.random.SeedSequence) -> N
         seed_node(node, block)
 
 
-def seed_node(node: Any, block: Sequence[int], numpy: bool = True) -> None:
+def seed_node(node: Any, block: Sequence[int], numpy: bool = True, python: bool = True) -> None:
     """Seed one node's own generators from its block of six uint64 words, as ``reseed_transform`` does.
 
-    ``flirdata.direct`` seeds only the nodes a sample draws from, each from the block
+    ``flirdata.direct`` seeds only the generators a sample draws from, each from the block
     ``reseed_transform`` would give it, so both paths draw the same numbers; ``numpy=False``
-    leaves the numpy generator of a node that draws only from its Python one.
+    leaves the numpy generator (of a node that draws only from its Python one, or not yet),
+    ``python=False`` the Python one (seeded before).
     """
     s0, s1, i0, i1, p0, p1 = block
-    generator, python = _own_generators(node)
-    python.seed(p0 << 64 | p1)
+    generator, python_random = _own_generators(node)
+    if python:
+        python_random.seed(p0 << 64 | p1)
     if not numpy:
         return
     generator.bit_generator.state = {

@@ -9,8 +9,10 @@ from hypothesis.extra.numpy import arrays
 
 from flirdata.boxes import (
     OFF_FRAME_SLIP,
+    box_area,
     box_iou,
     clean_coco_boxes,
+    clip_valid_xyxy,
     clip_xyxy,
     coco_to_xyxy,
     corrupt_coco_boxes,
@@ -20,6 +22,20 @@ from flirdata.boxes import (
 
 coords = st.floats(min_value=-2000, max_value=2000, allow_nan=False, width=32)
 box_arrays = st.integers(0, 12).flatmap(lambda n: arrays(np.float64, (n, 4), elements=coords))
+
+
+any_coords = st.floats(min_value=-2000, max_value=2000, width=32) | st.sampled_from([np.inf, -np.inf, np.nan, -0.0])
+any_boxes = st.integers(0, 12).flatmap(lambda n: arrays(np.float64, (n, 4), elements=any_coords))
+
+
+@given(any_boxes, st.integers(1, 1000), st.integers(1, 1000))
+def test_clip_valid_xyxy_is_clip_then_valid_mask_then_area(boxes: np.ndarray, w: int, h: int) -> None:
+    """A sample's targets come from it: the same bytes as the three steps it stands for."""
+    xyxy, area, keep = clip_valid_xyxy(boxes, w, h)
+    clipped = clip_xyxy(boxes, w, h)
+    want = valid_mask(clipped)
+    assert np.array_equal(keep, want)
+    assert xyxy.tobytes() == clipped[want].tobytes() and area.tobytes() == box_area(clipped[want]).tobytes()
 
 
 @given(box_arrays)

@@ -83,11 +83,12 @@ def _hazard_boxes(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return np.concatenate([np.concatenate([xy, wh], 1), edges]).astype(np.float32)
 
 
-def test_plan_boxes_and_pixels_equal_compose_on_hazardous_boxes() -> None:
+@pytest.mark.parametrize("size", [(80, 120), (96, 128)])  # a letterbox, and none (the frame's own size)
+def test_plan_boxes_and_pixels_equal_compose_on_hazardous_boxes(size: tuple[int, int]) -> None:
     """Boxes across the frame's edges, slivers, boxes that vanish after the warp: the same bytes, the same rows."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (96, 128), dtype=np.uint8)
-    compose = build_transform("thermal", size=(80, 120))
+    compose = build_transform("thermal", size=size)
     plan = direct_plan(pickle.loads(pickle.dumps(compose)))
     for index in range(150):
         boxes = _hazard_boxes(rng, *image.shape)
@@ -101,6 +102,25 @@ def test_plan_boxes_and_pixels_equal_compose_on_hazardous_boxes() -> None:
         assert want.tobytes() == got_boxes.tobytes()
         assert np.array_equal(np.asarray(out["labels"], np.int64), got_rows)
     assert plan(image, np.zeros((0, 4), np.float32), seeds)[1].shape == (0, 4)
+
+
+@pytest.mark.parametrize("shape", [(40, 56), (40, 56, 3)])
+def test_direct_blurs_are_the_transforms_calls(shape: tuple[int, ...]) -> None:
+    """The direct path calls OpenCV for the preset's blurs: same draws, same kernel, same pixels."""
+    from flirdata.direct import _BLURS
+
+    rng = np.random.default_rng(5)
+    blurs = [A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7)), A.MotionBlur(allow_shifted=False)]
+    for seed in range(60):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        for blur in blurs:
+            blur.py_random.seed(seed)
+            want = blur(force_apply=True, image=image)["image"]
+            after = blur.py_random.getstate()
+            blur.py_random.seed(seed)
+            got = _BLURS[type(blur)](blur, image)
+            assert got.shape == want.shape and np.array_equal(got, want)
+            assert blur.py_random.getstate() == after  # as many draws: the next node's draws are unchanged
 
 
 def test_saved_and_loaded_preset_gives_the_same_samples(synth_root: Path, tmp_path: Path) -> None:

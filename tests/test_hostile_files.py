@@ -227,6 +227,38 @@ def test_symlinks_may_point_inside_the_dataset_only(
         _one_error_line(lines, link, "outside the dataset folder")
 
 
+def test_a_folder_or_file_swapped_for_a_symlink_out_after_reads_is_refused(root: Path, tmp_path: Path) -> None:
+    """Reads keep each folder's resolution (``_stat_known_folder``): a swap after it is still caught."""
+    dataset = FlirDetection(root, "train")
+    for k in range(2):  # the second read of the folder takes the kept resolution
+        dataset[k]
+    data = root / SPLIT / "data"
+    outside = tmp_path / "outside"
+    data.rename(outside)  # the same frames, now out of the dataset folder, and a link to them
+    data.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ImageError, match=_at(data / "frame-2.jpg") + ": resolves to .*, outside the dataset folder"):
+        dataset[2]
+    data.unlink()
+    outside.rename(data)
+    dataset[3]
+    frame = data / "frame-1.jpg"
+    frame.rename(tmp_path / "frame-1.jpg")
+    frame.symlink_to(tmp_path / "frame-1.jpg")
+    with pytest.raises(ImageError, match=_at(frame) + ": resolves to .*, outside the dataset folder"):
+        dataset[1]
+
+
+def test_frames_of_a_folder_already_read_cost_no_realpath(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = FlirDetection(root, "train")
+    dataset[0]
+    calls: list[str] = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda path: calls.append(path) or realpath(path))
+    for k in range(1, FRAMES):
+        dataset[k]
+    assert calls == []
+
+
 # -- FIFOs, devices, sockets: refused from a stat, never opened -----------------------------
 @pytest.mark.timeout(20)
 def test_fifo_is_refused_without_hanging(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -302,6 +334,13 @@ def test_a_file_growing_after_its_stat_is_read_only_to_the_limit_plus_one(
     monkeypatch.setattr(flirdata.images, "_stat_regular", lambda *_: stat_small)  # the stat saw 50 bytes
     with pytest.raises(ImageError, match=r"growing\.jpg: 101 bytes, over the limit of 100 bytes"):
         read_image_bytes(path, max_bytes=100)
+
+
+def test_a_read_allocates_the_files_size_not_the_limit(tmp_path: Path) -> None:
+    """A read asks for the file's size plus one byte: a buffer of the limit (64 MiB) per read cost page faults."""
+    path = tmp_path / "frame.jpg"
+    path.write_bytes(bytes(range(256)) * 40)
+    assert read_image_bytes(path, max_bytes=2**60) == path.read_bytes()  # a 1 EiB buffer cannot be allocated
 
 
 @pytest.mark.timeout(20)
