@@ -316,9 +316,14 @@ def test_a_stopped_actor_times_out(no_ray: None) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_an_actors_start_does_not_count_against_a_batchs_timeout(shared_ray: None) -> None:
+def test_an_actors_start_does_not_count_against_a_batchs_timeout(
+    shared_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     timeout = round(1 + process_startup_s())  # a batch's wait: well above a batch's work on this machine now
     dataset = SlowToStart(size=12, delay=2 * timeout)  # each actor takes twice the timeout to load it
+    # the start allowance (60 s in use) covers that load and an actor's start on this machine now
+    start_s = max(flirdata.backends._waits.START_S, 2 * timeout + 20 * process_startup_s())
+    monkeypatch.setattr(flirdata.backends._waits, "START_S", start_s)
     expected = reference(dataset, (0,), batch_size=3)[0]
     with make_loader(dataset, backend="ray", workers=2, batch_size=3, timeout=timeout) as loader:
         got = list(loader)
