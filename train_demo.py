@@ -259,7 +259,7 @@ def _ranks_report(r: DemoResult) -> list[str]:
 def val_map(model: Any, root: Path, batch_size: int) -> str:
     """The trained model's COCO metrics on ROOT's val split (letterboxed, un-augmented), one line."""
     from flirdata import FlirDetection, build_transform, collate_detection, evaluate
-    from flirdata.errors import DataError, MissingExtraError
+    from flirdata.errors import DataError
 
     try:
         val = FlirDetection(root, "val", transform=build_transform("none"))
@@ -267,12 +267,13 @@ def val_map(model: Any, root: Path, batch_size: int) -> str:
         return f"val mAP   : not computed, no val split ({exc})"
     model = getattr(model, "module", model)  # DistributedDataParallel wraps it
     detections = []
-    for start in range(0, len(val), batch_size):
-        images, targets = collate_detection([val[i] for i in range(start, min(len(val), start + batch_size))])
-        detections += [{"image_id": t["image_id"], **d} for t, d in zip(targets, model.predict(images), strict=True)]
-    try:
+    try:  # training has succeeded and been reported: a bad val image, NaN predictions or no pycocotools say so
+        for start in range(0, len(val), batch_size):
+            images, targets = collate_detection([val[i] for i in range(start, min(len(val), start + batch_size))])
+            found = model.predict(images)
+            detections += [{"image_id": t["image_id"], **d} for t, d in zip(targets, found, strict=True)]
         stats = evaluate(val, detections)
-    except MissingExtraError as exc:
+    except FlirdataError as exc:
         return f"val mAP   : not computed: {exc}"
     return (
         f"val mAP   : AP {stats['AP']:.3f}, AP50 {stats['AP50']:.3f}, AR100 {stats['AR100']:.3f} "

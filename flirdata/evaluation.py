@@ -239,7 +239,13 @@ def _image_row(k: int, det: Any, index: Any, rows: dict[int, int]) -> int:
 def _checked(k: int, det: Mapping[str, Any], image_id: int, classes: int) -> tuple[np.ndarray, ...]:
     """``(boxes [N, 4] float64, scores [N], labels [N] int64)`` of one detection, validated."""
     where = f"detections[{k}] (image_id {image_id})"
-    boxes, scores, labels = (_array(det[key]) for key in ("boxes", "scores", "labels"))
+    try:  # a JSON null, a string or a ragged list is the user's data, not a crash
+        boxes, scores, labels = (_array(det[key]) for key in ("boxes", "scores", "labels"))
+        if boxes.dtype == object or scores.dtype == object or labels.dtype == object:
+            raise TypeError("not numbers")
+        boxes.astype(np.float64), scores.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DetectionError(f"{where}: boxes, scores and labels must be arrays of numbers ({exc})") from None
     n = len(scores.reshape(-1))
     if boxes.size == 0 and n == 0 and labels.size == 0:
         return np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)

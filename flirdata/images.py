@@ -61,7 +61,6 @@ __all__ = [
     "supplied_image_bytes",
 ]
 
-# Modality -> channels of its images.
 # The largest image file read, in bytes. FLIR ADAS v2 frames are well under 2 MB, and even a raw
 # 16-bit 2048x1536 colour TIFF is 18 MiB; the limit bounds the memory a stray huge file (or a
 # file that keeps growing) can take in every worker at once.

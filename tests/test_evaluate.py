@@ -182,6 +182,9 @@ def test_a_transform_that_is_not_a_resize_is_refused(tmp_path: Path, transform) 
         ({"scores": [float("nan"), 1.0]}, r"boxes and scores must be finite"),
         ({"category_id": 3}, r"has 'category_id'; give 'labels' \(1..16"),
         ({"image_id": "a"}, r"image_id must be one integer, got 'a'"),
+        ({"scores": [None, 1.0]}, r"boxes, scores and labels must be arrays of numbers"),  # JSON null
+        ({"scores": ["a", 1.0]}, r"boxes, scores and labels must be arrays of numbers"),
+        ({"boxes": [[4, 4, 24, 34], [5, 6]]}, r"boxes, scores and labels must be arrays of numbers"),
     ],
 )
 def test_bad_detections_are_one_line_errors(tmp_path: Path, change: dict, message: str) -> None:

@@ -140,6 +140,25 @@ def test_resume_of_an_export_of_another_format_version_is_one_clear_line(
         export_augmented(_dataset(source), out, copies=2, batch_size=5, resume=True, progress=False)
 
 
+def test_resume_over_damaged_work_records_is_one_line_or_a_rewrite(
+    source: Path, clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    _interrupted(source, out, monkeypatch)
+    shard = next((out / WORK_DIR / "shards").glob("*.json"))
+    record = json.loads(shard.read_text())
+    record["files"] = {name: [] for name in record["files"]}  # records without size and digest
+    shard.write_text(json.dumps(record))
+    summary = export_augmented(_dataset(source), out, copies=2, batch_size=5, resume=True, progress=False)
+    assert summary.damaged > 0 and _digest(out) == _digest(clean)  # that batch written again
+    again = tmp_path / "again"
+    _interrupted(source, again, monkeypatch)
+    for text, message in (("{trunc", r"params.json: unreadable"), ("[1, 2]", r"params.json: not an export's")):
+        (again / WORK_DIR / "params.json").write_text(text)
+        with pytest.raises(ExportError, match=message):
+            export_augmented(_dataset(source), again, copies=2, batch_size=5, resume=True, progress=False)
+
+
 # -- row 9: a temporary is a new file, never a link ----------------------------------------------
 def test_a_symlink_at_the_temporary_name_is_never_written_through(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -44,7 +44,9 @@ from flirdata.names import SPLITS
 
 __all__ = ["Problem", "CheckReport", "find_split_dirs", "check_dataset", "run_command"]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset(  # every format flirdata.headers reads
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".pbm", ".pgm", ".ppm", ".pnm", ".pam", ".pfm"}
+)
 MAX_WARNINGS = 20  # per kind and split: a folder of 10,000 stray files needs one line, not 10,000
 # stats key of CocoIndex -> how the summary words it
 REPAIRS = {

@@ -350,6 +350,3 @@ def export_augmented(
         split=plan.split,
         damaged=damaged,
     )
-
-
-# -- command line -------------------------------------------------------------------------------

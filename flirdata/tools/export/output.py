@@ -38,6 +38,17 @@ __all__ = ["Pending", "finish_output", "pending_batches", "prepare_output"]
 
 
 # -- the output folder: new, interrupted or finished ------------------------------------------
+def _read_params(params: Path) -> dict[str, Any]:
+    """An interrupted export's recorded settings; a damaged file is one line naming it."""
+    try:
+        recorded = json.loads(params.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ExportError(f"{params}: unreadable ({exc}); choose an empty folder") from None
+    if not isinstance(recorded, dict):
+        raise ExportError(f"{params}: not an export's settings (a JSON object); choose an empty folder")
+    return recorded
+
+
 def _check_same(out: Path, recorded: dict[str, Any], expected: dict[str, Any]) -> None:
     if recorded.get("version") != expected.get("version"):  # its shards are not what this version reads
         raise ExportError(
@@ -106,7 +117,7 @@ def prepare_output(plan: ExportPlan, settings: dict[str, Any], resume: bool) -> 
             _check_same(out, recorded["settings"], settings)
             _remove_work(plan)  # a kill in finish_output's clean-up left it
             return recorded
-        _check_same(out, json.loads(params.read_text(encoding="utf-8")), work_settings)
+        _check_same(out, _read_params(params), work_settings)
     _create(plan, work_settings)
     return None
 
@@ -123,7 +134,8 @@ def _intact(path: Path, record: Any) -> bool:
     """Whether ``path`` is a regular file (not a symlink) with the size and digest ``record`` holds."""
     try:
         info = os.lstat(path)
-        if not (stat.S_ISREG(info.st_mode) and isinstance(record, list) and info.st_size == record[0]):
+        recorded = isinstance(record, list) and len(record) == 2  # [size, digest]
+        if not (stat.S_ISREG(info.st_mode) and recorded and info.st_size == record[0]):
             return False
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with open(fd, "rb") as f:
