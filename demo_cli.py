@@ -33,7 +33,10 @@ DEFAULT_STEPS = 200
 DEFAULT_BATCH = 16
 # The default run (`python train_demo.py`, first run included), measured on the project's 2-core machine while other
 # jobs shared it (load average ~12): 1 min 37 s, of which writing the dataset ~15 s. README.md quotes this text as is.
-RUN_TIME = "~1.5 minutes on 2 shared cores, the first run included: writing the dataset takes ~15 s of it"
+RUN_TIME = (  # measured: 24 s from a fresh clone, empty cache, load 0.7; 97-130 s at load 9-15
+    "~25 s on 2 quiet cores, the first run included (writing the dataset takes ~4 s of it); "
+    "about 1.5 minutes when other jobs share them"
+)
 
 
 def cores() -> int:
