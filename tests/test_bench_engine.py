@@ -53,6 +53,15 @@ def test_cpu_counters_grow_with_work():
     assert tree_cpu_used(mine) >= 0.1 and busy_seconds() - busy >= 0.1
 
 
+def test_cpu_counters_count_a_window_shorter_than_a_clock_tick():
+    # A calibration of a few fast batches takes a few ms: /proc's 10 ms ticks would count 0 of it.
+    mine = tree_cpu_times()
+    end = time.process_time() + 0.003
+    while time.process_time() < end:
+        pass
+    assert tree_cpu_used(mine) >= 0.003
+
+
 @pytest.mark.slow
 def test_a_child_ending_in_the_window_does_not_make_the_cpu_used_negative():
     spin = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\ninput()"

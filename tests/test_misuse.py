@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -20,6 +21,7 @@ from tiers import process_startup_s
 
 import flirdata as fd
 from flirdata.backends import WorkerCrashError
+from flirdata.backends._pool import PoolBackend
 from flirdata.backends.protocol import describe_exit
 from flirdata.errors import LoaderTimeoutError
 from flirdata.loader import WorkerCountWarning, usable_cores
@@ -211,6 +213,31 @@ def test_a_sigbus_names_a_full_dev_shm() -> None:
     assert "/dev/shm is full" in describe_exit(-signal.SIGBUS)
     assert describe_exit(3) == "exited with status 3 (its error, if any, is printed above)"
     assert "OOM killer" in describe_exit(-signal.SIGKILL)
+
+
+class _ForkServerExit:
+    """A fork-server worker's status: one message on a pipe, read by the broken pool's manager
+    thread as it joins its workers; a reader racing it finds the pipe empty and sees 255."""
+
+    def __init__(self, joined: threading.Event) -> None:
+        self._joined = joined
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    @property
+    def exitcode(self) -> int:
+        return 7 if self._joined.is_set() else 255
+
+
+def test_a_crash_report_reads_the_exits_after_the_pool_has_joined_its_workers() -> None:
+    joined = threading.Event()
+    manager = threading.Thread(target=lambda: (time.sleep(0.2), joined.set()))  # the pool's own clean-up
+    executor = SimpleNamespace(_executor_manager_thread=manager)
+    backend = PoolBackend("process", executor, lambda executor, wait=True: None, workers=1, prefetch=1)
+    backend._processes = {4242: _ForkServerExit(joined)}
+    manager.start()
+    assert "worker pid 4242 exited with status 7" in str(backend._crash_error())
 
 
 @pytest.mark.slow

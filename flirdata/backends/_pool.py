@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,8 @@ InFlight = tuple[Future, "Slot | None", int]  # (future, ring slot, samples in t
 # Batches whose images may stay in their ring slot while the consumer holds them (the batch in
 # use and the one the loop variable still holds); beyond that they are copied out.
 LENT_BATCHES = 2
+# How long a crash report waits for a broken pool's own clean-up (it joins its workers) before reading exits.
+_CLEANUP_WAIT_S = 2.0
 
 
 class Shutdown(Protocol):
@@ -165,10 +168,11 @@ class PoolBackend:
 
     def _crash_error(self, cause: BaseException | None = None) -> WorkerCrashError:
         """``WorkerCrashError`` naming the workers that died first and how they ended."""
+        self._wait_for_pool_cleanup()
         exits: dict[int, int | None] = {}
         for pid, process in self._processes.items():
             with contextlib.suppress(Exception):
-                process.join(timeout=2)
+                process.join(timeout=_CLEANUP_WAIT_S)
             exits[pid] = getattr(process, "exitcode", None)
         # After a death the pool ends the survivors (SIGTERM; loky: SIGKILL). loky names the
         # exit codes of the workers that died first: keep those; else drop the SIGTERMs.
@@ -180,6 +184,18 @@ class PoolBackend:
             if (code in codes if codes else code not in (None, -signal.SIGTERM))
         }
         return WorkerCrashError(self.name, exits=first or exits)
+
+    def _wait_for_pool_cleanup(self) -> None:
+        """Let a broken pool's manager thread finish joining its workers before reading how they ended.
+
+        It joins them as it fails the futures. A fork-server worker's status is one message on a
+        pipe: a second reader at the same time (this thread, joining too) finds the pipe empty and
+        records 255 over the real status (``multiprocessing.popen_forkserver``).
+        """
+        manager = getattr(self._res.executor, "_executor_manager_thread", None)  # private in both executors
+        if manager is not None and manager is not threading.current_thread():
+            with contextlib.suppress(RuntimeError):  # not started
+                manager.join(timeout=_CLEANUP_WAIT_S)
 
     def _receive(self, pending: InFlight) -> Any:
         future, slot, samples = pending
