@@ -20,9 +20,11 @@ header claims, so a 40 KB file claiming 60000x60000 would otherwise cost gigabyt
 Reading a file (``read_image_bytes``) checks, before opening it, that it resolves inside the
 dataset folder (a symlink may point anywhere inside it, not outside), that it is a regular
 file (a FIFO, device or socket is refused without opening it, so nothing hangs) and that it
-is at most ``MAX_IMAGE_BYTES`` long; it never reads more than the limit plus one byte. A frame
-reached from the dataset folder through plain folders (no symlink) costs an ``lstat`` per folder
-below the dataset folder and one of the file, not a ``realpath`` (``_stat_plain_path``). Inside
+is at most ``MAX_IMAGE_BYTES`` long; it never reads more than the limit plus one byte, and only
+from the file it checked (a file swapped in between, by a symlink out or a rewrite, is checked
+again). A frame reached from the dataset folder through plain folders (no symlink) costs an
+``lstat`` per folder below the dataset folder and one of the file, not a ``realpath``
+(``_stat_plain_path``). Inside
 ``supplied_image_bytes(files)`` it returns the bytes another process read and checked that way
 instead (the ``ray`` backend's ``ship_images``: actors on nodes that cannot see the dataset).
 """
@@ -80,6 +82,8 @@ _JPEG_START = b"\xff\xd8"
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 # This thread's ``supplied_image_bytes`` files (path -> bytes), if any.
 _SUPPLIED = threading.local()
+# A file found replaced between its check and its open is checked again: attempts in all.
+_OPEN_ATTEMPTS = 2
 # (dataset folder, image folder) -> the folders between them, to lstat on each read, or None when
 # the image folder is not written below the dataset folder (``_folders_below``). Bounded: a split
 # has a few folders; a process that has seen more starts over.
@@ -234,13 +238,29 @@ def read_image_bytes(path: str | Path, within: str | Path | None = None, max_byt
     if supplied is not None and str(path) in supplied:
         return supplied[str(path)]
     limit = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
+    for _ in range(_OPEN_ATTEMPTS):
+        data = _read_checked(path, within, limit)
+        if data is not None:
+            return data
+    raise ImageError(f"{path}: replaced between its check and its open {_OPEN_ATTEMPTS} times in a row; not read")
+
+
+def _read_checked(path: str | Path, within: str | Path | None, limit: int) -> bytes | None:
+    """The file's bytes if the file opened is the one checked; None if it was replaced in between.
+
+    Between the check and the open the file, or a folder above it, may be swapped (a file
+    rewritten in its place, or a symlink out of the dataset): the opened file's identity
+    (device, inode) must be the checked one's.
+    """
     info = _stat_regular(path, within)
     if info.st_size > limit:
         raise _too_large(path, info.st_size, limit)
     fd = os.open(path, _OPEN_FLAGS)
     try:
         opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode):  # replaced by something else since the stat
+        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            return None
+        if not stat.S_ISREG(opened.st_mode):
             raise ImageError(f"{path}: not a regular file, expected an image file")
         data = _read_to_limit(fd, opened.st_size, limit)
     finally:

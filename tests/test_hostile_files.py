@@ -227,6 +227,56 @@ def test_symlinks_may_point_inside_the_dataset_only(
         _one_error_line(lines, link, "outside the dataset folder")
 
 
+def _swap_after_check(monkeypatch: pytest.MonkeyPatch, swap) -> None:
+    """``swap()`` runs once, between the first check of a file and its open (the race a checked read must close)."""
+    check, swapped = flirdata.images._stat_regular, []
+
+    def check_then_swap(path, within):
+        info = check(path, within)
+        if not swapped:
+            swapped.append(swap())
+        return info
+
+    monkeypatch.setattr(flirdata.images, "_stat_regular", check_then_swap)
+
+
+@pytest.mark.parametrize("within", ["folder", "file"])
+def test_a_symlink_out_swapped_in_between_the_check_and_the_open_is_refused(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, within: str
+) -> None:
+    frame = root / SPLIT / "data" / "frame-1.jpg"
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not for the dataset's readers")
+    if within == "file":
+
+        def swap():
+            frame.unlink()
+            frame.symlink_to(secret)
+    else:
+
+        def swap():
+            data = frame.parent
+            data.rename(tmp_path / "data")
+            (tmp_path / "data" / "frame-1.jpg").unlink()
+            secret.rename(tmp_path / "data" / "frame-1.jpg")
+            data.symlink_to(tmp_path / "data", target_is_directory=True)
+
+    _swap_after_check(monkeypatch, swap)
+    with pytest.raises(ImageError, match=_at(frame) + ": resolves to .*, outside the dataset folder"):
+        read_image_bytes(frame, within=root)
+
+
+def test_a_file_rewritten_in_between_the_check_and_the_open_is_read_as_it_is_now(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = root / SPLIT / "data" / "frame-1.jpg"
+    new = root / SPLIT / "data" / "frame-1.new"
+    rewritten = frame.read_bytes()[::-1]
+    new.write_bytes(rewritten)
+    _swap_after_check(monkeypatch, lambda: new.replace(frame))  # an atomic rewrite: another inode
+    assert read_image_bytes(frame, within=root) == rewritten
+
+
 def test_a_folder_or_file_swapped_for_a_symlink_out_after_reads_is_refused(root: Path, tmp_path: Path) -> None:
     """Reads keep each folder's resolution (``_stat_known_folder``): a swap after it is still caught."""
     dataset = FlirDetection(root, "train")
@@ -328,10 +378,11 @@ def test_a_file_growing_after_its_stat_is_read_only_to_the_limit_plus_one(
 ) -> None:
     path = tmp_path / "growing.jpg"
     path.write_bytes(bytes(10_000))
-    small = tmp_path / "small"
-    small.write_bytes(bytes(50))
-    stat_small = os.stat(small)
-    monkeypatch.setattr(flirdata.images, "_stat_regular", lambda *_: stat_small)  # the stat saw 50 bytes
+    now = os.stat(path)
+    fields = list(now[:10])
+    fields[stat.ST_SIZE] = 50
+    stat_small = os.stat_result(fields)  # this file, as its stat saw it: 50 bytes
+    monkeypatch.setattr(flirdata.images, "_stat_regular", lambda *_: stat_small)
     with pytest.raises(ImageError, match=r"growing\.jpg: 101 bytes, over the limit of 100 bytes"):
         read_image_bytes(path, max_bytes=100)
 
