@@ -7,6 +7,7 @@ through a loader and the CLI (they import Ray, and before the fix would start co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -100,6 +101,43 @@ def test_a_port_that_never_answers_fails_at_the_deadline() -> None:
         with pytest.raises(ClusterConnectionError, match=r"no answer within 0\.5 s"):
             check_reachable(NO_RAY, address, 0.5)
         assert time.monotonic() - start >= 0.5  # it waited for the deadline, not less
+
+
+def trickle(connection: socket.socket) -> None:
+    """Speaks HTTP/2 a byte at a time: a frame header announcing 4 KiB, then a byte every 0.1 s."""
+    connection.recv(4096)
+    connection.sendall(b"\x00\x10\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        for _ in range(200):  # 20 s, unless the client hangs up first
+            connection.sendall(b"\x00")
+            time.sleep(0.1)
+
+
+def test_a_peer_sending_a_byte_at_a_time_fails_at_the_deadline() -> None:
+    with server(trickle) as address:  # every read gets a byte within its timeout: the deadline is the whole probe's
+        start = time.monotonic()
+        with pytest.raises(ClusterConnectionError, match=r"no answer within 0\.5 s"):
+            check_reachable(NO_RAY, address, 0.5)
+        assert time.monotonic() - start < 0.5 + 1.0
+
+
+def test_a_host_of_several_addresses_is_tried_within_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as full, contextlib.ExitStack() as queued:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)  # its queue filled: a further connection's SYN goes unanswered
+        for _ in range(8):
+            try:
+                queued.enter_context(socket.create_connection(full.getsockname(), timeout=0.2))
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("the listening queue never filled")
+        entry = (socket.AF_INET, socket.SOCK_STREAM, 6, "", full.getsockname())
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *_, **__: [entry] * 6)  # a name with six addresses
+        start = time.monotonic()
+        with pytest.raises(ClusterConnectionError, match=r"no answer within 0\.5 s"):
+            check_reachable(NO_RAY, "head.example:6379", 0.5)
+        assert time.monotonic() - start < 0.5 + 1.0  # not 0.5 s per address
 
 
 @pytest.mark.parametrize("answer", [http1, grpc_404], ids=["http1", "http2-404"])

@@ -96,10 +96,10 @@ def _probe(host: str, port: int, deadline: float, greet: bool) -> str | None:
     """What is wrong with ``host:port`` as a Ray head (None: nothing), within ``deadline`` s."""
     end = time.monotonic() + deadline
     try:
-        with socket.create_connection((host, port), timeout=deadline) as sock:
+        with _connect(host, port, end) as sock:
             if not greet:
                 return None
-            sock.settimeout(max(0.1, end - time.monotonic()))
+            _until(sock, end)
             sock.sendall(_PREFACE + _request(f"{host}:{port}".encode()))
             answered = _answers_200(sock, end)
     except socket.gaierror as exc:
@@ -109,6 +109,32 @@ def _probe(host: str, port: int, deadline: float, greet: bool) -> str | None:
     except OSError as exc:
         return exc.strerror or type(exc).__name__
     return None if answered else "something that is not a Ray head answers on that port"
+
+
+def _connect(host: str, port: int, end: float) -> socket.socket:
+    """A TCP connection to ``host:port`` by ``end``: each of its addresses tried in the time left, not a
+    full allowance each (``socket.create_connection``'s timeout is per address)."""
+    error: OSError = TimeoutError()
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            _until(sock, end)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+            if isinstance(exc, TimeoutError):
+                break  # the deadline has passed
+    raise error
+
+
+def _until(sock: socket.socket, end: float) -> None:
+    """The socket's next call waits until ``end`` at most; TimeoutError once it has passed."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    sock.settimeout(left)
 
 
 def _literal(index: int, value: bytes) -> bytes:
@@ -143,13 +169,13 @@ def _request(authority: bytes) -> bytes:
 def _answers_200(sock: socket.socket, end: float) -> bool:
     """Whether the peer answers stream 1 with ":status: 200" (a gRPC server), reading frames until ``end``."""
     while time.monotonic() < end:
-        header = _read(sock, 9)
+        header = _read(sock, 9, end)
         if len(header) < 9:
             return False  # closed: not HTTP/2
         size, kind, flags = int.from_bytes(header[:3], "big"), header[3], header[4]
         if size > 1 << 20:
             return False  # not HTTP/2 (an HTTP/1 reply read as a frame header)
-        payload = _read(sock, size)
+        payload = _read(sock, size, end)
         if kind == _SETTINGS and not flags & 0x01:
             sock.sendall(_frame(_SETTINGS, 0x01, b""))  # acknowledge the server's settings
         elif kind == _GOAWAY:
@@ -160,10 +186,11 @@ def _answers_200(sock: socket.socket, end: float) -> bool:
     raise TimeoutError
 
 
-def _read(sock: socket.socket, n: int) -> bytes:
-    """Up to ``n`` bytes (fewer if the peer closes)."""
+def _read(sock: socket.socket, n: int, end: float) -> bytes:
+    """Up to ``n`` bytes (fewer if the peer closes), by ``end`` (a peer sending a byte at a time included)."""
     data = b""
     while len(data) < n:
+        _until(sock, end)
         chunk = sock.recv(n - len(data))
         if not chunk:
             break
