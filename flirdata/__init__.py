@@ -45,7 +45,8 @@ _EXPORTS: dict[str, str] = {
     "build_transform": "flirdata.transforms",
     "BACKENDS": "flirdata.backends",
     "WorkerCrashError": "flirdata.backends",
-    "ShmCapacityWarning": "flirdata.backends",
+    "ShmCapacityWarning": "flirdata.errors",
+    "ShmCapacityError": "flirdata.errors",
     "BatchSampler": "flirdata.sampler",
     "Loader": "flirdata.loader",
     "LoaderOptions": "flirdata.loader",
@@ -77,6 +78,7 @@ __all__ = [
     "PER_BOX_FIELDS",
     "PRESETS",
     "SPLITS",
+    "ShmCapacityError",
     "ShmCapacityWarning",
     "WorkerCrashError",
     "WorkerError",
@@ -106,7 +108,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
-    from flirdata.backends import BACKENDS, CollatePicklingError, MainModuleError, ShmCapacityWarning, WorkerCrashError
+    from flirdata.backends import BACKENDS, CollatePicklingError, MainModuleError, WorkerCrashError
     from flirdata.coco import FLIR_CLASSES, CocoIndex, load_coco
     from flirdata.collate import collate_detection
     from flirdata.dataset import SPLITS, BadImageWarning, FlirDetection
@@ -118,6 +120,8 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
         ImageError,
         LoaderTimeoutError,
         MissingExtraError,
+        ShmCapacityError,
+        ShmCapacityWarning,
         WorkerError,
     )
     from flirdata.evaluation import DetectionError, evaluate, stats_table

@@ -19,7 +19,7 @@ from flirdata.boxes import box_area, clip_valid_xyxy, coco_to_xyxy
 from flirdata.cache import FrameCache, build_cache, check_cache
 from flirdata.coco import CocoIndex, load_coco
 from flirdata.direct import direct_plan
-from flirdata.errors import DataError, ImageError
+from flirdata.errors import DataError, ImageError, ShmCapacityWarning
 from flirdata.images import (
     MAX_IMAGE_BYTES,
     MODALITIES,
@@ -42,8 +42,24 @@ Target = dict[str, Any]
 
 
 def _shared_epoch(epoch: int) -> torch.Tensor:
-    """A 0-d int64 tensor in shared memory: torch's pickler hands the same memory to workers."""
-    return torch.tensor(epoch, dtype=torch.int64).share_memory_()
+    """A 0-d int64 tensor in shared memory: torch's pickler hands the same memory to workers.
+
+    Where /dev/shm cannot take even its one page (full, or not mounted): one
+    ``ShmCapacityWarning`` and a tensor of this process. flirdata's loaders send the epoch with
+    every task, so only a plain DataLoader's persistent workers would miss a later ``set_epoch``.
+    """
+    cell = torch.tensor(epoch, dtype=torch.int64)
+    try:
+        return cell.share_memory_()
+    except RuntimeError as exc:  # torch: "unable to allocate shared memory(shm) for file ...: No space left"
+        warnings.warn(
+            f"flirdata: /dev/shm cannot hold the dataset's epoch ({exc}); it is kept in this process: "
+            "flirdata's loaders send it with every task, but a plain DataLoader's persistent workers "
+            "will not see set_epoch. Free space in /dev/shm (in docker: a larger --shm-size).",
+            ShmCapacityWarning,
+            stacklevel=3,
+        )
+        return cell
 
 
 def _row_indices(rows: Any) -> list[int]:

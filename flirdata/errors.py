@@ -65,6 +65,13 @@ class WorkerError(FlirdataError, RuntimeError):
     """
 
 
+class ShmCapacityError(WorkerError):
+    """A backend cannot start: its pool needs a semaphore in /dev/shm, which is full (or missing).
+
+    The message names the backend, the system's error and what to do.
+    """
+
+
 class LoaderTimeoutError(WorkerError):
     """No batch arrived within the loader's ``timeout`` (a stopped or stuck worker).
 
@@ -108,3 +115,8 @@ class ClusterConnectionError(FlirdataError, ConnectionError):
 
 class WorkerCountWarning(UserWarning):
     """More workers than cores: they only add memory and start-up time."""
+
+
+class ShmCapacityWarning(UserWarning):
+    """/dev/shm cannot hold what flirdata would share there: the prefetch ring (batches are then
+    pickled through a pipe) or a dataset's epoch (then kept in the process that made it)."""

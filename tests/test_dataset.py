@@ -13,7 +13,7 @@ from support import write_split
 
 from flirdata import FLIR_CLASSES, FlirDetection, build_transform, collate_detection
 from flirdata.coco import load_coco
-from flirdata.errors import AnnotationError, DataError
+from flirdata.errors import AnnotationError, DataError, ShmCapacityWarning
 
 
 def _gray(value: int = 40) -> np.ndarray:
@@ -161,3 +161,22 @@ def test_collate_stacks_images_and_keeps_empty_targets(tmp_path: Path) -> None:
 def test_synth_annotation_file_is_json(synth_root: Path) -> None:
     data = json.loads((synth_root / "images_thermal_train" / "coco.json").read_text())
     assert {"images", "annotations", "categories"} <= set(data)
+
+
+def test_an_epoch_dev_shm_cannot_hold_is_kept_in_this_process_with_one_warning(
+    synth_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(
+            "unable to allocate shared memory(shm) for file </torch_1_2_0>: No space left on device (28)"
+        )
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)  # before: that RuntimeError from FlirDetection()
+    with pytest.warns(ShmCapacityWarning, match=r"/dev/shm cannot hold the dataset's epoch .*No space left") as caught:
+        dataset = FlirDetection(synth_root, "train", transform=build_transform("thermal"), seed=0)
+    assert len(caught) == 1
+    dataset.set_epoch(2)
+    monkeypatch.undo()
+    shared = FlirDetection(synth_root, "train", transform=build_transform("thermal"), seed=0)
+    shared.set_epoch(2)
+    assert dataset.epoch == 2 and torch.equal(dataset[0][0], shared[0][0])  # the same samples either way

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import sys
 
 import pytest
 
-from flirdata import names
+from flirdata import ShmCapacityError, WorkerError, names
 from flirdata.backends import registry
 from flirdata.backends.registry import BACKENDS, KINDS, WorkerCountWarning, usable_cores, warn_if_oversubscribed
 
@@ -50,3 +51,36 @@ def test_an_unknown_backend_names_the_registry() -> None:
         warn_if_oversubscribed("spark", 2)
     with pytest.raises(ValueError, match="unknown backend 'spark'"):
         registry.backend_option_names("spark")
+
+
+def _no_semaphores() -> None:
+    raise OSError(28, "No space left on device")  # what a full /dev/shm answers
+
+
+@pytest.mark.parametrize("backend", [name for name, kind in KINDS.items() if kind.needs_semaphores])
+def test_a_backend_without_semaphores_fails_before_its_pool_starts(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(multiprocessing, "Lock", _no_semaphores)
+    with pytest.raises(
+        ShmCapacityError, match=rf"^flirdata '{backend}' backend: cannot start: .*No space left"
+    ) as caught:
+        registry.open_backend(backend, repr, workers=2, prefetch=1)  # the tiers' guard: no process started
+    assert isinstance(caught.value, WorkerError) and "backend='sequential'" in str(caught.value)
+
+
+def test_the_pools_built_on_multiprocessing_locks_declare_it() -> None:
+    needing = {name for name, kind in KINDS.items() if kind.needs_semaphores}
+    assert needing == {"threads", "process", "loky", "dataloader"}  # ray's pool is Ray's own
+
+
+def test_joblib_without_semaphores_is_the_same_error_for_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from joblib._parallel_backends import FallbackToBackend, SequentialBackend
+    from joblib.parallel import ThreadingBackend
+
+    def fall_back(self: object, n_jobs: int = 1, **_: object) -> int:
+        raise FallbackToBackend(SequentialBackend())  # joblib's answer when its import found no semaphores
+
+    monkeypatch.setattr(ThreadingBackend, "configure", fall_back)
+    with pytest.raises(ShmCapacityError, match=r"^flirdata 'threads' backend: cannot start: .*joblib"):
+        registry.open_backend("threads", repr, workers=2, prefetch=1)

@@ -166,6 +166,60 @@ def test_dev_shm_filled_after_the_cache_is_made_reads_on(synth_root: Path, tmp_p
     assert "read 24 images" in done.stdout
 
 
+FULL_FROM_THE_START = """
+import os, sys, warnings
+from flirdata import FlirDetection, ShmCapacityError, ShmCapacityWarning
+from flirdata.cli import main
+from flirdata.loader import make_loader
+
+with open("/dev/shm/filler", "wb") as filler:  # /dev/shm full before flirdata makes anything
+    try:
+        while True:
+            filler.write(bytes(1 << 16))
+            filler.flush()
+    except OSError:
+        pass
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    dataset = FlirDetection(sys.argv[1], "train")
+assert [w.category for w in caught] == [ShmCapacityWarning], caught  # before: RuntimeError from torch
+dataset.set_epoch(3)
+with make_loader(dataset, backend="sequential", batch_size=4) as loader:
+    assert sum(len(images) for images, _ in loader) == len(dataset)
+for backend in ("threads", "process", "loky", "dataloader"):
+    try:
+        with make_loader(dataset, backend=backend, workers=2, batch_size=4) as loader:
+            list(loader)
+    except ShmCapacityError as exc:  # before: OSError [Errno 28], joblib's FallbackToBackend
+        assert f"'{backend}' backend: cannot start" in str(exc) and "/dev/shm" in str(exc), exc
+    else:
+        raise AssertionError(backend + " started")
+code = main(["export", sys.argv[1], "--out", sys.argv[2], "--backend", "threads", "--workers", "2", "--no-progress"])
+print("export exit", code)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("unshare") is None or not _unshare_works(),
+    reason="needs unshare -m and mount (root) for a private small /dev/shm",
+)
+def test_dev_shm_full_from_the_start_is_a_warning_then_one_error_per_parallel_backend(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "full_from_the_start.py"
+    script.write_text(textwrap.dedent(FULL_FROM_THE_START))
+    out = tmp_path / "out"
+    command = f"mount -t tmpfs -o size=1m tmpfs /dev/shm && exec {sys.executable} {script} {synth_root} {out}"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "export exit 1" in done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("flirdata export: error:")]
+    assert len(errors) == 1 and "'threads' backend: cannot start" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
 HOLD_A_RING = """
 from flirdata.backends._shm import SharedRing
 ring = SharedRing(1 << 16, 2)

@@ -54,10 +54,11 @@ from flirdata._segments import (
     unmap,
 )
 from flirdata.backends._wire import PackedBatch, ShmImages, dumps
+from flirdata.errors import ShmCapacityWarning
 
 __all__ = [
     "SEGMENT_PREFIX",  # re-exported: which segments are flirdata's
-    "ShmCapacityWarning",
+    "ShmCapacityWarning",  # re-exported: errors.py defines it, the dataset warns with it too
     "Slot",
     "SharedRing",
     "pack_batch",
@@ -67,10 +68,6 @@ __all__ = [
 ]
 
 _warned = False
-
-
-class ShmCapacityWarning(UserWarning):
-    """/dev/shm is too small for the prefetch ring; batches are pickled through a pipe instead."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ _WATCHDOG_GRACE_S = 2.0  # beyond the timeout, before the watchdog kills a stuck
 
 __all__ = ["KIND", "DataLoaderBackend"]
 
-KIND = BackendKind(parallel=True, uses_threads=False)
+KIND = BackendKind(parallel=True, uses_threads=False, needs_semaphores=True)
 
 
 class _TaskDataset(Dataset):

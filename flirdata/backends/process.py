@@ -12,7 +12,7 @@ from flirdata.backends.protocol import BackendKind, TaskFunction
 
 __all__ = ["KIND", "make_process_backend"]
 
-KIND = BackendKind(parallel=True, uses_threads=False)
+KIND = BackendKind(parallel=True, uses_threads=False, needs_semaphores=True)
 
 
 def _shutdown(executor: Executor, wait: bool = True) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from flirdata.errors import WorkerError, add_note
+from flirdata.errors import ShmCapacityError, WorkerError, add_note
 
 __all__ = [
     "Task",
@@ -25,7 +25,9 @@ __all__ = [
     "BackendFactory",
     "BackendKind",
     "WorkerCrashError",
+    "check_semaphores",
     "describe_exit",
+    "shm_start_error",
     "item_getter",
     "sync_epoch",
 ]
@@ -134,17 +136,43 @@ class BackendKind:
         runs_elsewhere: ``(**backend_options) -> bool``, whether its workers may run on other
             machines, whose cores are not this process's to count.
         extra: the optional package it imports when it opens (the extra of the same name).
+        needs_semaphores: its pool is built on multiprocessing's locks (POSIX semaphores, made in
+            /dev/shm; a thread pool's too): checked before it starts (``check_semaphores``).
     """
 
     parallel: bool
     uses_threads: bool
     runs_elsewhere: Callable[..., bool] = _never
     extra: str | None = None
+    needs_semaphores: bool = False
 
 
 # factory(task function, workers, prefetch, timeout) -> Backend; prefetch = tasks in flight per
 # worker; timeout = seconds to wait for one batch (None: for ever), its meaning in backends._waits.
 BackendFactory = Callable[[TaskFunction, int, int, "float | None"], Backend]
+
+
+def check_semaphores(backend: str) -> None:
+    """``ShmCapacityError`` naming ``backend`` if this process cannot make a multiprocessing lock.
+
+    Every pool of the backends that declare ``needs_semaphores`` makes several as it starts; with
+    /dev/shm full each fails deep inside it (``OSError: [Errno 28]``, joblib's
+    ``FallbackToBackend``) and leaves half a pool to clean up.
+    """
+    import multiprocessing
+
+    try:
+        multiprocessing.Lock()  # a POSIX semaphore, unlinked at once: its name never stays in /dev/shm
+    except OSError as exc:
+        raise shm_start_error(backend, exc) from exc
+
+
+def shm_start_error(backend: str, reason: BaseException | str) -> ShmCapacityError:
+    """The error of a backend that could not make its pool's semaphores, for ``reason``."""
+    return ShmCapacityError(
+        f"flirdata {backend!r} backend: cannot start: its pool needs semaphores in /dev/shm ({reason}); "
+        "free space in /dev/shm (in docker: a larger --shm-size), or use backend='sequential', which needs none"
+    )
 
 
 def describe_exit(code: int | None) -> str:

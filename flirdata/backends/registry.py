@@ -18,7 +18,7 @@ from typing import Any
 
 from flirdata._cores import usable_cores
 from flirdata.backends import dataloader, loky, process, ray, sequential, threads
-from flirdata.backends.protocol import Backend, BackendFactory, BackendKind, TaskFunction
+from flirdata.backends.protocol import Backend, BackendFactory, BackendKind, TaskFunction, check_semaphores
 from flirdata.errors import WorkerCountWarning
 
 __all__ = [
@@ -110,6 +110,8 @@ def open_backend(
     effective = effective_backend(name, workers)
     if effective != name:
         options = {}
+    if KINDS[effective].needs_semaphores:
+        check_semaphores(effective)
     return BACKENDS[effective](fn, workers, prefetch, timeout, **options)
 
 

@@ -18,16 +18,17 @@ from functools import partial
 from typing import Any
 
 import cv2
+from joblib._parallel_backends import FallbackToBackend
 from joblib.parallel import ThreadingBackend  # joblib re-exports its backends here
 
 from flirdata.backends._waits import BatchWaits
 from flirdata.backends._worker import tune_malloc
-from flirdata.backends.protocol import BackendKind, TaskFunction
+from flirdata.backends.protocol import BackendKind, TaskFunction, shm_start_error
 from flirdata.mapping import bounded_map
 
 __all__ = ["KIND", "ThreadsBackend"]
 
-KIND = BackendKind(parallel=True, uses_threads=True)
+KIND = BackendKind(parallel=True, uses_threads=True, needs_semaphores=True)
 
 
 def _run_unless_cancelled(fn: TaskFunction, task: Any, cancelled: threading.Event) -> Any:
@@ -50,7 +51,10 @@ class ThreadsBackend:
         self._waits = BatchWaits(timeout, starting=0)  # threads start at once: no start-up to allow for
         self.depth = workers * prefetch
         self._pool: ThreadingBackend | None = ThreadingBackend()
-        self._pool.configure(n_jobs=workers)
+        try:
+            self._pool.configure(n_jobs=workers)
+        except FallbackToBackend:  # joblib found no usable semaphores when it was imported
+            raise shm_start_error(self.name, "joblib found none usable when it was imported") from None
         self._cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
         tune_malloc()
