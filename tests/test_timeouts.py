@@ -28,10 +28,13 @@ PROCESS_BACKENDS = ("dataloader", "loky", "process")
 class Tiny:
     """``size`` samples of a 2x2 image: batches cost nothing, so only a worker's state delays one."""
 
-    def __init__(self, size: int = 24, start_s: float = 0.0, slow_index: int | None = None) -> None:
+    def __init__(
+        self, size: int = 24, start_s: float = 0.0, slow_index: int | None = None, sample_s: float = 0.0
+    ) -> None:
         self.size = size
         self.start_s = start_s  # seconds a worker takes to unpickle it: its start-up
         self.slow_index = slow_index  # a sample that takes 0.3 s (read in the calling thread)
+        self.sample_s = sample_s  # seconds every sample takes
         self.owner = os.getpid()
 
     def __len__(self) -> int:
@@ -40,6 +43,7 @@ class Tiny:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if i == self.slow_index:
             time.sleep(0.3)
+        time.sleep(self.sample_s)
         return torch.full((1, 2, 2), i % 256, dtype=torch.uint8), {"image_id": i, "pid": os.getpid()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -89,11 +93,17 @@ def test_a_stopped_pool_times_out_within_timeout_and_a_bound(backend: str) -> No
         next(iter(loader))
         startup = time.monotonic() - start
     timeout = 2.0 + startup  # far above a batch of Tiny's, whatever the load
-    with make_loader(Tiny(size=400), backend=backend, workers=2, batch_size=1, prefetch=1, timeout=timeout) as loader:
+    # Each sample takes a twentieth of a start-up: one worker alone cannot finish the epoch (20
+    # start-ups) before the other has started, however busy the machine.
+    slow = Tiny(size=400, sample_s=startup / 20)
+    with make_loader(slow, backend=backend, workers=2, batch_size=1, prefetch=1, timeout=timeout) as loader:
         batches = iter(loader)
         pids: set[int] = set()
-        while len(pids) < 2:  # a batch from each worker: both have started
-            pids.add(next(batches)[1][0]["pid"])
+        for batch in batches:  # a batch from each worker: both have started
+            pids.add(batch[1][0]["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, "one worker served the whole epoch"
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         start = time.monotonic()
