@@ -14,10 +14,12 @@ __all__ = [
     "AnnotationError",
     "MissingExtraError",
     "WorkerError",
+    "ShmCapacityError",
     "LoaderTimeoutError",
     "Terminated",
     "ClusterConnectionError",
     "WorkerCountWarning",
+    "ShmCapacityWarning",
     "add_note",
 ]
 

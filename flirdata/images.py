@@ -232,7 +232,8 @@ def read_image_bytes(path: str | Path, within: str | Path | None = None, max_byt
 
     Raises:
         ImageError: the file is missing, outside ``within``, a directory, FIFO, device or
-            socket, or longer than ``max_bytes`` (at most ``max_bytes + 1`` bytes are read).
+            socket, or longer than ``max_bytes`` (at most ``max_bytes + 1`` bytes are read);
+            or swapped for a file out of ``within`` between its check and its open twice in a row.
     """
     supplied = getattr(_SUPPLIED, "files", None)
     if supplied is not None and str(path) in supplied:
@@ -242,15 +243,16 @@ def read_image_bytes(path: str | Path, within: str | Path | None = None, max_byt
         data = _read_checked(path, within, limit)
         if data is not None:
             return data
-    raise ImageError(f"{path}: replaced between its check and its open {_OPEN_ATTEMPTS} times in a row; not read")
+    raise ImageError(f"{path}: swapped between its check and its open {_OPEN_ATTEMPTS} times in a row; not read")
 
 
 def _read_checked(path: str | Path, within: str | Path | None, limit: int) -> bytes | None:
-    """The file's bytes if the file opened is the one checked; None if it was replaced in between.
+    """The file's bytes if the file opened is the one checked, or lies inside ``within``; else None.
 
     Between the check and the open the file, or a folder above it, may be swapped (a file
-    rewritten in its place, or a symlink out of the dataset): the opened file's identity
-    (device, inode) must be the checked one's.
+    rewritten in its place, or a symlink out of the dataset). An opened file whose identity
+    (device, inode) is not the checked one's is read only if the kernel's path of it lies
+    inside ``within``: a rewrite is read as it is now, a symlink out is checked again.
     """
     info = _stat_regular(path, within)
     if info.st_size > limit:
@@ -258,7 +260,7 @@ def _read_checked(path: str | Path, within: str | Path | None, limit: int) -> by
     fd = os.open(path, _OPEN_FLAGS)
     try:
         opened = os.fstat(fd)
-        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino) and not _opened_inside(fd, within):
             return None
         if not stat.S_ISREG(opened.st_mode):
             raise ImageError(f"{path}: not a regular file, expected an image file")
@@ -268,6 +270,21 @@ def _read_checked(path: str | Path, within: str | Path | None, limit: int) -> by
     if len(data) > limit:  # it grew since the stat
         raise _too_large(path, len(data), limit)
     return data
+
+
+def _opened_inside(fd: int, within: str | Path | None) -> bool:
+    """Whether the file open at ``fd`` lies inside ``within`` (None: anywhere will do), by the kernel's path of it.
+
+    Asked only when its identity differs from the one checked: replaced since, or a file system
+    whose ``stat`` and ``fstat`` disagree on the device (overlayfs before Linux 4.19).
+    """
+    if within is None:
+        return True
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: the path is checked again
+        return False
+    return _inside(real, os.path.realpath(within))
 
 
 def _read_to_limit(fd: int, size: int, limit: int) -> bytes:

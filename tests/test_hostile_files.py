@@ -277,6 +277,21 @@ def test_a_file_rewritten_in_between_the_check_and_the_open_is_read_as_it_is_now
     assert read_image_bytes(frame, within=root) == rewritten
 
 
+def test_a_file_system_whose_stat_and_fstat_disagree_on_the_device_still_reads(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = root / SPLIT / "data" / "frame-1.jpg"
+    check = flirdata.images._stat_regular
+
+    def overlay_stat(path, within):  # overlayfs before Linux 4.19: stat names the overlay, fstat the layer
+        fields = list(check(path, within)[:10])
+        fields[stat.ST_DEV] += 1
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(flirdata.images, "_stat_regular", overlay_stat)
+    assert read_image_bytes(frame, within=root) == frame.read_bytes()
+
+
 def test_a_folder_or_file_swapped_for_a_symlink_out_after_reads_is_refused(root: Path, tmp_path: Path) -> None:
     """Reads keep each folder's resolution (``_stat_known_folder``): a swap after it is still caught."""
     dataset = FlirDetection(root, "train")

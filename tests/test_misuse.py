@@ -283,12 +283,18 @@ def test_export_with_a_killed_worker_is_one_line_and_resumable(synth_root: Path,
             ]
             time.sleep(0.1)
         assert len(workers) == 2, "the export never started its workers"
-        os.kill(workers[0].pid, signal.SIGKILL)
+        # The export held still while a worker dies, so that it cannot finish its batches first on a fast machine.
+        os.kill(export.pid, signal.SIGSTOP)
+        try:
+            os.kill(workers[0].pid, signal.SIGKILL)
+            psutil.wait_procs([workers[0]], timeout=60)
+        finally:
+            os.kill(export.pid, signal.SIGCONT)
         _, stderr = export.communicate()  # (the hang guard bounds it)
     finally:
         export.kill()
         export.wait()
-    assert export.returncode == 1
+    assert export.returncode == 1, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("flirdata export: error: flirdata 'process' backend: worker pid ")

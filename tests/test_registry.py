@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import _multiprocessing
 import dataclasses
-import multiprocessing
 import sys
+from pathlib import Path
 
 import pytest
 
 from flirdata import ShmCapacityError, WorkerError, names
 from flirdata.backends import registry
 from flirdata.backends.registry import BACKENDS, KINDS, WorkerCountWarning, usable_cores, warn_if_oversubscribed
+from flirdata.cli import main
 
 
 def test_every_backend_declares_its_kind_and_the_parsers_name_them_all() -> None:
@@ -53,7 +55,7 @@ def test_an_unknown_backend_names_the_registry() -> None:
         registry.backend_option_names("spark")
 
 
-def _no_semaphores() -> None:
+def _no_semaphores(*_: object) -> None:
     raise OSError(28, "No space left on device")  # what a full /dev/shm answers
 
 
@@ -61,12 +63,12 @@ def _no_semaphores() -> None:
 def test_a_backend_without_semaphores_fails_before_its_pool_starts(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(multiprocessing, "Lock", _no_semaphores)
+    monkeypatch.setattr(_multiprocessing, "SemLock", _no_semaphores)
     with pytest.raises(
         ShmCapacityError, match=rf"^flirdata '{backend}' backend: cannot start: .*No space left"
     ) as caught:
         registry.open_backend(backend, repr, workers=2, prefetch=1)  # the tiers' guard: no process started
-    assert isinstance(caught.value, WorkerError) and "backend='sequential'" in str(caught.value)
+    assert isinstance(caught.value, WorkerError) and "the 'sequential' backend" in str(caught.value)
 
 
 def test_the_pools_built_on_multiprocessing_locks_declare_it() -> None:
@@ -84,3 +86,28 @@ def test_joblib_without_semaphores_is_the_same_error_for_threads(monkeypatch: py
     monkeypatch.setattr(ThreadingBackend, "configure", fall_back)
     with pytest.raises(ShmCapacityError, match=r"^flirdata 'threads' backend: cannot start: .*joblib"):
         registry.open_backend("threads", repr, workers=2, prefetch=1)
+
+
+def test_the_export_command_says_it_in_one_line_without_a_resume_hint(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(_multiprocessing, "SemLock", _no_semaphores)
+    argv = ["export", str(synth_root), "--out", str(tmp_path / "out"), "--backend", "threads", "--workers", "2"]
+    assert main([*argv, "--no-progress"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "'threads' backend: cannot start" in lines[0], lines
+    assert "--resume" not in lines[0] and lines[0].endswith("which needs none.")
+
+
+def test_joblib_told_to_run_serially_is_named_not_taken_for_a_full_dev_shm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from joblib._parallel_backends import FallbackToBackend, SequentialBackend
+    from joblib.parallel import ThreadingBackend
+
+    def fall_back(self: object, n_jobs: int = 1, **_: object) -> int:
+        raise FallbackToBackend(SequentialBackend())
+
+    monkeypatch.setattr(ThreadingBackend, "configure", fall_back)
+    monkeypatch.setenv("JOBLIB_MULTIPROCESSING", "0")
+    with pytest.raises(WorkerError, match=r"JOBLIB_MULTIPROCESSING=0 turns off") as caught:
+        registry.open_backend("threads", repr, workers=2, prefetch=1)
+    assert not isinstance(caught.value, ShmCapacityError)

@@ -116,13 +116,15 @@ def _connect(host: str, port: int, end: float) -> socket.socket:
     full allowance each (``socket.create_connection``'s timeout is per address)."""
     error: OSError = TimeoutError()
     for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        sock = socket.socket(family, kind, proto)
+        sock = None
         try:
+            sock = socket.socket(family, kind, proto)  # may fail too: an IPv6 address where IPv6 is off
             _until(sock, end)
             sock.connect(address)
             return sock
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             error = exc
             if isinstance(exc, TimeoutError):
                 break  # the deadline has passed

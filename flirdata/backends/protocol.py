@@ -10,6 +10,8 @@ byte, on every backend and worker count.
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -153,16 +155,21 @@ BackendFactory = Callable[[TaskFunction, int, int, "float | None"], Backend]
 
 
 def check_semaphores(backend: str) -> None:
-    """``ShmCapacityError`` naming ``backend`` if this process cannot make a multiprocessing lock.
+    """``ShmCapacityError`` naming ``backend`` if this process cannot make a POSIX semaphore.
 
-    Every pool of the backends that declare ``needs_semaphores`` makes several as it starts; with
-    /dev/shm full each fails deep inside it (``OSError: [Errno 28]``, joblib's
-    ``FallbackToBackend``) and leaves half a pool to clean up.
+    Every pool of the backends that declare ``needs_semaphores`` makes several as it starts
+    (multiprocessing's locks; a thread pool's too); with /dev/shm full each fails deep inside it
+    (``OSError: [Errno 28]``, joblib's ``FallbackToBackend``) and leaves half a pool to clean up.
     """
-    import multiprocessing
-
     try:
-        multiprocessing.Lock()  # a POSIX semaphore, unlinked at once: its name never stays in /dev/shm
+        from _multiprocessing import SemLock
+    except ImportError:  # no semaphores on this platform: the pool itself will say so
+        return
+    name = f"/flirdata-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        SemLock(1, 1, 1, name, True)  # kind 1 (a semaphore), unlinked at once: its name never stays
+    except FileExistsError:  # another process's, by chance: there is room to make it
+        return
     except OSError as exc:
         raise shm_start_error(backend, exc) from exc
 
@@ -171,7 +178,7 @@ def shm_start_error(backend: str, reason: BaseException | str) -> ShmCapacityErr
     """The error of a backend that could not make its pool's semaphores, for ``reason``."""
     return ShmCapacityError(
         f"flirdata {backend!r} backend: cannot start: its pool needs semaphores in /dev/shm ({reason}); "
-        "free space in /dev/shm (in docker: a larger --shm-size), or use backend='sequential', which needs none"
+        "free space in /dev/shm (in docker: a larger --shm-size), or use the 'sequential' backend, which needs none."
     )
 
 

@@ -10,6 +10,7 @@ submits a task only when a batch is taken.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from joblib.parallel import ThreadingBackend  # joblib re-exports its backends h
 from flirdata.backends._waits import BatchWaits
 from flirdata.backends._worker import tune_malloc
 from flirdata.backends.protocol import BackendKind, TaskFunction, shm_start_error
+from flirdata.errors import WorkerError
 from flirdata.mapping import bounded_map
 
 __all__ = ["KIND", "ThreadsBackend"]
@@ -53,7 +55,12 @@ class ThreadsBackend:
         self._pool: ThreadingBackend | None = ThreadingBackend()
         try:
             self._pool.configure(n_jobs=workers)
-        except FallbackToBackend:  # joblib found no usable semaphores when it was imported
+        except FallbackToBackend:  # joblib found no usable semaphores when it was imported, or was told so
+            if os.environ.get("JOBLIB_MULTIPROCESSING") == "0":
+                raise WorkerError(
+                    "flirdata 'threads' backend: cannot start: JOBLIB_MULTIPROCESSING=0 turns off joblib's "
+                    "pools, its thread pool too; unset it, or use the 'sequential' backend."
+                ) from None
             raise shm_start_error(self.name, "joblib found none usable when it was imported") from None
         self._cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flirdata.dataset import SPLITS, FlirDetection
-from flirdata.errors import FlirdataError, WorkerError
+from flirdata.errors import FlirdataError, ShmCapacityError, WorkerError
 from flirdata.tools.export import EVAL_SPLITS, WORK_DIR, ExportError, export_augmented
 from flirdata.tools.export.formats import layout_for, several_splits
 from flirdata.transforms import MODALITY_PRESETS, build_transform, ensure_detection_compose
@@ -90,6 +90,8 @@ def run_command(args: argparse.Namespace) -> int:
         target = _base_split(split) if layout.splits else None
         try:
             summary = export_augmented(dataset, args.out, copies=1 if plain else args.copies, split=target, **shared)
+        except ShmCapacityError:  # raised before anything is written: --resume would meet it again
+            raise
         except WorkerError as exc:
             raise WorkerError(f"{exc} What was written is kept: run the same command with --resume to finish.") from exc
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (flirdata.errors.Terminated): the same class, a hint
