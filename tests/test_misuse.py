@@ -262,7 +262,7 @@ def test_export_with_a_killed_worker_is_one_line_and_resumable(synth_root: Path,
         "--out",
         str(out),
         "--copies",
-        "6",
+        "24",  # 576 images: seconds of work left when the workers are seen, on a fast machine too
         "--backend",
         "process",
         "--workers",
