@@ -232,6 +232,9 @@ def test_torchrun_environment_shards_training_but_not_export(
 
 
 # -- a real torchrun ------------------------------------------------------------------------------
+TORCH_ABORT = "terminate called without an active exception"
+
+
 def torchrun(*args: str, cache: Path) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 train_demo.py --distributed ARGS`` with this interpreter."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
@@ -246,7 +249,14 @@ def torchrun(*args: str, cache: Path) -> subprocess.CompletedProcess:
         "--distributed",
         *args,
     ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0 and TORCH_ABORT in done.stderr and "(SIGABRT)" in done.stderr:
+        # A rank killed by an abort in torch's C++ threads (seen in 2 of 5 full-suite runs, never in 13
+        # runs of this command alone, under load or not; before any Python error): run it once more,
+        # and say so (in the test's captured output). Any other failure, or a second abort, fails the test.
+        print(f"torchrun: a rank aborted in torch ({TORCH_ABORT!r}); running it once more", file=sys.stderr)
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    return done
 
 
 @pytest.mark.slow
