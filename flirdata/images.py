@@ -21,10 +21,10 @@ Reading a file (``read_image_bytes``) checks, before opening it, that it resolve
 dataset folder (a symlink may point anywhere inside it, not outside), that it is a regular
 file (a FIFO, device or socket is refused without opening it, so nothing hangs) and that it
 is at most ``MAX_IMAGE_BYTES`` long; it never reads more than the limit plus one byte, and only
-from the file it checked (a file swapped in between, by a symlink out or a rewrite, is checked
-again). A frame reached from the dataset folder through plain folders (no symlink) costs an
-``lstat`` per folder below the dataset folder and one of the file, not a ``realpath``
-(``_stat_plain_path``). Inside
+a file that is the one it checked or lies inside the dataset folder (one swapped in between for
+a symlink out is checked again and refused; a rewrite is read as it is now). A frame reached
+from the dataset folder through plain folders (no symlink) costs an ``lstat`` per folder below
+the dataset folder and one of the file, not a ``realpath`` (``_stat_plain_path``). Inside
 ``supplied_image_bytes(files)`` it returns the bytes another process read and checked that way
 instead (the ``ray`` backend's ``ship_images``: actors on nodes that cannot see the dataset).
 """
